@@ -1,0 +1,140 @@
+//! The jobs HTTP API: `POST /jobs`, `GET /jobs`, `GET /jobs/{jobId}`, `DELETE /jobs/{jobId}`.
+//!
+//! An axum router served by `lambda_http` behind API Gateway, and by the local stack's HTTP server
+//! elsewhere; tests call it directly.
+
+mod caller;
+mod error;
+mod jobs;
+mod submit;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use jobpipe_core::auth::Authenticator;
+use jobpipe_core::clock::Clock;
+use jobpipe_core::config::{AwsClients, Config};
+use jobpipe_core::dispatch::Dispatcher;
+use jobpipe_core::kinds::KindRegistry;
+use jobpipe_core::payload::PayloadStore;
+use jobpipe_core::store::JobStore;
+use tracing::Instrument;
+
+pub use error::ApiError;
+
+/// Header a client may set to trace a request end to end; echoed on every response.
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+
+/// Everything the API needs, built once per execution environment.
+#[derive(Debug)]
+pub struct Api {
+    pub store: JobStore,
+    pub payloads: PayloadStore,
+    pub dispatcher: Dispatcher,
+    pub kinds: KindRegistry,
+    pub auth: Authenticator,
+    pub clock: Arc<dyn Clock>,
+    pub max_body_bytes: usize,
+    pub dispatch_grace: Duration,
+}
+
+impl Api {
+    pub fn new(config: &Config, clients: &AwsClients, clock: Arc<dyn Clock>) -> Api {
+        Api {
+            store: JobStore::new(
+                clients.dynamodb.clone(),
+                &config.jobs_table,
+                config.job_retention.as_secs() as i64,
+            ),
+            payloads: PayloadStore::new(
+                clients.s3.clone(),
+                &config.payload_bucket,
+                config.inline_payload_max_bytes,
+            ),
+            dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
+            kinds: KindRegistry::from_config(&config.kinds),
+            auth: config.auth.clone(),
+            clock,
+            max_body_bytes: config.max_body_bytes,
+            dispatch_grace: config.dispatch_grace,
+        }
+    }
+}
+
+/// The correlation id of the request being handled.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/jobs", get(jobs::list).post(submit::submit))
+        .route("/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
+        .fallback(|method: Method| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for this path ({method})"),
+            )
+        })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            )
+        })
+        // Size is checked by the handler against `max_body_bytes`, with our own error shape.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(api.clone(), correlate))
+        .with_state(api)
+}
+
+/// Gives every request a correlation id (the client's, API Gateway's request id, or a new one), runs it
+/// inside a span that carries it, logs one line per request and echoes the id.
+async fn correlate(State(_api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let correlation_id = parts
+        .headers
+        .get(CORRELATION_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_safe_id(v))
+        .map(String::from)
+        .or_else(|| caller::gateway_request_id(&parts))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    parts
+        .extensions
+        .insert(CorrelationId(correlation_id.clone()));
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
+    request = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let span = tracing::info_span!("request", %correlation_id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request handled"
+        )
+    });
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    response.into_response()
+}
+
+/// Client-chosen ids end up in logs and message attributes: keep them short and plain.
+fn is_safe_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}

@@ -1,0 +1,190 @@
+//! `POST /jobs`: validate, store the job as `queued`, send its message, answer `202`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jobpipe_core::intake::{Accepted, Intake, NewJob};
+use serde_json::{Map, Value};
+
+use crate::caller::Authenticated;
+use crate::error::ApiError;
+use crate::jobs::view;
+use crate::{Api, CorrelationId};
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A validated submission.
+#[derive(Debug)]
+struct Submission {
+    kind: String,
+    input: Value,
+}
+
+pub async fn submit(
+    State(api): State<Arc<Api>>,
+    Authenticated(caller): Authenticated,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_content_type(&headers)?;
+    if body.len() > api.max_body_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is {} bytes; the limit is {}",
+                body.len(),
+                api.max_body_bytes
+            ),
+        ));
+    }
+    let idempotency_key = idempotency_key(&headers)?;
+    let submission = parse_submission(&body)?;
+    let kind = api.kinds.get(&submission.kind).ok_or_else(|| {
+        let known: Vec<_> = api.kinds.names().collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_kind",
+            format!(
+                "unknown job kind {:?}; available: {}",
+                submission.kind,
+                known.join(", ")
+            ),
+        )
+        .field("kind")
+    })?;
+    kind.validate(&submission.input).map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.message).field(e.field)
+    })?;
+
+    let intake = Intake {
+        store: &api.store,
+        payloads: &api.payloads,
+        dispatcher: &api.dispatcher,
+        dispatch_grace: api.dispatch_grace,
+    };
+    let new = NewJob {
+        owner: caller.sub,
+        kind: submission.kind,
+        input: submission.input,
+        idempotency_key,
+        correlation_id,
+    };
+    let (job, replayed) = match intake
+        .accept(new, api.clock.now_ms())
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        Accepted::New(job) => (job, false),
+        Accepted::Replayed(job) => (job, true),
+        Accepted::KeyReused => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            )
+            .field("Idempotency-Key"));
+        }
+    };
+    tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, "job accepted");
+
+    let location = format!("/jobs/{}", job.job_id);
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view(&api, &job).await?)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send Content-Type: application/json (got {:?})",
+                content_type
+            ),
+        )
+        .field("Content-Type"))
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).unwrap_or("");
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+        .field("body")
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request(
+            "body",
+            "must be a JSON object with kind and input",
+        ));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["kind", "input"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            "unknown field; a job has kind and input",
+        ));
+    }
+    let kind = match fields.remove("kind") {
+        Some(Value::String(kind)) if !kind.is_empty() => kind,
+        Some(Value::String(_)) | None => return Err(ApiError::bad_request("kind", "is required")),
+        Some(_) => return Err(ApiError::bad_request("kind", "must be a string")),
+    };
+    let input = match fields.remove("input") {
+        None => Value::Object(Map::new()),
+        Some(input @ Value::Object(_)) => input,
+        Some(_) => return Err(ApiError::bad_request("input", "must be a JSON object")),
+    };
+    Ok(Submission { kind, input })
+}

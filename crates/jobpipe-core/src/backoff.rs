@@ -1,0 +1,73 @@
+//! Exponential backoff with full jitter for retrying a job through SQS visibility.
+
+use std::time::Duration;
+
+/// SQS caps a message's visibility timeout at 12 hours.
+const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The ceiling for the delay after the `attempt`-th failure (1-based): base * 2^(attempt-1), capped.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1u32 << exp);
+        ceiling.min(self.max).min(SQS_MAX_VISIBILITY)
+    }
+
+    /// A delay drawn uniformly from [ceiling/2, ceiling]: spread out, but never an instant retry.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt).as_millis() as u64;
+        let low = ceiling / 2;
+        let ms = if ceiling > low {
+            rand::random_range(low..=ceiling)
+        } else {
+            ceiling
+        };
+        Duration::from_millis(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_exponentially_then_caps() {
+        let b = Backoff {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
+        let ceilings: Vec<u64> = (1..=7).map(|a| b.ceiling(a).as_secs()).collect();
+        assert_eq!(ceilings, vec![2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.ceiling(1000).as_secs(), 60);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full_ceiling() {
+        let b = Backoff::default();
+        for attempt in 1..10 {
+            let ceiling = b.ceiling(attempt);
+            for _ in 0..50 {
+                let d = b.delay(attempt);
+                assert!(
+                    d <= ceiling && d >= ceiling / 2,
+                    "{d:?} outside {ceiling:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Configuration, read once in `main` from the environment the SAM template (or the local stack) sets.
+//! Handlers never read the environment themselves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::auth::{Authenticator, JwtVerifier, VerificationKey};
+use crate::backoff::Backoff;
+use crate::dispatch::QueueRoutes;
+use crate::kinds::KindsConfig;
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub jobs_table: String,
+    pub payload_bucket: String,
+    pub queue_routes: QueueRoutes,
+    /// The main queue's dead-letter queue, which the reconciler inspects.
+    pub dead_letter_queue_url: Option<String>,
+    pub auth: Authenticator,
+    pub kinds: KindsConfig,
+    /// Attempts (claims) a job gets before it fails with its last error.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Records of one SQS batch processed at the same time.
+    pub batch_concurrency: usize,
+    /// `POST /jobs` bodies above this answer 413.
+    pub max_body_bytes: usize,
+    /// Inputs and results up to this size stay in the job item; larger ones go to S3.
+    pub inline_payload_max_bytes: usize,
+    /// How long after creation an undispatched job is re-sent by the reconciler.
+    pub dispatch_grace: Duration,
+    /// Lease used when the invocation has no deadline (tests, local invoke).
+    pub default_lease: Duration,
+    /// How long finished jobs are kept (DynamoDB TTL).
+    pub job_retention: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| {
+            get(name).ok_or(ConfigError {
+                variable: name,
+                problem: "is required but not set".into(),
+            })
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                    variable: name,
+                    problem: format!("{v:?} is not a whole number"),
+                }),
+            }
+        };
+        let flag = |name: &'static str| -> Result<bool, ConfigError> {
+            match get(name).as_deref().map(str::trim) {
+                None | Some("false") | Some("0") => Ok(false),
+                Some("true") | Some("1") => Ok(true),
+                Some(v) => Err(ConfigError {
+                    variable: name,
+                    problem: format!("{v:?} is not true or false"),
+                }),
+            }
+        };
+
+        let auth = match get("AUTH_MODE").as_deref().unwrap_or("jwt") {
+            "apigateway" => Authenticator::ApiGatewayAuthorizer,
+            "jwt" => {
+                let key = match (get("JWT_HS256_SECRET"), get("JWT_RS256_PUBLIC_KEY")) {
+                    (Some(secret), None) => VerificationKey::Hs256(secret.into_bytes()),
+                    (None, Some(pem)) => VerificationKey::Rs256Pem(pem),
+                    _ => {
+                        return Err(ConfigError {
+                            variable: "JWT_HS256_SECRET",
+                            problem: "AUTH_MODE=jwt needs exactly one of JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY".into(),
+                        });
+                    }
+                };
+                let verifier =
+                    JwtVerifier::new(&key, &required("JWT_ISSUER")?, &required("JWT_AUDIENCE")?)
+                        .map_err(|problem| ConfigError {
+                            variable: "JWT_RS256_PUBLIC_KEY",
+                            problem,
+                        })?;
+                Authenticator::Jwt(verifier)
+            }
+            other => {
+                return Err(ConfigError {
+                    variable: "AUTH_MODE",
+                    problem: format!("{other:?} is not jwt or apigateway"),
+                });
+            }
+        };
+
+        let mut queue_routes = QueueRoutes::single(required("JOBS_QUEUE_URL")?);
+        // KIND_QUEUE_URLS=image=https://...,other=https://... routes kinds to their own queues.
+        if let Some(routes) = get("KIND_QUEUE_URLS") {
+            for pair in routes.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (kind, url) = pair.split_once('=').ok_or(ConfigError {
+                    variable: "KIND_QUEUE_URLS",
+                    problem: format!("{pair:?} is not kind=queue-url"),
+                })?;
+                queue_routes
+                    .by_kind
+                    .insert(kind.trim().to_string(), url.trim().to_string());
+            }
+        }
+
+        let max_attempts = number("MAX_ATTEMPTS", 5)? as u32;
+        if max_attempts == 0 {
+            return Err(ConfigError {
+                variable: "MAX_ATTEMPTS",
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            jobs_table: required("JOBS_TABLE")?,
+            payload_bucket: required("PAYLOAD_BUCKET")?,
+            queue_routes,
+            dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
+            auth,
+            kinds: KindsConfig {
+                echo_enabled: flag("ECHO_KIND_ENABLED")?,
+            },
+            max_attempts,
+            backoff: Backoff {
+                base: Duration::from_secs(number("RETRY_BASE_SECONDS", 2)?),
+                max: Duration::from_secs(number("RETRY_MAX_SECONDS", 900)?),
+            },
+            batch_concurrency: number("BATCH_CONCURRENCY", 10)?.max(1) as usize,
+            max_body_bytes: number("MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            inline_payload_max_bytes: number("INLINE_PAYLOAD_MAX_BYTES", 16 * 1024)? as usize,
+            dispatch_grace: Duration::from_secs(number("DISPATCH_GRACE_SECONDS", 60)?),
+            default_lease: Duration::from_secs(number("DEFAULT_LEASE_SECONDS", 900)?),
+            job_retention: Duration::from_secs(number("JOB_RETENTION_DAYS", 7)? * 24 * 60 * 60),
+        })
+    }
+}
+
+/// The AWS SDK clients, built once per execution environment.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub s3: aws_sdk_s3::Client,
+    /// The endpoint override (`AWS_ENDPOINT_URL`), when the clients talk to a local stand-in.
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsClients {
+    /// Region, credentials and `AWS_ENDPOINT_URL` (moto, locally) come from the usual environment.
+    pub async fn from_env() -> AwsClients {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        AwsClients::from_sdk_config(&shared)
+    }
+
+    pub fn from_sdk_config(shared: &aws_config::SdkConfig) -> AwsClients {
+        // Path-style addressing works with any endpoint; virtual-host style needs DNS for every bucket,
+        // which a local endpoint such as `localhost` does not have.
+        let s3_config = aws_sdk_s3::config::Builder::from(shared)
+            .force_path_style(shared.endpoint_url().is_some())
+            .build();
+        AwsClients {
+            dynamodb: aws_sdk_dynamodb::Client::new(shared),
+            sqs: aws_sdk_sqs::Client::new(shared),
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            endpoint_url: shared.endpoint_url().map(String::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        [
+            ("JOBS_TABLE", "jobs"),
+            ("PAYLOAD_BUCKET", "bucket"),
+            ("JOBS_QUEUE_URL", "http://q/jobs"),
+            ("JWT_HS256_SECRET", "s"),
+            ("JWT_ISSUER", "i"),
+            ("JWT_AUDIENCE", "a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map = base();
+        for (k, v) in pairs {
+            map.insert(k.to_string(), v.to_string());
+        }
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_apply_and_errors_name_the_variable() {
+        let config = with(&[]).unwrap();
+        assert_eq!(config.max_attempts, 5);
+        assert!(!config.kinds.echo_enabled);
+        assert_eq!(config.queue_routes.queue_for("echo"), "http://q/jobs");
+
+        let config = with(&[
+            ("KIND_QUEUE_URLS", "image=http://q/images"),
+            ("ECHO_KIND_ENABLED", "true"),
+        ])
+        .unwrap();
+        assert_eq!(config.queue_routes.queue_for("image"), "http://q/images");
+        assert!(config.kinds.echo_enabled);
+
+        let variable = |pairs: &[(&str, &str)]| with(pairs).unwrap_err().variable;
+        assert_eq!(variable(&[("MAX_ATTEMPTS", "x")]), "MAX_ATTEMPTS");
+        assert_eq!(variable(&[("MAX_ATTEMPTS", "0")]), "MAX_ATTEMPTS");
+        assert_eq!(
+            variable(&[("ECHO_KIND_ENABLED", "maybe")]),
+            "ECHO_KIND_ENABLED"
+        );
+        assert_eq!(variable(&[("AUTH_MODE", "none")]), "AUTH_MODE");
+        assert_eq!(variable(&[("JOBS_TABLE", " ")]), "JOBS_TABLE");
+        assert_eq!(variable(&[("KIND_QUEUE_URLS", "image")]), "KIND_QUEUE_URLS");
+        assert!(matches!(
+            with(&[("AUTH_MODE", "apigateway")]).unwrap().auth,
+            Authenticator::ApiGatewayAuthorizer
+        ));
+    }
+}

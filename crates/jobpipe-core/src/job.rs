@@ -1,0 +1,254 @@
+//! The job model: identity, status, the outcome of a run, and the view the HTTP API shows.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::{Millis, to_rfc3339};
+
+/// A job's id: a UUID (v7 for fresh jobs, v5 of owner and idempotency key for keyed ones).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+/// Namespace for ids derived from an idempotency key, so equal keys of different owners never collide.
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a0b_7c1e_2f4d_4e8a_9b3c_5d6e_7f80_9a1b);
+
+impl JobId {
+    pub fn new_random() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// The same owner and key always name the same job: that is what makes `Idempotency-Key` one write.
+    pub fn from_idempotency_key(owner: &str, key: &str) -> Self {
+        let name = format!("{owner}\u{0}{key}");
+        JobId(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
+    }
+
+    /// Accepts only canonical UUID text, so a path segment can never smuggle anything into a key.
+    pub fn parse(s: &str) -> Option<Self> {
+        let uuid = uuid::Uuid::try_parse(s).ok()?;
+        let canonical = uuid.hyphenated().to_string();
+        (canonical == s).then_some(JobId(canonical))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// Why a job failed (or, while it retries, why its last attempt failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+/// The error a job kind returns, classified: a retryable one is retried with backoff, a permanent one
+/// fails the job at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl JobError {
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.code.clone(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// A JSON document stored either in the job item or, when large, as an S3 object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Inline(Value),
+    S3 { key: String },
+}
+
+/// The processing claim one delivery holds: only the holder of `token` may finish the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: String,
+    pub expires_at: Millis,
+}
+
+/// A job as stored. Only `store` turns it into DynamoDB attributes and back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub job_id: JobId,
+    pub owner: String,
+    pub kind: String,
+    pub status: JobStatus,
+    pub input: Payload,
+    pub result: Option<Payload>,
+    pub error: Option<ErrorInfo>,
+    /// The error of the last failed attempt while the job is being retried.
+    pub last_error: Option<ErrorInfo>,
+    pub attempts: u32,
+    pub progress: u8,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub updated_at: Millis,
+    pub lease: Option<Lease>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub correlation_id: String,
+    /// Set until the job's message is known to be in SQS (see `dispatch`).
+    pub dispatch_due_at: Option<Millis>,
+}
+
+impl Job {
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some(self.completed_at? - self.started_at?)
+    }
+
+    /// The API's view. Payloads stored in S3 must be resolved by the caller first (see `payload`).
+    pub fn view(&self, input: Value, result: Option<Value>) -> JobView {
+        JobView {
+            job_id: self.job_id.clone(),
+            kind: self.kind.clone(),
+            status: self.status,
+            input,
+            result,
+            error: self.error.clone(),
+            attempts: self.attempts,
+            progress: self.progress,
+            created_at: to_rfc3339(self.created_at),
+            started_at: self.started_at.map(to_rfc3339),
+            completed_at: self.completed_at.map(to_rfc3339),
+            updated_at: to_rfc3339(self.updated_at),
+            duration_ms: self.duration_ms(),
+        }
+    }
+}
+
+/// What `GET /jobs/{id}` answers. Internal fields (owner, lease, hashes) never appear here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: JobId,
+    pub kind: String,
+    pub status: JobStatus,
+    pub input: Value,
+    pub result: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub attempts: u32,
+    pub progress: u8,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub updated_at: String,
+    pub duration_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_ids_are_stable_and_owner_scoped() {
+        let a = JobId::from_idempotency_key("alice", "k1");
+        assert_eq!(a, JobId::from_idempotency_key("alice", "k1"));
+        assert_ne!(a, JobId::from_idempotency_key("bob", "k1"));
+        assert_ne!(a, JobId::from_idempotency_key("alice", "k2"));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(
+            JobId::from_idempotency_key("ab", "c"),
+            JobId::from_idempotency_key("a", "bc")
+        );
+    }
+
+    #[test]
+    fn only_canonical_uuids_parse() {
+        let id = JobId::new_random();
+        assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
+        for bad in [
+            "",
+            "abc",
+            "../x",
+            &id.as_str().to_uppercase(),
+            &id.as_str().replace('-', ""),
+        ] {
+            assert_eq!(JobId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobStatus::parse("done"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! The heart of jobpipe: the job model, the fenced DynamoDB state machine, SQS dispatch and batch
+//! handling, job kinds, caller authentication and configuration, shared by every Lambda binary.
+
+pub mod auth;
+pub mod backoff;
+pub mod batch;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod intake;
+pub mod job;
+pub mod kinds;
+pub mod payload;
+pub mod store;
+pub mod telemetry;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Retryability, StoreError};
+pub use job::{Job, JobError, JobId, JobStatus, JobView};
+pub use store::JobStore;

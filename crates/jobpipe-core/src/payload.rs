@@ -1,0 +1,106 @@
+//! Job inputs and results: small ones live in the job item, large ones in S3 and travel by reference.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use serde_json::Value;
+
+use crate::error::StoreError;
+use crate::job::{JobId, Payload};
+
+#[derive(Debug, Clone)]
+pub struct PayloadStore {
+    s3: Client,
+    bucket: String,
+    /// Payloads up to this many bytes of JSON stay in the DynamoDB item. Every state transition rewrites
+    /// the item and DynamoDB bills writes per KiB of item, so this is kept small.
+    inline_max_bytes: usize,
+}
+
+impl PayloadStore {
+    pub fn new(s3: Client, bucket: impl Into<String>, inline_max_bytes: usize) -> Self {
+        PayloadStore {
+            s3,
+            bucket: bucket.into(),
+            inline_max_bytes,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn s3(&self) -> &Client {
+        &self.s3
+    }
+
+    /// `version` tells submissions apart (the request hash): a replayed idempotency key with a different
+    /// body must not overwrite the input of the job that key already names.
+    pub async fn put_input(
+        &self,
+        job_id: &JobId,
+        version: &str,
+        value: &Value,
+    ) -> Result<Payload, StoreError> {
+        self.put(value, format!("payloads/{job_id}/input-{version}.json"))
+            .await
+    }
+
+    /// Stores a result at a key derived from the job, so a retried attempt overwrites, never duplicates.
+    pub async fn put_result(&self, job_id: &JobId, value: &Value) -> Result<Payload, StoreError> {
+        self.put(value, format!("payloads/{job_id}/result.json"))
+            .await
+    }
+
+    async fn put(&self, value: &Value, key: String) -> Result<Payload, StoreError> {
+        let body = value.to_string();
+        if body.len() <= self.inline_max_bytes {
+            return Ok(Payload::Inline(value.clone()));
+        }
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e)
+            })?;
+        Ok(Payload::S3 { key })
+    }
+
+    pub async fn resolve(&self, payload: &Payload) -> Result<Value, StoreError> {
+        let key = match payload {
+            Payload::Inline(value) => return Ok(value.clone()),
+            Payload::S3 { key } => key,
+        };
+        let operation = || format!("GetObject s3://{}/{key}", self.bucket);
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk(operation(), e))?;
+        let bytes = out.body.collect().await.map_err(|e| StoreError {
+            operation: operation(),
+            code: "Transport".into(),
+            message: e.to_string(),
+            retryability: crate::Retryability::Retryable,
+        })?;
+        serde_json::from_slice(&bytes.into_bytes())
+            .map_err(|e| StoreError::corrupt(operation(), format!("payload is not JSON: {e}")))
+    }
+
+    pub async fn resolve_opt(
+        &self,
+        payload: Option<&Payload>,
+    ) -> Result<Option<Value>, StoreError> {
+        match payload {
+            Some(p) => self.resolve(p).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! One SQS record: claim the job, run it, and record the outcome, all fenced by the lease.
+
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use jobpipe_core::clock::Millis;
+use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage};
+use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, Lease};
+use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
+use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore};
+use jobpipe_core::{Clock, StoreError};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::Processor;
+
+/// Past the Lambda deadline the worker is gone; the lease outlives it by this much so a write that was
+/// already on the wire cannot race a takeover.
+const LEASE_GRACE_MS: Millis = 5_000;
+/// A job is stopped this long before the deadline, leaving time to record the outcome.
+const FINISH_MARGIN_MS: Millis = 2_000;
+
+/// What happened to one record. Only some outcomes acknowledge (delete) the message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    Completed(Job),
+    /// Failed for good: a permanent error, or the last allowed attempt failed.
+    Failed(Job),
+    /// Released for another attempt; the message comes back after `delay`.
+    RetryScheduled {
+        attempt: u32,
+        delay: Duration,
+    },
+    /// Finished before (a duplicate delivery): nothing ran.
+    AlreadyFinished(Job),
+    /// Another delivery holds a live lease: retried after it expires, never dropped.
+    HeldElsewhere {
+        expires_at: Millis,
+    },
+    /// The lease was lost while running (taken over): nothing was written; redelivery settles it.
+    LeaseLost,
+    /// The body cannot be processed, ever: left to SQS to move to the dead-letter queue.
+    Poison(String),
+    /// An AWS call failed; the message is retried.
+    Transient(String),
+}
+
+impl RecordOutcome {
+    /// Whether the message may be deleted. Everything else is reported as a batch item failure.
+    pub fn acknowledges(&self) -> bool {
+        matches!(
+            self,
+            RecordOutcome::Completed(_)
+                | RecordOutcome::Failed(_)
+                | RecordOutcome::AlreadyFinished(_)
+        )
+    }
+}
+
+impl Processor {
+    pub async fn process_record(
+        &self,
+        record: &SqsMessage,
+        deadline: Option<Millis>,
+    ) -> RecordOutcome {
+        let correlation_id = record
+            .message_attributes
+            .get(CORRELATION_ID_ATTRIBUTE)
+            .and_then(|a| a.string_value.clone())
+            .unwrap_or_default();
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let message = match JobMessage::parse(record.body.as_deref()) {
+            Ok(message) => message,
+            Err(poison) => {
+                let outcome = self.poison(record, &poison.to_string()).await;
+                self.after(record, &outcome).await;
+                return outcome;
+            }
+        };
+        let span =
+            tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
+        async {
+            let outcome = match self.run_job(&message.job_id, deadline).await {
+                Ok(RecordOutcome::Poison(reason)) => self.poison(record, &reason).await,
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::warn!(%error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
+                    RecordOutcome::Transient(error.to_string())
+                }
+            };
+            self.after(record, &outcome).await;
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_job(
+        &self,
+        job_id: &JobId,
+        deadline: Option<Millis>,
+    ) -> Result<RecordOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let lease = Lease {
+            token: uuid::Uuid::new_v4().to_string(),
+            expires_at: self.lease_expiry(now, deadline),
+        };
+        let job = match self
+            .store
+            .claim(job_id, &lease, self.settings.max_attempts, now)
+            .await?
+        {
+            ClaimOutcome::Claimed(job) => job,
+            ClaimOutcome::AlreadyFinished(job) => {
+                tracing::info!(
+                    status = job.status.as_str(),
+                    "duplicate delivery of a finished job; acknowledged"
+                );
+                return Ok(RecordOutcome::AlreadyFinished(job));
+            }
+            ClaimOutcome::HeldElsewhere { expires_at } => {
+                tracing::info!(
+                    lease_expires_at = expires_at,
+                    "job is leased by another worker; retry after the lease"
+                );
+                return Ok(RecordOutcome::HeldElsewhere { expires_at });
+            }
+            ClaimOutcome::AttemptsExhausted(job) => return self.give_up_on_crashed(job).await,
+            ClaimOutcome::NotFound => {
+                return Ok(RecordOutcome::Poison(format!(
+                    "job {job_id} does not exist"
+                )));
+            }
+        };
+        tracing::info!(attempt = job.attempts, kind = %job.kind, "claimed job");
+
+        let result = self.execute(&job, &lease, deadline).await;
+        let now = self.clock.now_ms();
+        let outcome = match result {
+            Ok(value) => {
+                let payload = self.payloads.put_result(&job.job_id, &value).await?;
+                match self
+                    .store
+                    .complete(&job.job_id, &lease.token, &payload, now)
+                    .await?
+                {
+                    FenceOutcome::Done(job) => RecordOutcome::Completed(job),
+                    FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+                }
+            }
+            Err(error) if !error.retryable || job.attempts >= self.settings.max_attempts => {
+                let info = if error.retryable {
+                    ErrorInfo {
+                        code: error.code.clone(),
+                        message: format!(
+                            "gave up after {} attempts: {}",
+                            job.attempts, error.message
+                        ),
+                    }
+                } else {
+                    error.info()
+                };
+                match self
+                    .store
+                    .fail(&job.job_id, &lease.token, &info, now)
+                    .await?
+                {
+                    FenceOutcome::Done(job) => RecordOutcome::Failed(job),
+                    FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+                }
+            }
+            Err(error) => match self
+                .store
+                .release_for_retry(&job.job_id, &lease.token, &error.info(), now)
+                .await?
+            {
+                FenceOutcome::Done(job) => {
+                    let delay = self.settings.backoff.delay(job.attempts);
+                    tracing::info!(error = %error, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; retrying later");
+                    RecordOutcome::RetryScheduled {
+                        attempt: job.attempts,
+                        delay,
+                    }
+                }
+                FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+            },
+        };
+        match &outcome {
+            RecordOutcome::Completed(job) => {
+                tracing::info!(duration_ms = job.duration_ms(), "job completed")
+            }
+            RecordOutcome::Failed(job) => tracing::info!(error = ?job.error, "job failed"),
+            RecordOutcome::LeaseLost => {
+                tracing::warn!("lease lost while running; outcome discarded")
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Earlier workers claimed the job and died every time: fail it rather than run it again.
+    async fn give_up_on_crashed(&self, job: Job) -> Result<RecordOutcome, StoreError> {
+        let last = job
+            .last_error
+            .clone()
+            .map(|e| format!(": last error {}: {}", e.code, e.message))
+            .unwrap_or_default();
+        let info = ErrorInfo {
+            code: "max_attempts_exceeded".into(),
+            message: format!("{} attempts started without finishing{last}", job.attempts),
+        };
+        Ok(
+            match self
+                .store
+                .force_fail(&job.job_id, &info, self.clock.now_ms())
+                .await?
+            {
+                ForceFailOutcome::Failed(job) => {
+                    tracing::warn!("job failed: attempts exhausted by workers that never finished");
+                    RecordOutcome::Failed(job)
+                }
+                ForceFailOutcome::AlreadyFinished(job) => RecordOutcome::AlreadyFinished(job),
+                ForceFailOutcome::LeaseLive => RecordOutcome::HeldElsewhere {
+                    expires_at: self.clock.now_ms(),
+                },
+                ForceFailOutcome::NotFound => {
+                    RecordOutcome::Poison(format!("job {} does not exist", job.job_id))
+                }
+            },
+        )
+    }
+
+    /// Runs the kind's handler with the job's input, within the deadline, containing panics.
+    async fn execute(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        deadline: Option<Millis>,
+    ) -> Result<Value, JobError> {
+        let Some(kind) = self.kinds.get(&job.kind) else {
+            return Err(JobError::permanent(
+                "unknown_kind",
+                format!("no handler for kind {:?} here", job.kind),
+            ));
+        };
+        let input = self.payloads.resolve(&job.input).await.map_err(|e| {
+            let code = "input_unavailable";
+            if e.is_retryable() {
+                JobError::retryable(code, e.to_string())
+            } else {
+                JobError::permanent(code, e.to_string())
+            }
+        })?;
+        let progress = StoreProgress {
+            store: &self.store,
+            clock: self.clock.as_ref(),
+            job_id: &job.job_id,
+            token: &lease.token,
+        };
+        let ctx = JobContext {
+            job,
+            input: &input,
+            attempt: job.attempts,
+            deadline,
+            progress: &progress,
+        };
+        let run = catch_panics(kind.run(ctx));
+        match deadline {
+            None => run.await,
+            Some(deadline) => {
+                let budget = (deadline - self.clock.now_ms() - FINISH_MARGIN_MS).max(0) as u64;
+                tokio::time::timeout(Duration::from_millis(budget), run)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(JobError::retryable(
+                            "deadline_exceeded",
+                            "the invocation ran out of time before the job finished",
+                        ))
+                    })
+            }
+        }
+    }
+
+    fn lease_expiry(&self, now: Millis, deadline: Option<Millis>) -> Millis {
+        match deadline {
+            Some(deadline) if deadline > now => deadline + LEASE_GRACE_MS,
+            _ => now + self.settings.default_lease.as_millis() as Millis,
+        }
+    }
+
+    async fn poison(&self, record: &SqsMessage, reason: &str) -> RecordOutcome {
+        tracing::error!(message_id = record.message_id.as_deref().unwrap_or_default(), %reason, "poison message; leaving it for the dead-letter queue");
+        RecordOutcome::Poison(reason.to_string())
+    }
+
+    /// Sets when a message that is not acknowledged comes back: after the backoff for a retry, when the
+    /// other worker's lease ends, or at once for poison (it reaches the dead-letter queue sooner).
+    async fn after(&self, record: &SqsMessage, outcome: &RecordOutcome) {
+        let visibility = match outcome {
+            RecordOutcome::RetryScheduled { delay, .. } => delay.as_secs(),
+            RecordOutcome::HeldElsewhere { expires_at } => {
+                ((expires_at - self.clock.now_ms()).max(0) as u64).div_ceil(1000) + 1
+            }
+            RecordOutcome::Poison(_) => 0,
+            _ => return,
+        };
+        let known = self.dispatcher.queue_urls();
+        let queue_url = queue_url_of(record, &known, self.settings.endpoint_url.as_deref());
+        let (Some(queue_url), Some(receipt)) = (queue_url, record.receipt_handle.as_deref()) else {
+            return;
+        };
+        let result = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(visibility.min(43_200) as i32)
+            .send()
+            .await;
+        if let Err(error) = result {
+            let error = StoreError::from_sdk("ChangeMessageVisibility", error);
+            tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
+        }
+    }
+}
+
+/// The queue URL of a record. Queues we were configured with are matched by name; otherwise the URL
+/// is built from the ARN (`arn:aws:sqs:region:account:name`) and the client's endpoint.
+fn queue_url_of(record: &SqsMessage, known: &[&str], endpoint: Option<&str>) -> Option<String> {
+    let arn = record.event_source_arn.as_deref()?;
+    let parts: Vec<&str> = arn.split(':').collect();
+    let [_, _, "sqs", region, account, name] = parts.as_slice() else {
+        return None;
+    };
+    if let Some(url) = known
+        .iter()
+        .find(|url| url.rsplit('/').next() == Some(name))
+    {
+        return Some(url.to_string());
+    }
+    let base = endpoint
+        .map(String::from)
+        .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+    Some(format!("{}/{account}/{name}", base.trim_end_matches('/')))
+}
+
+/// Progress goes to the job item, fenced by the lease, only when it changes.
+struct StoreProgress<'a> {
+    store: &'a JobStore,
+    clock: &'a dyn Clock,
+    job_id: &'a JobId,
+    token: &'a str,
+}
+
+impl ProgressReporter for StoreProgress<'_> {
+    fn report(&self, percent: u8) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self
+                .store
+                .report_progress(self.job_id, self.token, percent, self.clock.now_ms())
+                .await
+            {
+                tracing::warn!(%error, "could not record progress");
+            }
+        })
+    }
+}
+
+/// A panic inside a job kind becomes a retryable error, so the lease is released and the job is
+/// retried (and eventually failed) like any other failure.
+async fn catch_panics(mut run: BoxFuture<'_, Result<Value, JobError>>) -> Result<Value, JobError> {
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(%message, "job handler panicked");
+                Poll::Ready(Err(JobError::retryable("job_panicked", message)))
+            }
+        }
+    })
+    .await
+}

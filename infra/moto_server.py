@@ -1,0 +1,54 @@
+"""Runs moto on 127.0.0.1 for as long as whoever started it keeps our stdin open.
+
+The test harness and the local stack start this script with a pipe on stdin and never write to it. When
+the parent exits for any reason (including SIGKILL) the pipe closes, `stdin.read()` returns and moto
+stops, so no test run leaves a server behind. The first line on stdout is `READY <port>`; port 0 picks a
+free port, which avoids the race of choosing one in the parent.
+
+moto serves each request on its own thread and its DynamoDB backend takes no lock, so two conditional
+writes to one item can both pass their condition (measured: two workers claiming one job both
+succeeded). Real DynamoDB applies each write atomically. To keep that guarantee, which the job state
+machine relies on, DynamoDB requests are served one at a time here; other services stay concurrent so a
+long-polling ReceiveMessage never blocks the rest.
+"""
+
+import argparse
+import sys
+import threading
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+
+def serialize_dynamodb(app):
+    lock = threading.Lock()
+
+    def wrapped(environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            with lock:
+                # Materialize the body inside the lock: the write happens while the response is built.
+                return list(app(environ, start_response))
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+
+    app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    print(f"READY {server.server_port}", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
