@@ -19,40 +19,21 @@ pub struct Authenticated(pub Caller);
 impl FromRequestParts<Arc<Api>> for Authenticated {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        api: &Arc<Api>,
-    ) -> Result<Self, Self::Rejection> {
-        let authorizer_sub = parts
-            .extensions
-            .get::<RequestContext>()
-            .and_then(authorizer_sub);
-        let authorization = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        api.auth
-            .authenticate(authorizer_sub.as_deref(), authorization)
-            .map(Authenticated)
-            .map_err(|reason| {
-                // The reason is logged; the token never is.
-                tracing::info!(%reason, "request not authenticated");
-                ApiError::unauthorized(reason.to_string())
-            })
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Self::Rejection> {
+        let authorizer_sub = parts.extensions.get::<RequestContext>().and_then(authorizer_sub);
+        let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        api.auth.authenticate(authorizer_sub.as_deref(), authorization).map(Authenticated).map_err(|reason| {
+            // The reason is logged; the token never is.
+            tracing::info!(%reason, "request not authenticated");
+            ApiError::unauthorized(reason.to_string())
+        })
     }
 }
 
 /// The `sub` claim API Gateway's JWT authorizer validated, if this request came through one.
 fn authorizer_sub(context: &RequestContext) -> Option<String> {
     match context {
-        RequestContext::ApiGatewayV2(ctx) => ctx
-            .authorizer
-            .as_ref()?
-            .jwt
-            .as_ref()?
-            .claims
-            .get("sub")
-            .cloned(),
+        RequestContext::ApiGatewayV2(ctx) => ctx.authorizer.as_ref()?.jwt.as_ref()?.claims.get("sub").cloned(),
         _ => None,
     }
 }

@@ -17,12 +17,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
+        ApiError { status, code, message: message.into(), field: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -52,11 +47,7 @@ impl ApiError {
                 "a backing service is busy; retry shortly",
             )
         } else {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request failed on our side",
-            )
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the request failed on our side")
         }
     }
 }
@@ -70,14 +61,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(json!({ "error": body }))).into_response();
         match self.status {
             StatusCode::UNAUTHORIZED => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -23,15 +23,9 @@ pub async fn get(
     Path(job_id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
-    let job = api
-        .store
-        .get(&job_id)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let job = api.store.get(&job_id).await.map_err(|e| ApiError::store(&e))?;
     // Another owner's job answers exactly like a missing one.
-    let job = job
-        .filter(|j| j.owner == caller.sub)
-        .ok_or_else(ApiError::not_found)?;
+    let job = job.filter(|j| j.owner == caller.sub).ok_or_else(ApiError::not_found)?;
     Ok(Json(view(&api, &job).await?))
 }
 
@@ -40,56 +34,35 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !["status", "limit", "nextToken"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            "unknown query parameter; use status, limit or nextToken",
-        ));
+    if let Some(unknown) = query.keys().find(|k| !["status", "limit", "nextToken"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(unknown.clone(), "unknown query parameter; use status, limit or nextToken"));
     }
     let status = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "status",
-                "must be one of queued, processing, completed, failed, cancelled",
-            )
+            ApiError::bad_request("status", "must be one of queued, processing, completed, failed, cancelled")
         })?),
     };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_PAGE}"),
-                )
+    let limit =
+        match query.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+                ApiError::bad_request("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))
             })?,
-    };
-    let start =
-        match query.get("nextToken").filter(|t| !t.is_empty()) {
-            None => None,
-            Some(t) => Some(PageToken::decode(t).ok_or_else(|| {
-                ApiError::bad_request("nextToken", "is not a token this API issued")
-            })?),
         };
-    let (jobs, next) = api
-        .store
-        .list_by_owner(&caller.sub, status, limit, start.as_ref())
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let start = match query.get("nextToken").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => Some(
+            PageToken::decode(t).ok_or_else(|| ApiError::bad_request("nextToken", "is not a token this API issued"))?,
+        ),
+    };
+    let (jobs, next) =
+        api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await.map_err(|e| ApiError::store(&e))?;
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         views.push(view(&api, job).await?);
     }
-    Ok(Json(
-        json!({ "jobs": views, "nextToken": next.map(|t| t.encode()) }),
-    ))
+    Ok(Json(json!({ "jobs": views, "nextToken": next.map(|t| t.encode()) })))
 }
 
 pub async fn cancel(
@@ -99,12 +72,7 @@ pub async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
     let now = api.clock.now_ms();
-    match api
-        .store
-        .cancel(&job_id, &caller.sub, now)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-    {
+    match api.store.cancel(&job_id, &caller.sub, now).await.map_err(|e| ApiError::store(&e))? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %job.job_id, "job cancelled");
             Ok(Json(view(&api, &job).await?))
@@ -112,10 +80,7 @@ pub async fn cancel(
         CancelOutcome::NotCancellable(job) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
-            format!(
-                "job is {}; only queued jobs can be cancelled",
-                job.status.as_str()
-            ),
+            format!("job is {}; only queued jobs can be cancelled", job.status.as_str()),
         )),
         CancelOutcome::NotFound => Err(ApiError::not_found()),
     }
@@ -123,15 +88,7 @@ pub async fn cancel(
 
 /// The job as the API shows it, with payloads stored in S3 fetched.
 pub async fn view(api: &Api, job: &Job) -> Result<JobView, ApiError> {
-    let input = api
-        .payloads
-        .resolve(&job.input)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    let result = api
-        .payloads
-        .resolve_opt(job.result.as_ref())
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let input = api.payloads.resolve(&job.input).await.map_err(|e| ApiError::store(&e))?;
+    let result = api.payloads.resolve_opt(job.result.as_ref()).await.map_err(|e| ApiError::store(&e))?;
     Ok(job.view(input, result))
 }

@@ -47,16 +47,8 @@ pub struct Api {
 impl Api {
     pub fn new(config: &Config, clients: &AwsClients, clock: Arc<dyn Clock>) -> Api {
         Api {
-            store: JobStore::new(
-                clients.dynamodb.clone(),
-                &config.jobs_table,
-                config.job_retention.as_secs() as i64,
-            ),
-            payloads: PayloadStore::new(
-                clients.s3.clone(),
-                &config.payload_bucket,
-                config.inline_payload_max_bytes,
-            ),
+            store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
+            payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds),
             auth: config.auth.clone(),
@@ -76,18 +68,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/jobs", get(jobs::list).post(submit::submit))
         .route("/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .fallback(|method: Method| async move {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for this path ({method})"),
-            )
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for this path ({method})"))
         })
         .method_not_allowed_fallback(|method: Method| async move {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed here"),
-            )
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed here"))
         })
         // Size is checked by the handler against `max_body_bytes`, with our own error shape.
         .layer(DefaultBodyLimit::disable())
@@ -107,9 +91,7 @@ async fn correlate(State(_api): State<Arc<Api>>, mut request: Request, next: Nex
         .map(String::from)
         .or_else(|| caller::gateway_request_id(&parts))
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    parts
-        .extensions
-        .insert(CorrelationId(correlation_id.clone()));
+    parts.extensions.insert(CorrelationId(correlation_id.clone()));
     let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
     request = Request::from_parts(parts, body);
 
@@ -133,8 +115,5 @@ async fn correlate(State(_api): State<Arc<Api>>, mut request: Request, next: Nex
 
 /// Client-chosen ids end up in logs and message attributes: keep them short and plain.
 fn is_safe_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }

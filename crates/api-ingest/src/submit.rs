@@ -37,11 +37,7 @@ pub async fn submit(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!(
-                "the body is {} bytes; the limit is {}",
-                body.len(),
-                api.max_body_bytes
-            ),
+            format!("the body is {} bytes; the limit is {}", body.len(), api.max_body_bytes),
         ));
     }
     let idempotency_key = idempotency_key(&headers)?;
@@ -51,17 +47,12 @@ pub async fn submit(
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_kind",
-            format!(
-                "unknown job kind {:?}; available: {}",
-                submission.kind,
-                known.join(", ")
-            ),
+            format!("unknown job kind {:?}; available: {}", submission.kind, known.join(", ")),
         )
         .field("kind")
     })?;
-    kind.validate(&submission.input).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.message).field(e.field)
-    })?;
+    kind.validate(&submission.input)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.message).field(e.field))?;
 
     let intake = Intake {
         store: &api.store,
@@ -69,18 +60,9 @@ pub async fn submit(
         dispatcher: &api.dispatcher,
         dispatch_grace: api.dispatch_grace,
     };
-    let new = NewJob {
-        owner: caller.sub,
-        kind: submission.kind,
-        input: submission.input,
-        idempotency_key,
-        correlation_id,
-    };
-    let (job, replayed) = match intake
-        .accept(new, api.clock.now_ms())
-        .await
-        .map_err(|e| ApiError::store(&e))?
-    {
+    let new =
+        NewJob { owner: caller.sub, kind: submission.kind, input: submission.input, idempotency_key, correlation_id };
+    let (job, replayed) = match intake.accept(new, api.clock.now_ms()).await.map_err(|e| ApiError::store(&e))? {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {
@@ -100,36 +82,23 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, value);
     }
     if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media_type = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let is_json = media_type == "application/json"
-        || (media_type.starts_with("application/") && media_type.ends_with("+json"));
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json =
+        media_type == "application/json" || (media_type.starts_with("application/") && media_type.ends_with("+json"));
     if is_json {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!(
-                "send Content-Type: application/json (got {:?})",
-                content_type
-            ),
+            format!("send Content-Type: application/json (got {:?})", content_type),
         )
         .field("Content-Type"))
     }
@@ -140,9 +109,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let key = value.to_str().ok().map(str::trim).unwrap_or("");
-    let valid = !key.is_empty()
-        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
-        && key.bytes().all(|b| b.is_ascii_graphic());
+    let valid = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic());
     if !valid {
         return Err(ApiError::bad_request(
             "Idempotency-Key",
@@ -154,27 +121,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-        .field("body")
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+            .field("body")
     })?;
     let Value::Object(mut fields) = value else {
-        return Err(ApiError::bad_request(
-            "body",
-            "must be a JSON object with kind and input",
-        ));
+        return Err(ApiError::bad_request("body", "must be a JSON object with kind and input"));
     };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !["kind", "input"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            "unknown field; a job has kind and input",
-        ));
+    if let Some(unknown) = fields.keys().find(|k| !["kind", "input"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(unknown.clone(), "unknown field; a job has kind and input"));
     }
     let kind = match fields.remove("kind") {
         Some(Value::String(kind)) if !kind.is_empty() => kind,

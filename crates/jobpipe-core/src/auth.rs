@@ -61,7 +61,7 @@ pub enum Authenticator {
     /// Trust the claims API Gateway's JWT authorizer put in the request context.
     ApiGatewayAuthorizer,
     /// Verify the bearer token here.
-    Jwt(JwtVerifier),
+    Jwt(Box<JwtVerifier>),
 }
 
 #[derive(Clone)]
@@ -72,9 +72,7 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("algorithms", &self.validation.algorithms)
-            .finish()
+        f.debug_struct("JwtVerifier").field("algorithms", &self.validation.algorithms).finish()
     }
 }
 
@@ -86,8 +84,7 @@ impl JwtVerifier {
         let (key, algorithm) = match key {
             VerificationKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
             VerificationKey::Rs256Pem(pem) => (
-                DecodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| format!("JWT public key: {e}"))?,
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| format!("JWT public key: {e}"))?,
                 Algorithm::RS256,
             ),
         };
@@ -107,9 +104,7 @@ impl JwtVerifier {
         if data.claims.sub.trim().is_empty() {
             return Err(AuthError::InvalidToken("empty sub claim".into()));
         }
-        Ok(Caller {
-            sub: data.claims.sub,
-        })
+        Ok(Caller { sub: data.claims.sub })
     }
 }
 
@@ -131,16 +126,10 @@ fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
 impl Authenticator {
     /// `authorizer_sub` is the `sub` claim from API Gateway's request context, if any; `authorization`
     /// the raw `Authorization` header.
-    pub fn authenticate(
-        &self,
-        authorizer_sub: Option<&str>,
-        authorization: Option<&str>,
-    ) -> Result<Caller, AuthError> {
+    pub fn authenticate(&self, authorizer_sub: Option<&str>, authorization: Option<&str>) -> Result<Caller, AuthError> {
         match self {
             Authenticator::ApiGatewayAuthorizer => match authorizer_sub {
-                Some(sub) if !sub.is_empty() => Ok(Caller {
-                    sub: sub.to_string(),
-                }),
+                Some(sub) if !sub.is_empty() => Ok(Caller { sub: sub.to_string() }),
                 _ => Err(AuthError::NoAuthorizerClaims),
             },
             Authenticator::Jwt(verifier) => verifier.verify(bearer_token(authorization)?),
@@ -157,10 +146,7 @@ impl Authenticator {
 }
 
 fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
-    let header = header
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .ok_or(AuthError::MissingToken)?;
+    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(AuthError::MissingToken)?;
     let (scheme, token) = header.split_once(' ').ok_or(AuthError::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(AuthError::NotBearer);
@@ -170,12 +156,8 @@ fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
 
 /// Signs an HS256 token: the local stack's `POST /dev/token` and the tests use it.
 pub fn issue_hs256(secret: &[u8], claims: &Claims) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .expect("HS256 signing cannot fail")
 }
 
 #[cfg(test)]
@@ -186,27 +168,15 @@ mod tests {
     const SECRET: &[u8] = b"test-secret";
 
     fn verifier() -> Authenticator {
-        Authenticator::Jwt(
-            JwtVerifier::new(&VerificationKey::Hs256(SECRET.to_vec()), "iss", "aud").unwrap(),
-        )
+        Authenticator::Jwt(Box::new(JwtVerifier::new(&VerificationKey::Hs256(SECRET.to_vec()), "iss", "aud").unwrap()))
     }
 
     fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
     }
 
     fn claims() -> Claims {
-        Claims {
-            sub: "alice".into(),
-            iss: "iss".into(),
-            aud: "aud".into(),
-            exp: now() + 600,
-            nbf: None,
-            iat: None,
-        }
+        Claims { sub: "alice".into(), iss: "iss".into(), aud: "aud".into(), exp: now() + 600, nbf: None, iat: None }
     }
 
     fn bearer(token: &str) -> String {
@@ -216,19 +186,8 @@ mod tests {
     #[test]
     fn accepts_a_valid_token() {
         let token = issue_hs256(SECRET, &claims());
-        assert_eq!(
-            verifier().authenticate(None, Some(&bearer(&token))),
-            Ok(Caller {
-                sub: "alice".into()
-            })
-        );
-        assert_eq!(
-            verifier()
-                .authenticate(None, Some(&format!("bearer  {token}")))
-                .unwrap()
-                .sub,
-            "alice"
-        );
+        assert_eq!(verifier().authenticate(None, Some(&bearer(&token))), Ok(Caller { sub: "alice".into() }));
+        assert_eq!(verifier().authenticate(None, Some(&format!("bearer  {token}"))).unwrap().sub, "alice");
     }
 
     #[test]
@@ -238,11 +197,7 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         let alg_none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
         let check = |header: Option<String>, expected: AuthError| {
-            assert_eq!(
-                verifier().authenticate(None, header.as_deref()),
-                Err(expected),
-                "{header:?}"
-            );
+            assert_eq!(verifier().authenticate(None, header.as_deref()), Err(expected), "{header:?}");
         };
         let invalid = |reason: &str| AuthError::InvalidToken(reason.into());
         check(None, AuthError::MissingToken);
@@ -252,60 +207,18 @@ mod tests {
         check(Some(bearer("not.a.jwt")), invalid("malformed token"));
         // jsonwebtoken does not even parse a header with `alg: none`.
         check(Some(bearer(&alg_none)), invalid("malformed token"));
+        check(Some(bearer(&issue_hs256(b"other", &claims()))), invalid("bad signature"));
+        check(Some(bearer(&issue_hs256(SECRET, &Claims { iss: "evil".into(), ..claims() }))), invalid("wrong issuer"));
         check(
-            Some(bearer(&issue_hs256(b"other", &claims()))),
-            invalid("bad signature"),
-        );
-        check(
-            Some(bearer(&issue_hs256(
-                SECRET,
-                &Claims {
-                    iss: "evil".into(),
-                    ..claims()
-                },
-            ))),
-            invalid("wrong issuer"),
-        );
-        check(
-            Some(bearer(&issue_hs256(
-                SECRET,
-                &Claims {
-                    aud: "other".into(),
-                    ..claims()
-                },
-            ))),
+            Some(bearer(&issue_hs256(SECRET, &Claims { aud: "other".into(), ..claims() }))),
             invalid("wrong audience"),
         );
+        check(Some(bearer(&issue_hs256(SECRET, &Claims { exp: now() - 3600, ..claims() }))), invalid("token expired"));
         check(
-            Some(bearer(&issue_hs256(
-                SECRET,
-                &Claims {
-                    exp: now() - 3600,
-                    ..claims()
-                },
-            ))),
-            invalid("token expired"),
-        );
-        check(
-            Some(bearer(&issue_hs256(
-                SECRET,
-                &Claims {
-                    nbf: Some(now() + 3600),
-                    ..claims()
-                },
-            ))),
+            Some(bearer(&issue_hs256(SECRET, &Claims { nbf: Some(now() + 3600), ..claims() }))),
             invalid("token not yet valid (nbf)"),
         );
-        check(
-            Some(bearer(&issue_hs256(
-                SECRET,
-                &Claims {
-                    sub: "".into(),
-                    ..claims()
-                },
-            ))),
-            invalid("empty sub claim"),
-        );
+        check(Some(bearer(&issue_hs256(SECRET, &Claims { sub: "".into(), ..claims() }))), invalid("empty sub claim"));
     }
 
     #[test]
@@ -314,13 +227,7 @@ mod tests {
         assert_eq!(auth.authenticate(Some("bob"), None).unwrap().sub, "bob");
         // A token alone is not enough: the authorizer must have run.
         let token = issue_hs256(SECRET, &claims());
-        assert_eq!(
-            auth.authenticate(None, Some(&bearer(&token))),
-            Err(AuthError::NoAuthorizerClaims)
-        );
-        assert_eq!(
-            auth.authenticate(Some(""), None),
-            Err(AuthError::NoAuthorizerClaims)
-        );
+        assert_eq!(auth.authenticate(None, Some(&bearer(&token))), Err(AuthError::NoAuthorizerClaims));
+        assert_eq!(auth.authenticate(Some(""), None), Err(AuthError::NoAuthorizerClaims));
     }
 }

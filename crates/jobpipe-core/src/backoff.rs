@@ -13,10 +13,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            base: Duration::from_secs(2),
-            max: Duration::from_secs(15 * 60),
-        }
+        Backoff { base: Duration::from_secs(2), max: Duration::from_secs(15 * 60) }
     }
 }
 
@@ -32,11 +29,7 @@ impl Backoff {
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
         let low = ceiling / 2;
-        let ms = if ceiling > low {
-            rand::random_range(low..=ceiling)
-        } else {
-            ceiling
-        };
+        let ms = if ceiling > low { rand::random_range(low..=ceiling) } else { ceiling };
         Duration::from_millis(ms)
     }
 }
@@ -47,10 +40,7 @@ mod tests {
 
     #[test]
     fn grows_exponentially_then_caps() {
-        let b = Backoff {
-            base: Duration::from_secs(2),
-            max: Duration::from_secs(60),
-        };
+        let b = Backoff { base: Duration::from_secs(2), max: Duration::from_secs(60) };
         let ceilings: Vec<u64> = (1..=7).map(|a| b.ceiling(a).as_secs()).collect();
         assert_eq!(ceilings, vec![2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(b.ceiling(1000).as_secs(), 60);
@@ -63,10 +53,7 @@ mod tests {
             let ceiling = b.ceiling(attempt);
             for _ in 0..50 {
                 let d = b.delay(attempt);
-                assert!(
-                    d <= ceiling && d >= ceiling / 2,
-                    "{d:?} outside {ceiling:?}"
-                );
+                assert!(d <= ceiling && d >= ceiling / 2, "{d:?} outside {ceiling:?}");
             }
         }
     }

@@ -24,10 +24,7 @@ pub enum BatchError {
 }
 
 pub fn is_fifo(records: &[SqsMessage]) -> bool {
-    records
-        .first()
-        .and_then(|r| r.event_source_arn.as_deref())
-        .is_some_and(|arn| arn.ends_with(".fifo"))
+    records.first().and_then(|r| r.event_source_arn.as_deref()).is_some_and(|arn| arn.ends_with(".fifo"))
 }
 
 /// Handles every record with `handler` and returns the ids of exactly the records that failed.
@@ -42,12 +39,7 @@ where
 {
     let mut ids = Vec::with_capacity(records.len());
     for (index, record) in records.iter().enumerate() {
-        ids.push(
-            record
-                .message_id
-                .clone()
-                .ok_or(BatchError::MissingMessageId(index))?,
-        );
+        ids.push(record.message_id.clone().ok_or(BatchError::MissingMessageId(index))?);
     }
     let handler = Arc::new(handler);
     let mut failed = Vec::new();
@@ -68,10 +60,7 @@ where
                 let handler = handler.clone();
                 let permits = permits.clone();
                 tokio::spawn(async move {
-                    let _permit = permits
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
+                    let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                     handler(record).await
                 })
             })
@@ -128,19 +117,11 @@ mod tests {
     }
 
     fn batch(bodies: &[&str], arn: &str) -> Vec<SqsMessage> {
-        bodies
-            .iter()
-            .enumerate()
-            .map(|(i, b)| record(&format!("m{i}"), b, arn))
-            .collect()
+        bodies.iter().enumerate().map(|(i, b)| record(&format!("m{i}"), b, arn)).collect()
     }
 
     fn failed_ids(response: &SqsBatchResponse) -> Vec<&str> {
-        response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect()
+        response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
     }
 
     /// "ok" succeeds, "fail" fails, "panic" panics.
@@ -158,9 +139,7 @@ mod tests {
     #[tokio::test]
     async fn reports_exactly_the_failed_and_panicked_records() {
         let check = |bodies: &'static [&'static str], expected: &'static [&'static str]| async move {
-            let response = process_batch(batch(bodies, STANDARD), 3, handle)
-                .await
-                .unwrap();
+            let response = process_batch(batch(bodies, STANDARD), 3, handle).await.unwrap();
             assert_eq!(failed_ids(&response), expected, "{bodies:?}");
         };
         check(&[], &[]).await;
@@ -171,13 +150,9 @@ mod tests {
 
     #[tokio::test]
     async fn fifo_stops_at_the_first_failure() {
-        let response = process_batch(batch(&["ok", "fail", "ok", "ok"], FIFO), 3, handle)
-            .await
-            .unwrap();
+        let response = process_batch(batch(&["ok", "fail", "ok", "ok"], FIFO), 3, handle).await.unwrap();
         assert_eq!(failed_ids(&response), ["m1", "m2", "m3"]);
-        let response = process_batch(batch(&["ok", "panic", "ok"], FIFO), 3, handle)
-            .await
-            .unwrap();
+        let response = process_batch(batch(&["ok", "panic", "ok"], FIFO), 3, handle).await.unwrap();
         assert_eq!(failed_ids(&response), ["m1", "m2"]);
     }
 
@@ -196,9 +171,7 @@ mod tests {
                 Ok(())
             }
         };
-        let response = process_batch(batch(&["ok"; 12], STANDARD), 4, handler)
-            .await
-            .unwrap();
+        let response = process_batch(batch(&["ok"; 12], STANDARD), 4, handler).await.unwrap();
         assert!(response.batch_item_failures.is_empty());
         assert_eq!(peak.load(Ordering::SeqCst), 4);
     }
@@ -207,9 +180,6 @@ mod tests {
     async fn a_record_without_id_fails_the_whole_batch() {
         let mut records = batch(&["ok"], STANDARD);
         records[0].message_id = None;
-        assert!(matches!(
-            process_batch(records, 1, handle).await,
-            Err(BatchError::MissingMessageId(0))
-        ));
+        assert!(matches!(process_batch(records, 1, handle).await, Err(BatchError::MissingMessageId(0))));
     }
 }

@@ -55,28 +55,22 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
         let required = |name: &'static str| {
-            get(name).ok_or(ConfigError {
-                variable: name,
-                problem: "is required but not set".into(),
-            })
+            get(name).ok_or(ConfigError { variable: name, problem: "is required but not set".into() })
         };
         let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
             match get(name) {
                 None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| ConfigError {
-                    variable: name,
-                    problem: format!("{v:?} is not a whole number"),
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError { variable: name, problem: format!("{v:?} is not a whole number") }),
             }
         };
         let flag = |name: &'static str| -> Result<bool, ConfigError> {
             match get(name).as_deref().map(str::trim) {
                 None | Some("false") | Some("0") => Ok(false),
                 Some("true") | Some("1") => Ok(true),
-                Some(v) => Err(ConfigError {
-                    variable: name,
-                    problem: format!("{v:?} is not true or false"),
-                }),
+                Some(v) => Err(ConfigError { variable: name, problem: format!("{v:?} is not true or false") }),
             }
         };
 
@@ -89,17 +83,14 @@ impl Config {
                     _ => {
                         return Err(ConfigError {
                             variable: "JWT_HS256_SECRET",
-                            problem: "AUTH_MODE=jwt needs exactly one of JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY".into(),
+                            problem: "AUTH_MODE=jwt needs exactly one of JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY"
+                                .into(),
                         });
                     }
                 };
-                let verifier =
-                    JwtVerifier::new(&key, &required("JWT_ISSUER")?, &required("JWT_AUDIENCE")?)
-                        .map_err(|problem| ConfigError {
-                            variable: "JWT_RS256_PUBLIC_KEY",
-                            problem,
-                        })?;
-                Authenticator::Jwt(verifier)
+                let verifier = JwtVerifier::new(&key, &required("JWT_ISSUER")?, &required("JWT_AUDIENCE")?)
+                    .map_err(|problem| ConfigError { variable: "JWT_RS256_PUBLIC_KEY", problem })?;
+                Authenticator::Jwt(Box::new(verifier))
             }
             other => {
                 return Err(ConfigError {
@@ -117,18 +108,13 @@ impl Config {
                     variable: "KIND_QUEUE_URLS",
                     problem: format!("{pair:?} is not kind=queue-url"),
                 })?;
-                queue_routes
-                    .by_kind
-                    .insert(kind.trim().to_string(), url.trim().to_string());
+                queue_routes.by_kind.insert(kind.trim().to_string(), url.trim().to_string());
             }
         }
 
         let max_attempts = number("MAX_ATTEMPTS", 5)? as u32;
         if max_attempts == 0 {
-            return Err(ConfigError {
-                variable: "MAX_ATTEMPTS",
-                problem: "must be at least 1".into(),
-            });
+            return Err(ConfigError { variable: "MAX_ATTEMPTS", problem: "must be at least 1".into() });
         }
         Ok(Config {
             jobs_table: required("JOBS_TABLE")?,
@@ -136,9 +122,7 @@ impl Config {
             queue_routes,
             dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
             auth,
-            kinds: KindsConfig {
-                echo_enabled: flag("ECHO_KIND_ENABLED")?,
-            },
+            kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },
             max_attempts,
             backoff: Backoff {
                 base: Duration::from_secs(number("RETRY_BASE_SECONDS", 2)?),
@@ -167,18 +151,15 @@ pub struct AwsClients {
 impl AwsClients {
     /// Region, credentials and `AWS_ENDPOINT_URL` (moto, locally) come from the usual environment.
     pub async fn from_env() -> AwsClients {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         AwsClients::from_sdk_config(&shared)
     }
 
     pub fn from_sdk_config(shared: &aws_config::SdkConfig) -> AwsClients {
         // Path-style addressing works with any endpoint; virtual-host style needs DNS for every bucket,
         // which a local endpoint such as `localhost` does not have.
-        let s3_config = aws_sdk_s3::config::Builder::from(shared)
-            .force_path_style(shared.endpoint_url().is_some())
-            .build();
+        let s3_config =
+            aws_sdk_s3::config::Builder::from(shared).force_path_style(shared.endpoint_url().is_some()).build();
         AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(shared),
             sqs: aws_sdk_sqs::Client::new(shared),
@@ -221,27 +202,17 @@ mod tests {
         assert!(!config.kinds.echo_enabled);
         assert_eq!(config.queue_routes.queue_for("echo"), "http://q/jobs");
 
-        let config = with(&[
-            ("KIND_QUEUE_URLS", "image=http://q/images"),
-            ("ECHO_KIND_ENABLED", "true"),
-        ])
-        .unwrap();
+        let config = with(&[("KIND_QUEUE_URLS", "image=http://q/images"), ("ECHO_KIND_ENABLED", "true")]).unwrap();
         assert_eq!(config.queue_routes.queue_for("image"), "http://q/images");
         assert!(config.kinds.echo_enabled);
 
         let variable = |pairs: &[(&str, &str)]| with(pairs).unwrap_err().variable;
         assert_eq!(variable(&[("MAX_ATTEMPTS", "x")]), "MAX_ATTEMPTS");
         assert_eq!(variable(&[("MAX_ATTEMPTS", "0")]), "MAX_ATTEMPTS");
-        assert_eq!(
-            variable(&[("ECHO_KIND_ENABLED", "maybe")]),
-            "ECHO_KIND_ENABLED"
-        );
+        assert_eq!(variable(&[("ECHO_KIND_ENABLED", "maybe")]), "ECHO_KIND_ENABLED");
         assert_eq!(variable(&[("AUTH_MODE", "none")]), "AUTH_MODE");
         assert_eq!(variable(&[("JOBS_TABLE", " ")]), "JOBS_TABLE");
         assert_eq!(variable(&[("KIND_QUEUE_URLS", "image")]), "KIND_QUEUE_URLS");
-        assert!(matches!(
-            with(&[("AUTH_MODE", "apigateway")]).unwrap().auth,
-            Authenticator::ApiGatewayAuthorizer
-        ));
+        assert!(matches!(with(&[("AUTH_MODE", "apigateway")]).unwrap().auth, Authenticator::ApiGatewayAuthorizer));
     }
 }

@@ -45,11 +45,7 @@ impl JobMessage {
         let body = body.ok_or(PoisonMessage::NoBody)?;
         let raw: serde_json::Value =
             serde_json::from_str(body).map_err(|e| PoisonMessage::Unparseable(e.to_string()))?;
-        let job_id = raw
-            .get("jobId")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
+        let job_id = raw.get("jobId").and_then(|v| v.as_str()).unwrap_or_default().to_string();
         if JobId::parse(&job_id).is_none() {
             return Err(PoisonMessage::BadJobId(job_id));
         }
@@ -67,10 +63,7 @@ pub struct QueueRoutes {
 
 impl QueueRoutes {
     pub fn single(queue_url: impl Into<String>) -> Self {
-        QueueRoutes {
-            default_queue_url: queue_url.into(),
-            by_kind: HashMap::new(),
-        }
+        QueueRoutes { default_queue_url: queue_url.into(), by_kind: HashMap::new() }
     }
 
     pub fn queue_for(&self, kind: &str) -> &str {
@@ -101,17 +94,9 @@ impl Dispatcher {
     }
 
     /// Sends the job's message. On a FIFO queue the job id is both group and deduplication id.
-    pub async fn send(
-        &self,
-        job_id: &JobId,
-        kind: &str,
-        correlation_id: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn send(&self, job_id: &JobId, kind: &str, correlation_id: &str) -> Result<(), StoreError> {
         let queue_url = self.routes.queue_for(kind);
-        let body = serde_json::to_string(&JobMessage {
-            job_id: job_id.clone(),
-        })
-        .expect("a job message serializes");
+        let body = serde_json::to_string(&JobMessage { job_id: job_id.clone() }).expect("a job message serializes");
         let mut request = self
             .sqs
             .send_message()
@@ -120,14 +105,9 @@ impl Dispatcher {
             .message_attributes(CORRELATION_ID_ATTRIBUTE, string_attribute(correlation_id))
             .message_attributes(KIND_ATTRIBUTE, string_attribute(kind));
         if queue_url.ends_with(".fifo") {
-            request = request
-                .message_group_id(job_id.as_str())
-                .message_deduplication_id(job_id.as_str());
+            request = request.message_group_id(job_id.as_str()).message_deduplication_id(job_id.as_str());
         }
-        request
-            .send()
-            .await
-            .map_err(|e| StoreError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
+        request.send().await.map_err(|e| StoreError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
         Ok(())
     }
 
@@ -167,15 +147,7 @@ pub async fn sweep_pending(
 ) -> Result<SweepReport, StoreError> {
     let mut report = SweepReport::default();
     for pending in store.due_for_dispatch(now, limit).await? {
-        match dispatcher
-            .dispatch(
-                store,
-                &pending.job_id,
-                &pending.kind,
-                &pending.correlation_id,
-            )
-            .await
-        {
+        match dispatcher.dispatch(store, &pending.job_id, &pending.kind, &pending.correlation_id).await {
             Ok(()) => {
                 tracing::info!(job_id = %pending.job_id, correlation_id = %pending.correlation_id, "re-dispatched job");
                 report.redispatched += 1;
@@ -197,21 +169,13 @@ mod tests {
     fn parses_job_messages_and_names_poison() {
         let id = JobId::new_random();
         let body = format!(r#"{{"jobId":"{id}"}}"#);
-        assert_eq!(
-            JobMessage::parse(Some(&body)),
-            Ok(JobMessage { job_id: id })
-        );
-        let cases: [(Option<&str>, fn(&PoisonMessage) -> bool); 5] = [
+        assert_eq!(JobMessage::parse(Some(&body)), Ok(JobMessage { job_id: id }));
+        type IsExpected = fn(&PoisonMessage) -> bool;
+        let cases: [(Option<&str>, IsExpected); 5] = [
             (None, |e| matches!(e, PoisonMessage::NoBody)),
-            (Some("not json"), |e| {
-                matches!(e, PoisonMessage::Unparseable(_))
-            }),
-            (Some(r#"{"jobId":"nope"}"#), |e| {
-                matches!(e, PoisonMessage::BadJobId(_))
-            }),
-            (Some(r#"{"jobId":42}"#), |e| {
-                matches!(e, PoisonMessage::BadJobId(_))
-            }),
+            (Some("not json"), |e| matches!(e, PoisonMessage::Unparseable(_))),
+            (Some(r#"{"jobId":"nope"}"#), |e| matches!(e, PoisonMessage::BadJobId(_))),
+            (Some(r#"{"jobId":42}"#), |e| matches!(e, PoisonMessage::BadJobId(_))),
             (Some("[]"), |e| matches!(e, PoisonMessage::BadJobId(_))),
         ];
         for (body, expected) in cases {

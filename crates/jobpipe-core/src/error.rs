@@ -65,12 +65,7 @@ impl StoreError {
                 } else {
                     Retryability::Permanent
                 };
-                StoreError {
-                    operation,
-                    code,
-                    message,
-                    retryability,
-                }
+                StoreError { operation, code, message, retryability }
             }
             _ => StoreError {
                 operation,

@@ -50,10 +50,7 @@ impl Intake<'_> {
             None => JobId::new_random(),
         };
         let request_hash = request_hash(&new.kind, &new.input);
-        let input = self
-            .payloads
-            .put_input(&job_id, &request_hash[..16], &new.input)
-            .await?;
+        let input = self.payloads.put_input(&job_id, &request_hash[..16], &new.input).await?;
         let job = Job {
             job_id,
             owner: new.owner,
@@ -81,16 +78,13 @@ impl Intake<'_> {
             CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
         };
         // Also for a replay: if the first request died before sending, this sends it now.
-        if job.dispatch_due_at.is_some() && job.status == JobStatus::Queued {
-            if let Err(error) = self
-                .dispatcher
-                .dispatch(self.store, &job.job_id, &job.kind, &job.correlation_id)
-                .await
-            {
-                // The job is durable; the reconciler sends it after the grace period, so accepting is
-                // still a promise we keep.
-                tracing::warn!(job_id = %job.job_id, %error, "job stored but its message was not sent; the reconciler will send it");
-            }
+        if job.dispatch_due_at.is_some()
+            && job.status == JobStatus::Queued
+            && let Err(error) = self.dispatcher.dispatch(self.store, &job.job_id, &job.kind, &job.correlation_id).await
+        {
+            // The job is durable; the reconciler sends it after the grace period, so accepting is
+            // still a promise we keep.
+            tracing::warn!(job_id = %job.job_id, %error, "job stored but its message was not sent; the reconciler will send it");
         }
         Ok(accepted)
     }
@@ -103,11 +97,7 @@ pub fn request_hash(kind: &str, input: &Value) -> String {
     hasher.update(kind.as_bytes());
     hasher.update([0]);
     hasher.update(input.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -120,13 +110,7 @@ mod tests {
         let a = request_hash("echo", &json!({"a": 1, "b": {"c": 2, "d": 3}}));
         let b = request_hash("echo", &json!({"b": {"d": 3, "c": 2}, "a": 1}));
         assert_eq!(a, b);
-        assert_ne!(
-            a,
-            request_hash("echo", &json!({"a": 1, "b": {"c": 2, "d": 4}}))
-        );
-        assert_ne!(
-            a,
-            request_hash("image", &json!({"a": 1, "b": {"c": 2, "d": 3}}))
-        );
+        assert_ne!(a, request_hash("echo", &json!({"a": 1, "b": {"c": 2, "d": 4}})));
+        assert_ne!(a, request_hash("image", &json!({"a": 1, "b": {"c": 2, "d": 3}})));
     }
 }

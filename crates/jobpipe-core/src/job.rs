@@ -11,8 +11,7 @@ use crate::clock::{Millis, to_rfc3339};
 pub struct JobId(String);
 
 /// Namespace for ids derived from an idempotency key, so equal keys of different owners never collide.
-const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x6a0b_7c1e_2f4d_4e8a_9b3c_5d6e_7f80_9a1b);
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a0b_7c1e_2f4d_4e8a_9b3c_5d6e_7f80_9a1b);
 
 impl JobId {
     pub fn new_random() -> Self {
@@ -54,13 +53,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Queued,
-        JobStatus::Processing,
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Queued, JobStatus::Processing, JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,16 +67,11 @@ impl JobStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        JobStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
-        )
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
     }
 }
 
@@ -105,26 +94,15 @@ pub struct JobError {
 
 impl JobError {
     pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError {
-            code: code.into(),
-            message: message.into(),
-            retryable: false,
-        }
+        JobError { code: code.into(), message: message.into(), retryable: false }
     }
 
     pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError {
-            code: code.into(),
-            message: message.into(),
-            retryable: true,
-        }
+        JobError { code: code.into(), message: message.into(), retryable: true }
     }
 
     pub fn info(&self) -> ErrorInfo {
-        ErrorInfo {
-            code: self.code.clone(),
-            message: self.message.clone(),
-        }
+        ErrorInfo { code: self.code.clone(), message: self.message.clone() }
     }
 }
 
@@ -223,23 +201,14 @@ mod tests {
         assert_ne!(a, JobId::from_idempotency_key("bob", "k1"));
         assert_ne!(a, JobId::from_idempotency_key("alice", "k2"));
         // The separator keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(
-            JobId::from_idempotency_key("ab", "c"),
-            JobId::from_idempotency_key("a", "bc")
-        );
+        assert_ne!(JobId::from_idempotency_key("ab", "c"), JobId::from_idempotency_key("a", "bc"));
     }
 
     #[test]
     fn only_canonical_uuids_parse() {
         let id = JobId::new_random();
         assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
-        for bad in [
-            "",
-            "abc",
-            "../x",
-            &id.as_str().to_uppercase(),
-            &id.as_str().replace('-', ""),
-        ] {
+        for bad in ["", "abc", "../x", &id.as_str().to_uppercase(), &id.as_str().replace('-', "")] {
             assert_eq!(JobId::parse(bad), None, "{bad}");
         }
     }

@@ -18,11 +18,7 @@ pub struct PayloadStore {
 
 impl PayloadStore {
     pub fn new(s3: Client, bucket: impl Into<String>, inline_max_bytes: usize) -> Self {
-        PayloadStore {
-            s3,
-            bucket: bucket.into(),
-            inline_max_bytes,
-        }
+        PayloadStore { s3, bucket: bucket.into(), inline_max_bytes }
     }
 
     pub fn bucket(&self) -> &str {
@@ -35,20 +31,13 @@ impl PayloadStore {
 
     /// `version` tells submissions apart (the request hash): a replayed idempotency key with a different
     /// body must not overwrite the input of the job that key already names.
-    pub async fn put_input(
-        &self,
-        job_id: &JobId,
-        version: &str,
-        value: &Value,
-    ) -> Result<Payload, StoreError> {
-        self.put(value, format!("payloads/{job_id}/input-{version}.json"))
-            .await
+    pub async fn put_input(&self, job_id: &JobId, version: &str, value: &Value) -> Result<Payload, StoreError> {
+        self.put(value, format!("payloads/{job_id}/input-{version}.json")).await
     }
 
     /// Stores a result at a key derived from the job, so a retried attempt overwrites, never duplicates.
     pub async fn put_result(&self, job_id: &JobId, value: &Value) -> Result<Payload, StoreError> {
-        self.put(value, format!("payloads/{job_id}/result.json"))
-            .await
+        self.put(value, format!("payloads/{job_id}/result.json")).await
     }
 
     async fn put(&self, value: &Value, key: String) -> Result<Payload, StoreError> {
@@ -64,9 +53,7 @@ impl PayloadStore {
             .body(ByteStream::from(body.into_bytes()))
             .send()
             .await
-            .map_err(|e| {
-                StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e)
-            })?;
+            .map_err(|e| StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e))?;
         Ok(Payload::S3 { key })
     }
 
@@ -94,10 +81,7 @@ impl PayloadStore {
             .map_err(|e| StoreError::corrupt(operation(), format!("payload is not JSON: {e}")))
     }
 
-    pub async fn resolve_opt(
-        &self,
-        payload: Option<&Payload>,
-    ) -> Result<Option<Value>, StoreError> {
+    pub async fn resolve_opt(&self, payload: Option<&Payload>) -> Result<Option<Value>, StoreError> {
         match payload {
             Some(p) => self.resolve(p).await.map(Some),
             None => Ok(None),

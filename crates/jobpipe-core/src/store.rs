@@ -129,16 +129,11 @@ impl PageToken {
     }
 
     pub fn decode(token: &str) -> Option<PageToken> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
         let json: Value = serde_json::from_slice(&bytes).ok()?;
         let job_id = JobId::parse(json.get("j")?.as_str()?)?;
         let created_at = json.get("c")?.as_i64()?;
-        Some(PageToken {
-            job_id: job_id.as_str().to_string(),
-            created_at,
-        })
+        Some(PageToken { job_id: job_id.as_str().to_string(), created_at })
     }
 }
 
@@ -154,11 +149,7 @@ type Item = HashMap<String, AttributeValue>;
 
 impl JobStore {
     pub fn new(client: Client, table: impl Into<String>, retention_secs: i64) -> Self {
-        JobStore {
-            client,
-            table: table.into(),
-            retention_secs,
-        }
+        JobStore { client, table: table.into(), retention_secs }
     }
 
     pub fn table(&self) -> &str {
@@ -190,8 +181,7 @@ impl JobStore {
                 match old {
                     Some(item) => {
                         let existing = from_item(&item)?;
-                        if existing.owner == job.owner && existing.request_hash == job.request_hash
-                        {
+                        if existing.owner == job.owner && existing.request_hash == job.request_hash {
                             Ok(CreateOutcome::Replayed(existing))
                         } else {
                             Ok(CreateOutcome::KeyReused(existing))
@@ -252,20 +242,14 @@ impl JobStore {
                     .expression_attribute_names("#status", attr::STATUS)
                     .expression_attribute_values(":status", s(status.as_str()));
             }
-            let out = query
-                .send()
-                .await
-                .map_err(|e| StoreError::from_sdk("Query (jobs by owner)", e))?;
+            let out = query.send().await.map_err(|e| StoreError::from_sdk("Query (jobs by owner)", e))?;
             for item in out.items() {
                 jobs.push(from_item(item)?);
                 if jobs.len() == limit {
                     let last = &jobs[limit - 1];
-                    let more = out.last_evaluated_key().is_some()
-                        || !std::ptr::eq(item, out.items().last().unwrap());
-                    let token = more.then(|| PageToken {
-                        job_id: last.job_id.as_str().into(),
-                        created_at: last.created_at,
-                    });
+                    let more = out.last_evaluated_key().is_some() || !std::ptr::eq(item, out.items().last().unwrap());
+                    let token =
+                        more.then(|| PageToken { job_id: last.job_id.as_str().into(), created_at: last.created_at });
                     return Ok((jobs, token));
                 }
             }
@@ -285,12 +269,7 @@ impl JobStore {
     }
 
     /// queued -> cancelled, only by the owner.
-    pub async fn cancel(
-        &self,
-        job_id: &JobId,
-        owner: &str,
-        now: Millis,
-    ) -> Result<CancelOutcome, StoreError> {
+    pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
         let result = self
             .update(job_id)
             .condition_expression("#owner = :owner AND #status = :queued")
@@ -350,9 +329,7 @@ impl JobStore {
             Err(Some(old)) if old.status.is_terminal() => ClaimOutcome::AlreadyFinished(old),
             Err(Some(old)) => match &old.lease {
                 Some(l) if old.status == JobStatus::Processing && l.expires_at >= now => {
-                    ClaimOutcome::HeldElsewhere {
-                        expires_at: l.expires_at,
-                    }
+                    ClaimOutcome::HeldElsewhere { expires_at: l.expires_at }
                 }
                 _ if old.attempts >= max_attempts => ClaimOutcome::AttemptsExhausted(old),
                 // The item changed between our condition and its read-back, which a single request rules
@@ -371,10 +348,8 @@ impl JobStore {
         now: Millis,
     ) -> Result<FenceOutcome, StoreError> {
         let (result_attr, result_value) = payload_attr(result, attr::RESULT, attr::RESULT_REF);
-        let expression = format!(
-            "SET #status = :completed, #result = :result, progress = :hundred, completedAt = :now, \
-             updatedAt = :now, expiresAt = :ttl REMOVE leaseToken, leaseExpiresAt, lastErrorCode, lastErrorMessage"
-        );
+        let expression = "SET #status = :completed, #result = :result, progress = :hundred, completedAt = :now, \
+                          updatedAt = :now, expiresAt = :ttl REMOVE leaseToken, leaseExpiresAt, lastErrorCode, lastErrorMessage";
         let result = self
             .fenced(job_id, token)
             .update_expression(expression)
@@ -506,11 +481,7 @@ impl JobStore {
     }
 
     /// Jobs whose dispatch deadline passed without their message being confirmed in SQS.
-    pub async fn due_for_dispatch(
-        &self,
-        now: Millis,
-        limit: usize,
-    ) -> Result<Vec<PendingDispatch>, StoreError> {
+    pub async fn due_for_dispatch(&self, now: Millis, limit: usize) -> Result<Vec<PendingDispatch>, StoreError> {
         let mut due = Vec::new();
         for shard in 0..DISPATCH_SHARDS {
             let mut start_key = None;
@@ -521,7 +492,7 @@ impl JobStore {
                     .table_name(&self.table)
                     .index_name(attr::PENDING_DISPATCH_INDEX)
                     .key_condition_expression("dispatchShard = :shard AND dispatchDueAt <= :now")
-                    .expression_attribute_values(":shard", s(&shard_name(shard)))
+                    .expression_attribute_values(":shard", s(shard_name(shard)))
                     .expression_attribute_values(":now", n(now))
                     .set_exclusive_start_key(start_key.take())
                     .send()
@@ -532,9 +503,8 @@ impl JobStore {
                         return Ok(due);
                     }
                     due.push(PendingDispatch {
-                        job_id: JobId::parse(&get_s(item, attr::JOB_ID)?).ok_or_else(|| {
-                            StoreError::corrupt("pending dispatch", "job id is not a UUID")
-                        })?,
+                        job_id: JobId::parse(&get_s(item, attr::JOB_ID)?)
+                            .ok_or_else(|| StoreError::corrupt("pending dispatch", "job id is not a UUID"))?,
                         kind: get_s(item, attr::KIND)?,
                         correlation_id: get_s(item, attr::CORRELATION_ID).unwrap_or_default(),
                     });
@@ -604,10 +574,7 @@ pub fn shard_name(shard: u32) -> String {
 
 /// The pending-dispatch shard of a job: a stable hash of its id.
 pub fn shard_of(job_id: &JobId) -> String {
-    let hash = job_id
-        .as_str()
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let hash = job_id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
     shard_name(hash % DISPATCH_SHARDS)
 }
 
@@ -619,11 +586,7 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn payload_attr(
-    payload: &Payload,
-    inline: &'static str,
-    reference: &'static str,
-) -> (&'static str, AttributeValue) {
+fn payload_attr(payload: &Payload, inline: &'static str, reference: &'static str) -> (&'static str, AttributeValue) {
     match payload {
         Payload::Inline(value) => (inline, s(value.to_string())),
         Payload::S3 { key } => (reference, s(key)),
@@ -680,45 +643,32 @@ fn to_item(job: &Job) -> Item {
 }
 
 fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
-    opt_s(item, name)?
-        .ok_or_else(|| StoreError::corrupt("reading job item", format!("attribute {name} missing")))
+    opt_s(item, name)?.ok_or_else(|| StoreError::corrupt("reading job item", format!("attribute {name} missing")))
 }
 
 fn opt_s(item: &Item, name: &str) -> Result<Option<String>, StoreError> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-        Some(_) => Err(StoreError::corrupt(
-            "reading job item",
-            format!("attribute {name} is not a string"),
-        )),
+        Some(_) => Err(StoreError::corrupt("reading job item", format!("attribute {name} is not a string"))),
     }
 }
 
 fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
     match item.get(name) {
         None => Ok(None),
-        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| {
-            StoreError::corrupt(
-                "reading job item",
-                format!("attribute {name} is not a valid number"),
-            )
-        }),
-        Some(_) => Err(StoreError::corrupt(
-            "reading job item",
-            format!("attribute {name} is not a number"),
-        )),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::corrupt("reading job item", format!("attribute {name} is not a valid number"))),
+        Some(_) => Err(StoreError::corrupt("reading job item", format!("attribute {name} is not a number"))),
     }
 }
 
 fn opt_payload(item: &Item, inline: &str, reference: &str) -> Result<Option<Payload>, StoreError> {
     if let Some(text) = opt_s(item, inline)? {
-        let value = serde_json::from_str(&text).map_err(|e| {
-            StoreError::corrupt(
-                "reading job item",
-                format!("attribute {inline} is not JSON: {e}"),
-            )
-        })?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| StoreError::corrupt("reading job item", format!("attribute {inline} is not JSON: {e}")))?;
         return Ok(Some(Payload::Inline(value)));
     }
     Ok(opt_s(item, reference)?.map(|key| Payload::S3 { key }))
@@ -726,10 +676,7 @@ fn opt_payload(item: &Item, inline: &str, reference: &str) -> Result<Option<Payl
 
 fn opt_error(item: &Item, code: &str, message: &str) -> Result<Option<ErrorInfo>, StoreError> {
     Ok(match opt_s(item, code)? {
-        Some(code) => Some(ErrorInfo {
-            code,
-            message: opt_s(item, message)?.unwrap_or_default(),
-        }),
+        Some(code) => Some(ErrorInfo { code, message: opt_s(item, message)?.unwrap_or_default() }),
         None => None,
     })
 }
@@ -737,32 +684,20 @@ fn opt_error(item: &Item, code: &str, message: &str) -> Result<Option<ErrorInfo>
 fn from_item(item: &Item) -> Result<Job, StoreError> {
     let job_id = get_s(item, attr::JOB_ID)?;
     let status = get_s(item, attr::STATUS)?;
-    let lease = match (
-        opt_s(item, attr::LEASE_TOKEN)?,
-        opt_n(item, attr::LEASE_EXPIRES_AT)?,
-    ) {
+    let lease = match (opt_s(item, attr::LEASE_TOKEN)?, opt_n(item, attr::LEASE_EXPIRES_AT)?) {
         (Some(token), Some(expires_at)) => Some(Lease { token, expires_at }),
         // A released lease keeps only its (past) expiry, so a new claim may take the job at once.
-        (None, Some(expires_at)) => Some(Lease {
-            token: String::new(),
-            expires_at,
-        }),
+        (None, Some(expires_at)) => Some(Lease { token: String::new(), expires_at }),
         _ => None,
     };
     Ok(Job {
-        job_id: JobId::parse(&job_id).ok_or_else(|| {
-            StoreError::corrupt(
-                "reading job item",
-                format!("job id {job_id:?} is not a UUID"),
-            )
-        })?,
+        job_id: JobId::parse(&job_id)
+            .ok_or_else(|| StoreError::corrupt("reading job item", format!("job id {job_id:?} is not a UUID")))?,
         owner: get_s(item, attr::OWNER)?,
         kind: get_s(item, attr::KIND)?,
-        status: JobStatus::parse(&status).ok_or_else(|| {
-            StoreError::corrupt("reading job item", format!("unknown status {status:?}"))
-        })?,
-        input: opt_payload(item, attr::INPUT, attr::INPUT_REF)?
-            .unwrap_or(Payload::Inline(Value::Null)),
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::corrupt("reading job item", format!("unknown status {status:?}")))?,
+        input: opt_payload(item, attr::INPUT, attr::INPUT_REF)?.unwrap_or(Payload::Inline(Value::Null)),
         result: opt_payload(item, attr::RESULT, attr::RESULT_REF)?,
         error: opt_error(item, attr::ERROR_CODE, attr::ERROR_MESSAGE)?,
         last_error: opt_error(item, attr::LAST_ERROR_CODE, attr::LAST_ERROR_MESSAGE)?,
@@ -786,17 +721,11 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
-        let token = PageToken {
-            job_id: JobId::new_random().as_str().into(),
-            created_at: 1_700_000_000_123,
-        };
+        let token = PageToken { job_id: JobId::new_random().as_str().into(), created_at: 1_700_000_000_123 };
         assert_eq!(PageToken::decode(&token.encode()), Some(token));
-        for bad in [
-            "",
-            "!!!",
-            "eyJ4IjoxfQ",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{\"j\":\"x\",\"c\":1}"),
-        ] {
+        for bad in
+            ["", "!!!", "eyJ4IjoxfQ", &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{\"j\":\"x\",\"c\":1}")]
+        {
             assert_eq!(PageToken::decode(bad), None, "{bad}");
         }
     }
@@ -809,24 +738,16 @@ mod tests {
             kind: "echo".into(),
             status: JobStatus::Processing,
             input: Payload::Inline(serde_json::json!({"a": [1, 2]})),
-            result: Some(Payload::S3 {
-                key: "results/x/result.json".into(),
-            }),
+            result: Some(Payload::S3 { key: "results/x/result.json".into() }),
             error: None,
-            last_error: Some(ErrorInfo {
-                code: "boom".into(),
-                message: "went wrong".into(),
-            }),
+            last_error: Some(ErrorInfo { code: "boom".into(), message: "went wrong".into() }),
             attempts: 2,
             progress: 40,
             created_at: 1,
             started_at: Some(2),
             completed_at: None,
             updated_at: 3,
-            lease: Some(Lease {
-                token: "t".into(),
-                expires_at: 9,
-            }),
+            lease: Some(Lease { token: "t".into(), expires_at: 9 }),
             idempotency_key: Some("k".into()),
             request_hash: "h".into(),
             correlation_id: "c".into(),

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage, SqsMessageAttribute};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use jobpipe_core::auth::{Claims, issue_hs256};
@@ -38,30 +38,19 @@ pub fn moto_endpoint() -> &'static str {
     &MOTO
         .get_or_init(|| {
             if let Ok(endpoint) = std::env::var("JOBPIPE_TEST_AWS_ENDPOINT") {
-                return Moto {
-                    endpoint,
-                    _child: None,
-                };
+                return Moto { endpoint, _child: None };
             }
             let venv_python = repo_root().join(".venv/bin/python");
             let python = std::env::var_os("JOBPIPE_PYTHON")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    if venv_python.exists() {
-                        venv_python
-                    } else {
-                        "python3".into()
-                    }
-                });
+                .unwrap_or_else(|| if venv_python.exists() { venv_python } else { "python3".into() });
             let mut child = Command::new(&python)
                 .arg(repo_root().join("infra/moto_server.py"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("starting moto with {python:?} (run `cargo xtask setup` first): {e}")
-                });
+                .unwrap_or_else(|e| panic!("starting moto with {python:?} (run `cargo xtask setup` first): {e}"));
             let mut line = String::new();
             BufReader::new(child.stdout.take().expect("stdout is piped"))
                 .read_line(&mut line)
@@ -69,15 +58,8 @@ pub fn moto_endpoint() -> &'static str {
             let port = line
                 .strip_prefix("READY ")
                 .and_then(|p| p.trim().parse::<u16>().ok())
-                .unwrap_or_else(|| {
-                    panic!(
-                        "moto did not start (is moto[server] installed for {python:?}?): {line:?}"
-                    )
-                });
-            Moto {
-                endpoint: format!("http://127.0.0.1:{port}"),
-                _child: Some(child),
-            }
+                .unwrap_or_else(|| panic!("moto did not start (is moto[server] installed for {python:?}?): {line:?}"));
+            Moto { endpoint: format!("http://127.0.0.1:{port}"), _child: Some(child) }
         })
         .endpoint
 }
@@ -89,13 +71,7 @@ pub fn sdk_config() -> aws_config::SdkConfig {
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(moto_endpoint())
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            aws_sdk_dynamodb::config::Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "jobpipe-testkit",
-            ),
+            aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "jobpipe-testkit"),
         ))
         .build()
 }
@@ -117,10 +93,7 @@ pub fn token_with(claims: Claims) -> String {
 }
 
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// A fresh set of the resources jobpipe uses, with unique names, in moto.
@@ -145,10 +118,7 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions {
-            max_receive_count: 10,
-            visibility_timeout: 30,
-        }
+        StackOptions { max_receive_count: 10, visibility_timeout: 30 }
     }
 }
 
@@ -163,16 +133,9 @@ impl TestStack {
         let table = format!("jobs-{suffix}");
         let bucket = format!("payloads-{suffix}");
         create_jobs_table(&clients.dynamodb, &table).await;
-        clients
-            .s3
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("creating bucket");
+        clients.s3.create_bucket().bucket(&bucket).send().await.expect("creating bucket");
 
-        let dlq_url =
-            create_queue(&clients.sqs, &format!("jobs-dlq-{suffix}"), HashMap::new()).await;
+        let dlq_url = create_queue(&clients.sqs, &format!("jobs-dlq-{suffix}"), HashMap::new()).await;
         let dlq_arn = queue_arn(&clients.sqs, &dlq_url).await;
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": options.max_receive_count});
         let queue_url = create_queue(
@@ -180,10 +143,7 @@ impl TestStack {
             &format!("jobs-{suffix}"),
             HashMap::from([
                 (QueueAttributeName::RedrivePolicy, redrive.to_string()),
-                (
-                    QueueAttributeName::VisibilityTimeout,
-                    options.visibility_timeout.to_string(),
-                ),
+                (QueueAttributeName::VisibilityTimeout, options.visibility_timeout.to_string()),
             ]),
         )
         .await;
@@ -244,11 +204,7 @@ impl TestStack {
     /// What the event source mapping does with a handler's answer: deletes every record not reported
     /// failed; failed ones stay for their visibility timeout.
     pub async fn settle(&self, records: &[SqsMessage], response: &SqsBatchResponse) {
-        let failed: Vec<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
+        let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
         for record in records {
             if failed.contains(&record.message_id.as_deref().unwrap_or_default()) {
                 continue;
@@ -305,11 +261,7 @@ impl TestStack {
             .send()
             .await
             .expect("reading queue attributes");
-        out.attributes()
-            .into_iter()
-            .flatten()
-            .map(|(_, v)| v.parse::<u64>().unwrap_or(0))
-            .sum()
+        out.attributes().into_iter().flatten().map(|(_, v)| v.parse::<u64>().unwrap_or(0)).sum()
     }
 }
 
@@ -317,19 +269,10 @@ impl TestStack {
 /// `pendingDispatch`.
 pub async fn create_jobs_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
     let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(kind)
-            .build()
-            .unwrap()
+        AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().unwrap()
     };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .unwrap()
-    };
+    let key =
+        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
     let index = |name: &str, hash: &str, range: &str, projection: Projection| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
@@ -353,9 +296,7 @@ pub async fn create_jobs_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str)
             attr::BY_OWNER_INDEX,
             attr::OWNER,
             attr::CREATED_AT,
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
+            Projection::builder().projection_type(ProjectionType::All).build(),
         ))
         .global_secondary_indexes(index(
             attr::PENDING_DISPATCH_INDEX,
@@ -401,12 +342,7 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
 
 /// Receives messages and shapes them as the records of a Lambda SQS event, as the event source mapping
 /// would.
-pub async fn receive_batch(
-    sqs: &aws_sdk_sqs::Client,
-    url: &str,
-    arn: &str,
-    max: i32,
-) -> Vec<SqsMessage> {
+pub async fn receive_batch(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str, max: i32) -> Vec<SqsMessage> {
     let out = sqs
         .receive_message()
         .queue_url(url)
@@ -425,12 +361,8 @@ pub async fn receive_batch(
             record.receipt_handle = m.receipt_handle.clone();
             record.body = m.body.clone();
             record.md5_of_body = m.md5_of_body.clone();
-            record.attributes = m
-                .attributes()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| (k.as_str().to_string(), v.clone()))
-                .collect();
+            record.attributes =
+                m.attributes().into_iter().flatten().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
             record.message_attributes = m
                 .message_attributes()
                 .into_iter()

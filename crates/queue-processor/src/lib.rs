@@ -52,11 +52,7 @@ impl Processor {
         let retention_secs = config.job_retention.as_secs() as i64;
         Processor {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, retention_secs),
-            payloads: PayloadStore::new(
-                clients.s3.clone(),
-                &config.payload_bucket,
-                config.inline_payload_max_bytes,
-            ),
+            payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             sqs: clients.sqs.clone(),
             kinds: KindRegistry::from_config(&config.kinds),
@@ -106,11 +102,7 @@ pub async fn handle_sqs(
         async move {
             // Boxed: the whole state machine inlined into one future type is too deep for the compiler.
             let outcome = Box::pin(processor.process_record(&record, deadline)).await;
-            if outcome.acknowledges() {
-                Ok(())
-            } else {
-                Err(RecordFailed)
-            }
+            if outcome.acknowledges() { Ok(()) } else { Err(RecordFailed) }
         }
     })
     .await

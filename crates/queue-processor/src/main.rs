@@ -14,8 +14,5 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     let clients = AwsClients::from_env().await;
     let processor = Arc::new(Processor::new(&config, &clients, Arc::new(SystemClock)));
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        handle_event(processor.clone(), event)
-    }))
-    .await
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| handle_event(processor.clone(), event))).await
 }

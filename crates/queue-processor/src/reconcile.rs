@@ -28,13 +28,7 @@ pub struct ReconcileReport {
 
 impl Processor {
     pub async fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
-        let sweep = sweep_pending(
-            &self.store,
-            &self.dispatcher,
-            self.clock.now_ms(),
-            REDISPATCH_LIMIT,
-        )
-        .await?;
+        let sweep = sweep_pending(&self.store, &self.dispatcher, self.clock.now_ms(), REDISPATCH_LIMIT).await?;
         let mut report = ReconcileReport {
             redispatched: sweep.redispatched,
             redispatch_failures: sweep.failed,
@@ -49,11 +43,7 @@ impl Processor {
 
     /// Reads dead letters without deleting them (they stay for inspection and redrive) and fails the
     /// unfinished jobs they name.
-    async fn scan_dead_letters(
-        &self,
-        dlq: &str,
-        report: &mut ReconcileReport,
-    ) -> Result<(), StoreError> {
+    async fn scan_dead_letters(&self, dlq: &str, report: &mut ReconcileReport) -> Result<(), StoreError> {
         while report.dead_letters_seen < self.settings.dead_letter_scan_limit {
             let out = self
                 .sqs
@@ -78,11 +68,7 @@ impl Processor {
                     code: "dead_lettered".into(),
                     message: "the job's message was delivered too many times without finishing and was moved to the dead-letter queue".into(),
                 };
-                match self
-                    .store
-                    .force_fail(&job.job_id, &info, self.clock.now_ms())
-                    .await?
-                {
+                match self.store.force_fail(&job.job_id, &info, self.clock.now_ms()).await? {
                     ForceFailOutcome::Failed(_) => {
                         tracing::warn!(job_id = %job.job_id, "failed a job whose message was dead-lettered");
                         report.jobs_failed_from_dead_letters += 1;

@@ -50,21 +50,12 @@ pub enum RecordOutcome {
 impl RecordOutcome {
     /// Whether the message may be deleted. Everything else is reported as a batch item failure.
     pub fn acknowledges(&self) -> bool {
-        matches!(
-            self,
-            RecordOutcome::Completed(_)
-                | RecordOutcome::Failed(_)
-                | RecordOutcome::AlreadyFinished(_)
-        )
+        matches!(self, RecordOutcome::Completed(_) | RecordOutcome::Failed(_) | RecordOutcome::AlreadyFinished(_))
     }
 }
 
 impl Processor {
-    pub async fn process_record(
-        &self,
-        record: &SqsMessage,
-        deadline: Option<Millis>,
-    ) -> RecordOutcome {
+    pub async fn process_record(&self, record: &SqsMessage, deadline: Option<Millis>) -> RecordOutcome {
         let correlation_id = record
             .message_attributes
             .get(CORRELATION_ID_ATTRIBUTE)
@@ -79,8 +70,7 @@ impl Processor {
                 return outcome;
             }
         };
-        let span =
-            tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
+        let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
         async {
             let outcome = match self.run_job(&message.job_id, deadline).await {
                 Ok(RecordOutcome::Poison(reason)) => self.poison(record, &reason).await,
@@ -97,41 +87,22 @@ impl Processor {
         .await
     }
 
-    async fn run_job(
-        &self,
-        job_id: &JobId,
-        deadline: Option<Millis>,
-    ) -> Result<RecordOutcome, StoreError> {
+    async fn run_job(&self, job_id: &JobId, deadline: Option<Millis>) -> Result<RecordOutcome, StoreError> {
         let now = self.clock.now_ms();
-        let lease = Lease {
-            token: uuid::Uuid::new_v4().to_string(),
-            expires_at: self.lease_expiry(now, deadline),
-        };
-        let job = match self
-            .store
-            .claim(job_id, &lease, self.settings.max_attempts, now)
-            .await?
-        {
+        let lease = Lease { token: uuid::Uuid::new_v4().to_string(), expires_at: self.lease_expiry(now, deadline) };
+        let job = match self.store.claim(job_id, &lease, self.settings.max_attempts, now).await? {
             ClaimOutcome::Claimed(job) => job,
             ClaimOutcome::AlreadyFinished(job) => {
-                tracing::info!(
-                    status = job.status.as_str(),
-                    "duplicate delivery of a finished job; acknowledged"
-                );
+                tracing::info!(status = job.status.as_str(), "duplicate delivery of a finished job; acknowledged");
                 return Ok(RecordOutcome::AlreadyFinished(job));
             }
             ClaimOutcome::HeldElsewhere { expires_at } => {
-                tracing::info!(
-                    lease_expires_at = expires_at,
-                    "job is leased by another worker; retry after the lease"
-                );
+                tracing::info!(lease_expires_at = expires_at, "job is leased by another worker; retry after the lease");
                 return Ok(RecordOutcome::HeldElsewhere { expires_at });
             }
             ClaimOutcome::AttemptsExhausted(job) => return self.give_up_on_crashed(job).await,
             ClaimOutcome::NotFound => {
-                return Ok(RecordOutcome::Poison(format!(
-                    "job {job_id} does not exist"
-                )));
+                return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
             }
         };
         tracing::info!(attempt = job.attempts, kind = %job.kind, "claimed job");
@@ -141,11 +112,7 @@ impl Processor {
         let outcome = match result {
             Ok(value) => {
                 let payload = self.payloads.put_result(&job.job_id, &value).await?;
-                match self
-                    .store
-                    .complete(&job.job_id, &lease.token, &payload, now)
-                    .await?
-                {
+                match self.store.complete(&job.job_id, &lease.token, &payload, now).await? {
                     FenceOutcome::Done(job) => RecordOutcome::Completed(job),
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
@@ -154,35 +121,21 @@ impl Processor {
                 let info = if error.retryable {
                     ErrorInfo {
                         code: error.code.clone(),
-                        message: format!(
-                            "gave up after {} attempts: {}",
-                            job.attempts, error.message
-                        ),
+                        message: format!("gave up after {} attempts: {}", job.attempts, error.message),
                     }
                 } else {
                     error.info()
                 };
-                match self
-                    .store
-                    .fail(&job.job_id, &lease.token, &info, now)
-                    .await?
-                {
+                match self.store.fail(&job.job_id, &lease.token, &info, now).await? {
                     FenceOutcome::Done(job) => RecordOutcome::Failed(job),
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
             }
-            Err(error) => match self
-                .store
-                .release_for_retry(&job.job_id, &lease.token, &error.info(), now)
-                .await?
-            {
+            Err(error) => match self.store.release_for_retry(&job.job_id, &lease.token, &error.info(), now).await? {
                 FenceOutcome::Done(job) => {
                     let delay = self.settings.backoff.delay(job.attempts);
                     tracing::info!(error = %error, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; retrying later");
-                    RecordOutcome::RetryScheduled {
-                        attempt: job.attempts,
-                        delay,
-                    }
+                    RecordOutcome::RetryScheduled { attempt: job.attempts, delay }
                 }
                 FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
             },
@@ -202,48 +155,27 @@ impl Processor {
 
     /// Earlier workers claimed the job and died every time: fail it rather than run it again.
     async fn give_up_on_crashed(&self, job: Job) -> Result<RecordOutcome, StoreError> {
-        let last = job
-            .last_error
-            .clone()
-            .map(|e| format!(": last error {}: {}", e.code, e.message))
-            .unwrap_or_default();
+        let last =
+            job.last_error.clone().map(|e| format!(": last error {}: {}", e.code, e.message)).unwrap_or_default();
         let info = ErrorInfo {
             code: "max_attempts_exceeded".into(),
             message: format!("{} attempts started without finishing{last}", job.attempts),
         };
-        Ok(
-            match self
-                .store
-                .force_fail(&job.job_id, &info, self.clock.now_ms())
-                .await?
-            {
-                ForceFailOutcome::Failed(job) => {
-                    tracing::warn!("job failed: attempts exhausted by workers that never finished");
-                    RecordOutcome::Failed(job)
-                }
-                ForceFailOutcome::AlreadyFinished(job) => RecordOutcome::AlreadyFinished(job),
-                ForceFailOutcome::LeaseLive => RecordOutcome::HeldElsewhere {
-                    expires_at: self.clock.now_ms(),
-                },
-                ForceFailOutcome::NotFound => {
-                    RecordOutcome::Poison(format!("job {} does not exist", job.job_id))
-                }
-            },
-        )
+        Ok(match self.store.force_fail(&job.job_id, &info, self.clock.now_ms()).await? {
+            ForceFailOutcome::Failed(job) => {
+                tracing::warn!("job failed: attempts exhausted by workers that never finished");
+                RecordOutcome::Failed(job)
+            }
+            ForceFailOutcome::AlreadyFinished(job) => RecordOutcome::AlreadyFinished(job),
+            ForceFailOutcome::LeaseLive => RecordOutcome::HeldElsewhere { expires_at: self.clock.now_ms() },
+            ForceFailOutcome::NotFound => RecordOutcome::Poison(format!("job {} does not exist", job.job_id)),
+        })
     }
 
     /// Runs the kind's handler with the job's input, within the deadline, containing panics.
-    async fn execute(
-        &self,
-        job: &Job,
-        lease: &Lease,
-        deadline: Option<Millis>,
-    ) -> Result<Value, JobError> {
+    async fn execute(&self, job: &Job, lease: &Lease, deadline: Option<Millis>) -> Result<Value, JobError> {
         let Some(kind) = self.kinds.get(&job.kind) else {
-            return Err(JobError::permanent(
-                "unknown_kind",
-                format!("no handler for kind {:?} here", job.kind),
-            ));
+            return Err(JobError::permanent("unknown_kind", format!("no handler for kind {:?} here", job.kind)));
         };
         let input = self.payloads.resolve(&job.input).await.map_err(|e| {
             let code = "input_unavailable";
@@ -253,32 +185,20 @@ impl Processor {
                 JobError::permanent(code, e.to_string())
             }
         })?;
-        let progress = StoreProgress {
-            store: &self.store,
-            clock: self.clock.as_ref(),
-            job_id: &job.job_id,
-            token: &lease.token,
-        };
-        let ctx = JobContext {
-            job,
-            input: &input,
-            attempt: job.attempts,
-            deadline,
-            progress: &progress,
-        };
+        let progress =
+            StoreProgress { store: &self.store, clock: self.clock.as_ref(), job_id: &job.job_id, token: &lease.token };
+        let ctx = JobContext { job, input: &input, attempt: job.attempts, deadline, progress: &progress };
         let run = catch_panics(kind.run(ctx));
         match deadline {
             None => run.await,
             Some(deadline) => {
                 let budget = (deadline - self.clock.now_ms() - FINISH_MARGIN_MS).max(0) as u64;
-                tokio::time::timeout(Duration::from_millis(budget), run)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(JobError::retryable(
-                            "deadline_exceeded",
-                            "the invocation ran out of time before the job finished",
-                        ))
-                    })
+                tokio::time::timeout(Duration::from_millis(budget), run).await.unwrap_or_else(|_| {
+                    Err(JobError::retryable(
+                        "deadline_exceeded",
+                        "the invocation ran out of time before the job finished",
+                    ))
+                })
             }
         }
     }
@@ -334,15 +254,10 @@ fn queue_url_of(record: &SqsMessage, known: &[&str], endpoint: Option<&str>) -> 
     let [_, _, "sqs", region, account, name] = parts.as_slice() else {
         return None;
     };
-    if let Some(url) = known
-        .iter()
-        .find(|url| url.rsplit('/').next() == Some(name))
-    {
+    if let Some(url) = known.iter().find(|url| url.rsplit('/').next() == Some(name)) {
         return Some(url.to_string());
     }
-    let base = endpoint
-        .map(String::from)
-        .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+    let base = endpoint.map(String::from).unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
     Some(format!("{}/{account}/{name}", base.trim_end_matches('/')))
 }
 
@@ -357,10 +272,7 @@ struct StoreProgress<'a> {
 impl ProgressReporter for StoreProgress<'_> {
     fn report(&self, percent: u8) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(error) = self
-                .store
-                .report_progress(self.job_id, self.token, percent, self.clock.now_ms())
-                .await
+            if let Err(error) = self.store.report_progress(self.job_id, self.token, percent, self.clock.now_ms()).await
             {
                 tracing::warn!(%error, "could not record progress");
             }
@@ -371,18 +283,16 @@ impl ProgressReporter for StoreProgress<'_> {
 /// A panic inside a job kind becomes a retryable error, so the lease is released and the job is
 /// retried (and eventually failed) like any other failure.
 async fn catch_panics(mut run: BoxFuture<'_, Result<Value, JobError>>) -> Result<Value, JobError> {
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
-            Ok(poll) => poll,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                tracing::error!(%message, "job handler panicked");
-                Poll::Ready(Err(JobError::retryable("job_panicked", message)))
-            }
+    std::future::poll_fn(move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+        Ok(poll) => poll,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!(%message, "job handler panicked");
+            Poll::Ready(Err(JobError::retryable("job_panicked", message)))
         }
     })
     .await

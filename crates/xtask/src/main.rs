@@ -1,1 +1,160 @@
-fn main() {}
+//! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv`; `cargo xtask
+//! test` is the one command that checks everything (formatting, lints, the template, every test).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup().map(|_| ()),
+        Some("test") => test(&args[1..]),
+        _ => Err("usage: cargo xtask setup | cargo xtask test [-- extra cargo test args]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root exists")
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {command:?}");
+    let status = command.status().map_err(|e| format!("could not start {command:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}")) }
+}
+
+/// Creates `.venv` and installs `infra/requirements.txt` into it, unless it is already up to date.
+/// Returns the venv's `bin` directory.
+fn setup() -> Result<PathBuf> {
+    let root = repo_root();
+    let venv = root.join(".venv");
+    let bin = venv.join("bin");
+    let requirements = root.join("infra/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).map_err(|e| format!("reading {requirements:?}: {e}"))?;
+    let stamp = venv.join(".installed-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && bin.join("python").exists() {
+        return Ok(bin);
+    }
+    if !bin.join("python").exists() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(bin.join("python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("writing {stamp:?}: {e}"))?;
+    Ok(bin)
+}
+
+/// A moto server for the whole test run; it exits when its stdin (held here) closes.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(bin: &Path) -> Result<Moto> {
+        let mut child = Command::new(bin.join("python"))
+            .arg(repo_root().join("infra/moto_server.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting moto: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).map_err(|e| e.to_string())?;
+        let port = line.strip_prefix("READY ").map(str::trim).ok_or_else(|| format!("moto did not start: {line:?}"))?;
+        Ok(Moto { endpoint: format!("http://127.0.0.1:{port}"), child })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let root = repo_root();
+    let bin = setup()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    run(Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    run(Command::new(&cargo).current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new(bin.join("cfn-lint")).current_dir(&root).arg("template.yaml"))?;
+
+    let moto = Moto::start(&bin)?;
+    eprintln!("xtask: moto on {}", moto.endpoint);
+    let totals = run_tests(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["test", "--workspace", "--all-targets"])
+            .args(extra)
+            .env("JOBPIPE_TEST_AWS_ENDPOINT", &moto.endpoint)
+            .env("JOBPIPE_PYTHON", bin.join("python")),
+    )?;
+    drop(moto);
+    // One closing line for the whole run: cargo's last line speaks only for its last test binary.
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if totals.failed > 0 || totals.passed == 0 {
+        return Err("tests failed or none ran".into());
+    }
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, passing its output through while adding up its `test result:` lines.
+fn run_tests(command: &mut Command) -> Result<Totals> {
+    eprintln!("xtask: running {command:?}");
+    let mut child = command.stdout(Stdio::piped()).spawn().map_err(|e| format!("could not start {command:?}: {e}"))?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            totals.passed += count_before(summary, " passed");
+            totals.failed += count_before(summary, " failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        println!("{} passed, {} failed", totals.passed, totals.failed.max(1));
+        return Err(format!("{command:?} failed with {status}"));
+    }
+    Ok(totals)
+}
+
+/// In `ok. 13 passed; 0 failed; ...`, the number before `label`.
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}

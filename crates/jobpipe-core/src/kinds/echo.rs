@@ -40,21 +40,14 @@ impl JobKind for Echo {
 
     fn run<'a>(&'a self, ctx: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
-            let knobs = knobs(ctx.input)
-                .map_err(|e| JobError::permanent("invalid_input", e.to_string()))?;
+            let knobs = knobs(ctx.input).map_err(|e| JobError::permanent("invalid_input", e.to_string()))?;
             if knobs.fail_permanently {
-                return Err(JobError::permanent(
-                    "echo_failed",
-                    "failPermanently was set",
-                ));
+                return Err(JobError::permanent("echo_failed", "failPermanently was set"));
             }
             if u64::from(ctx.attempt) <= knobs.fail_times {
                 return Err(JobError::retryable(
                     "echo_transient",
-                    format!(
-                        "attempt {} of {} set to fail by failTimes",
-                        ctx.attempt, knobs.fail_times
-                    ),
+                    format!("attempt {} of {} set to fail by failTimes", ctx.attempt, knobs.fail_times),
                 ));
             }
             if knobs.sleep_ms > 0 {
@@ -85,19 +78,13 @@ mod tests {
             assert_eq!(got, expected.map_err(String::from), "{input}");
         };
         check(json!({}), Ok(()));
-        check(
-            json!({"anything": [1, 2], "sleepMs": 5, "failTimes": 2, "failPermanently": false}),
-            Ok(()),
-        );
+        check(json!({"anything": [1, 2], "sleepMs": 5, "failTimes": 2, "failPermanently": false}), Ok(()));
         check(json!({"sleepMs": null}), Ok(()));
         check(json!({"sleepMs": -1}), Err("input.sleepMs"));
         check(json!({"sleepMs": 1.5}), Err("input.sleepMs"));
         check(json!({"sleepMs": "5"}), Err("input.sleepMs"));
         check(json!({"sleepMs": MAX_SLEEP_MS + 1}), Err("input.sleepMs"));
         check(json!({"failTimes": 101}), Err("input.failTimes"));
-        check(
-            json!({"failPermanently": "yes"}),
-            Err("input.failPermanently"),
-        );
+        check(json!({"failPermanently": "yes"}), Err("input.failPermanently"));
     }
 }

@@ -27,10 +27,7 @@ pub struct InputError {
 
 impl InputError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        InputError {
-            field: field.into(),
-            message: message.into(),
-        }
+        InputError { field: field.into(), message: message.into() }
     }
 }
 
@@ -102,19 +99,12 @@ impl std::fmt::Debug for KindRegistry {
 }
 
 /// Reads an optional non-negative integer field of an input object, at most `max`.
-pub(crate) fn optional_uint(
-    input: &Value,
-    field: &str,
-    max: u64,
-) -> Result<Option<u64>, InputError> {
+pub(crate) fn optional_uint(input: &Value, field: &str, max: u64) -> Result<Option<u64>, InputError> {
     match input.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n <= max => Ok(Some(n)),
-            _ => Err(InputError::new(
-                format!("input.{field}"),
-                format!("must be an integer from 0 to {max}"),
-            )),
+            _ => Err(InputError::new(format!("input.{field}"), format!("must be an integer from 0 to {max}"))),
         },
     }
 }
@@ -123,9 +113,6 @@ pub(crate) fn optional_bool(input: &Value, field: &str) -> Result<Option<bool>, 
     match input.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(InputError::new(
-            format!("input.{field}"),
-            "must be true or false",
-        )),
+        Some(_) => Err(InputError::new(format!("input.{field}"), "must be true or false")),
     }
 }

@@ -31,24 +31,15 @@ async fn harness_with(
 ) -> Harness {
     let stack = TestStack::with(options).await;
     let clock = ManualClock::starting_now();
-    let mut processor = Processor::new(
-        &stack.config_with(overrides),
-        &stack.clients,
-        Arc::new(clock.clone()),
-    );
+    let mut processor = Processor::new(&stack.config_with(overrides), &stack.clients, Arc::new(clock.clone()));
     customize(&mut processor);
-    Harness {
-        stack,
-        clock,
-        processor: Arc::new(processor),
-    }
+    Harness { stack, clock, processor: Arc::new(processor) }
 }
 
 impl Harness {
     /// Accepts an echo job for alice the way the API does, and returns it.
     async fn submit(&self, input: Value) -> Job {
-        self.submit_via(&self.processor.dispatcher, "echo", input)
-            .await
+        self.submit_via(&self.processor.dispatcher, "echo", input).await
     }
 
     async fn submit_via(&self, dispatcher: &Dispatcher, kind: &str, input: Value) -> Job {
@@ -72,12 +63,7 @@ impl Harness {
     }
 
     async fn job(&self, id: &JobId) -> Job {
-        self.processor
-            .store
-            .get(id)
-            .await
-            .unwrap()
-            .expect("job exists")
+        self.processor.store.get(id).await.unwrap().expect("job exists")
     }
 
     /// One round of the event source mapping: receive a batch, hand it to the function, delete what it
@@ -85,9 +71,7 @@ impl Harness {
     async fn deliver(&self) -> (Vec<SqsMessage>, SqsBatchResponse) {
         let records = self.stack.receive_batch(10).await;
         assert!(!records.is_empty(), "expected a message to deliver");
-        let response = handle_sqs(self.processor.clone(), event(records.clone()), None)
-            .await
-            .unwrap();
+        let response = handle_sqs(self.processor.clone(), event(records.clone()), None).await.unwrap();
         self.stack.settle(&records, &response).await;
         (records, response)
     }
@@ -97,9 +81,7 @@ impl Harness {
         assert_eq!(records.len(), 1, "expected exactly one message");
         let outcome = self.processor.process_record(&records[0], None).await;
         if outcome.acknowledges() {
-            self.stack
-                .settle(&records, &SqsBatchResponse::default())
-                .await;
+            self.stack.settle(&records, &SqsBatchResponse::default()).await;
         }
         outcome
     }
@@ -116,11 +98,7 @@ fn event(records: Vec<SqsMessage>) -> SqsEvent {
 }
 
 fn failed_ids(response: &SqsBatchResponse) -> Vec<String> {
-    let mut ids: Vec<String> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
+    let mut ids: Vec<String> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
     ids.sort();
     ids
 }
@@ -136,10 +114,7 @@ async fn a_job_runs_to_completion_and_its_message_is_deleted() {
 
     let done = h.job(&job.job_id).await;
     assert_eq!(done.status, JobStatus::Completed);
-    assert_eq!(
-        done.result,
-        Some(Payload::Inline(json!({"hello": "world", "n": [1, 2, 3]})))
-    );
+    assert_eq!(done.result, Some(Payload::Inline(json!({"hello": "world", "n": [1, 2, 3]}))));
     assert_eq!((done.attempts, done.progress), (1, 100));
     assert!(done.lease.is_none() && done.dispatch_due_at.is_none());
     assert!(done.started_at.is_some() && done.completed_at.is_some());
@@ -155,10 +130,7 @@ async fn the_same_message_delivered_twice_runs_once() {
     let first = h.processor.process_record(&records[0], None).await;
     let second = h.processor.process_record(&records[0], None).await;
     assert!(matches!(first, RecordOutcome::Completed(_)), "{first:?}");
-    assert!(
-        matches!(second, RecordOutcome::AlreadyFinished(_)),
-        "{second:?}"
-    );
+    assert!(matches!(second, RecordOutcome::AlreadyFinished(_)), "{second:?}");
     assert!(second.acknowledges());
     assert_eq!(h.job(&job.job_id).await.attempts, 1);
 }
@@ -169,18 +141,10 @@ async fn the_same_job_on_two_workers_at_once_runs_once() {
     let job = h.submit(json!({"sleepMs": 400})).await;
     let records = h.stack.receive_batch(1).await;
 
-    let (a, b) = tokio::join!(
-        h.processor.process_record(&records[0], None),
-        h.processor.process_record(&records[0], None)
-    );
-    let completed = [&a, &b]
-        .iter()
-        .filter(|o| matches!(o, RecordOutcome::Completed(_)))
-        .count();
-    let held = [&a, &b]
-        .iter()
-        .filter(|o| matches!(o, RecordOutcome::HeldElsewhere { .. }))
-        .count();
+    let (a, b) =
+        tokio::join!(h.processor.process_record(&records[0], None), h.processor.process_record(&records[0], None));
+    let completed = [&a, &b].iter().filter(|o| matches!(o, RecordOutcome::Completed(_))).count();
+    let held = [&a, &b].iter().filter(|o| matches!(o, RecordOutcome::HeldElsewhere { .. })).count();
     assert_eq!((completed, held), (1, 1), "{a:?} / {b:?}");
     // The loser is retried later, never acknowledged (which would drop a message another worker needs).
     assert!(!a.acknowledges() || !b.acknowledges());
@@ -195,72 +159,31 @@ async fn a_stale_worker_cannot_overwrite_the_outcome() {
     let store = &h.processor.store;
 
     // Worker A claims, then stalls past its lease.
-    let stale = Lease {
-        token: "worker-a".into(),
-        expires_at: h.clock.now_ms() + 1_000,
-    };
-    assert!(matches!(
-        store
-            .claim(&job.job_id, &stale, 5, h.clock.now_ms())
-            .await
-            .unwrap(),
-        ClaimOutcome::Claimed(_)
-    ));
+    let stale = Lease { token: "worker-a".into(), expires_at: h.clock.now_ms() + 1_000 };
+    assert!(matches!(store.claim(&job.job_id, &stale, 5, h.clock.now_ms()).await.unwrap(), ClaimOutcome::Claimed(_)));
     h.clock.advance_ms(2_000);
 
     // Worker B takes over; A's late writes are rejected whether B is still running or has finished.
-    let fresh = Lease {
-        token: "worker-b".into(),
-        expires_at: h.clock.now_ms() + 60_000,
-    };
-    assert!(matches!(
-        store
-            .claim(&job.job_id, &fresh, 5, h.clock.now_ms())
-            .await
-            .unwrap(),
-        ClaimOutcome::Claimed(_)
-    ));
+    let fresh = Lease { token: "worker-b".into(), expires_at: h.clock.now_ms() + 60_000 };
+    assert!(matches!(store.claim(&job.job_id, &fresh, 5, h.clock.now_ms()).await.unwrap(), ClaimOutcome::Claimed(_)));
     let stale_result = Payload::Inline(json!("from the stale worker"));
-    let rejected = store
-        .complete(&job.job_id, "worker-a", &stale_result, h.clock.now_ms())
-        .await
-        .unwrap();
-    assert!(
-        matches!(rejected, FenceOutcome::LeaseLost(_)),
-        "{rejected:?}"
-    );
-    let failure = ErrorInfo {
-        code: "x".into(),
-        message: "stale".into(),
-    };
+    let rejected = store.complete(&job.job_id, "worker-a", &stale_result, h.clock.now_ms()).await.unwrap();
+    assert!(matches!(rejected, FenceOutcome::LeaseLost(_)), "{rejected:?}");
+    let failure = ErrorInfo { code: "x".into(), message: "stale".into() };
     assert!(matches!(
-        store
-            .fail(&job.job_id, "worker-a", &failure, h.clock.now_ms())
-            .await
-            .unwrap(),
+        store.fail(&job.job_id, "worker-a", &failure, h.clock.now_ms()).await.unwrap(),
         FenceOutcome::LeaseLost(_)
     ));
 
     let good = Payload::Inline(json!("from the new worker"));
     assert!(matches!(
-        store
-            .complete(&job.job_id, "worker-b", &good, h.clock.now_ms())
-            .await
-            .unwrap(),
+        store.complete(&job.job_id, "worker-b", &good, h.clock.now_ms()).await.unwrap(),
         FenceOutcome::Done(_)
     ));
-    let late = store
-        .complete(&job.job_id, "worker-a", &stale_result, h.clock.now_ms())
-        .await
-        .unwrap();
-    assert!(
-        matches!(late, FenceOutcome::LeaseLost(Some(ref j)) if j.status == JobStatus::Completed)
-    );
+    let late = store.complete(&job.job_id, "worker-a", &stale_result, h.clock.now_ms()).await.unwrap();
+    assert!(matches!(late, FenceOutcome::LeaseLost(Some(ref j)) if j.status == JobStatus::Completed));
     let done = h.job(&job.job_id).await;
-    assert_eq!(
-        (done.status, done.result, done.attempts),
-        (JobStatus::Completed, Some(good), 2)
-    );
+    assert_eq!((done.status, done.result, done.attempts), (JobStatus::Completed, Some(good), 2));
 }
 
 #[tokio::test]
@@ -270,24 +193,14 @@ async fn a_crashed_workers_lease_is_taken_over_after_it_expires() {
 
     // The first delivery's worker claims and dies: no outcome, no acknowledgement.
     let records = h.stack.receive_batch(1).await;
-    let dead = Lease {
-        token: "dead-worker".into(),
-        expires_at: h.clock.now_ms() + 30_000,
-    };
-    h.processor
-        .store
-        .claim(&job.job_id, &dead, 5, h.clock.now_ms())
-        .await
-        .unwrap();
+    let dead = Lease { token: "dead-worker".into(), expires_at: h.clock.now_ms() + 30_000 };
+    h.processor.store.claim(&job.job_id, &dead, 5, h.clock.now_ms()).await.unwrap();
     h.stack.expire_visibility(&records).await;
 
     // Redelivered while the lease is live: retried later, not run and not dropped.
     let records = h.stack.receive_batch(1).await;
     let outcome = h.processor.process_record(&records[0], None).await;
-    assert!(
-        matches!(outcome, RecordOutcome::HeldElsewhere { .. }),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, RecordOutcome::HeldElsewhere { .. }), "{outcome:?}");
     assert!(!outcome.acknowledges());
     assert_eq!(h.job(&job.job_id).await.status, JobStatus::Processing);
     // The reply hid the message until the lease ends (about 30 s): it is not redelivered before.
@@ -297,10 +210,7 @@ async fn a_crashed_workers_lease_is_taken_over_after_it_expires() {
     h.clock.advance_ms(31_000);
     h.stack.expire_visibility(&records).await;
     let outcome = h.deliver_one().await;
-    assert!(
-        matches!(outcome, RecordOutcome::Completed(_)),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
     assert_eq!(h.job(&job.job_id).await.attempts, 2);
 }
 
@@ -311,22 +221,13 @@ async fn a_retryable_failure_is_retried_until_it_succeeds() {
 
     for attempt in 1..=2 {
         let outcome = h.deliver_one().await;
-        assert!(
-            matches!(outcome, RecordOutcome::RetryScheduled { attempt: a, .. } if a == attempt),
-            "{outcome:?}"
-        );
+        assert!(matches!(outcome, RecordOutcome::RetryScheduled { attempt: a, .. } if a == attempt), "{outcome:?}");
         let retrying = h.job(&job.job_id).await;
         assert_eq!(retrying.status, JobStatus::Processing);
-        assert_eq!(
-            retrying.last_error.as_ref().map(|e| e.code.as_str()),
-            Some("echo_transient")
-        );
+        assert_eq!(retrying.last_error.as_ref().map(|e| e.code.as_str()), Some("echo_transient"));
     }
     let outcome = h.deliver_one().await;
-    assert!(
-        matches!(outcome, RecordOutcome::Completed(_)),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
     let done = h.job(&job.job_id).await;
     assert_eq!((done.attempts, done.last_error), (3, None));
     assert_eq!(h.main_queue_depth().await, 0);
@@ -334,17 +235,10 @@ async fn a_retryable_failure_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn retry_delay_is_set_on_the_message_with_backoff() {
-    let h = harness_with(
-        StackOptions::default(),
-        &[("RETRY_BASE_SECONDS", "30")],
-        |_| {},
-    )
-    .await;
+    let h = harness_with(StackOptions::default(), &[("RETRY_BASE_SECONDS", "30")], |_| {}).await;
     h.submit(json!({"failTimes": 1})).await;
     let outcome = h.deliver_one().await;
-    let RecordOutcome::RetryScheduled { delay, .. } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let RecordOutcome::RetryScheduled { delay, .. } = outcome else { panic!("{outcome:?}") };
     assert!((15..=30).contains(&delay.as_secs()), "{delay:?}");
     // The message is hidden for the backoff, not redelivered at once.
     assert!(h.stack.receive_batch(1).await.is_empty());
@@ -368,24 +262,14 @@ async fn after_max_attempts_the_job_fails_with_its_last_error() {
     let h = harness_with(StackOptions::default(), &[("MAX_ATTEMPTS", "3")], |_| {}).await;
     let job = h.submit(json!({"failTimes": 10})).await;
     for _ in 0..2 {
-        assert!(matches!(
-            h.deliver_one().await,
-            RecordOutcome::RetryScheduled { .. }
-        ));
+        assert!(matches!(h.deliver_one().await, RecordOutcome::RetryScheduled { .. }));
     }
     let outcome = h.deliver_one().await;
     assert!(matches!(outcome, RecordOutcome::Failed(_)), "{outcome:?}");
     let failed = h.job(&job.job_id).await;
     let error = failed.error.unwrap();
-    assert_eq!(
-        (failed.attempts, error.code.as_str()),
-        (3, "echo_transient")
-    );
-    assert!(
-        error.message.starts_with("gave up after 3 attempts"),
-        "{}",
-        error.message
-    );
+    assert_eq!((failed.attempts, error.code.as_str()), (3, "echo_transient"));
+    assert!(error.message.starts_with("gave up after 3 attempts"), "{}", error.message);
 }
 
 #[tokio::test]
@@ -393,16 +277,9 @@ async fn workers_that_keep_dying_exhaust_the_attempts_and_the_job_fails() {
     let h = harness_with(StackOptions::default(), &[("MAX_ATTEMPTS", "2")], |_| {}).await;
     let job = h.submit(json!({})).await;
     for token in ["dead-1", "dead-2"] {
-        let lease = Lease {
-            token: token.into(),
-            expires_at: h.clock.now_ms() + 1_000,
-        };
+        let lease = Lease { token: token.into(), expires_at: h.clock.now_ms() + 1_000 };
         assert!(matches!(
-            h.processor
-                .store
-                .claim(&job.job_id, &lease, 2, h.clock.now_ms())
-                .await
-                .unwrap(),
+            h.processor.store.claim(&job.job_id, &lease, 2, h.clock.now_ms()).await.unwrap(),
             ClaimOutcome::Claimed(_)
         ));
         h.clock.advance_ms(2_000);
@@ -415,15 +292,7 @@ async fn workers_that_keep_dying_exhaust_the_attempts_and_the_job_fails() {
 
 #[tokio::test]
 async fn poison_messages_go_to_the_dlq_and_stay_there() {
-    let h = harness_with(
-        StackOptions {
-            max_receive_count: 2,
-            ..Default::default()
-        },
-        &[],
-        |_| {},
-    )
-    .await;
+    let h = harness_with(StackOptions { max_receive_count: 2, ..Default::default() }, &[], |_| {}).await;
     let unknown_job = format!(r#"{{"jobId":"{}"}}"#, JobId::new_random());
     for body in ["not json", r#"{"jobId":"nope"}"#, unknown_job.as_str()] {
         h.stack.send_raw(body).await;
@@ -437,42 +306,22 @@ async fn poison_messages_go_to_the_dlq_and_stay_there() {
             break;
         }
         deliveries += records.len();
-        let response = handle_sqs(h.processor.clone(), event(records.clone()), None)
-            .await
-            .unwrap();
+        let response = handle_sqs(h.processor.clone(), event(records.clone()), None).await.unwrap();
         assert_eq!(response.batch_item_failures.len(), records.len());
     }
-    assert_eq!(
-        deliveries, 6,
-        "each poison message was delivered maxReceiveCount times"
-    );
+    assert_eq!(deliveries, 6, "each poison message was delivered maxReceiveCount times");
     assert_eq!(h.main_queue_depth().await, 0, "poison left the main queue");
     assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 3);
 
     let report = h.processor.reconcile().await.unwrap();
-    assert_eq!(
-        (report.dead_letters_seen, report.poison_dead_letters),
-        (3, 3)
-    );
+    assert_eq!((report.dead_letters_seen, report.poison_dead_letters), (3, 3));
     assert_eq!(report.jobs_failed_from_dead_letters, 0);
-    assert_eq!(
-        h.stack.queue_depth(&h.stack.dlq_url).await,
-        3,
-        "dead letters are kept for inspection"
-    );
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 3, "dead letters are kept for inspection");
 }
 
 #[tokio::test]
 async fn a_job_whose_message_is_dead_lettered_ends_failed() {
-    let h = harness_with(
-        StackOptions {
-            max_receive_count: 2,
-            ..Default::default()
-        },
-        &[],
-        |_| {},
-    )
-    .await;
+    let h = harness_with(StackOptions { max_receive_count: 2, ..Default::default() }, &[], |_| {}).await;
     let job = h.submit(json!({})).await;
     // The function dies on every delivery before it can claim: nothing is acknowledged.
     for _ in 0..2 {
@@ -486,10 +335,7 @@ async fn a_job_whose_message_is_dead_lettered_ends_failed() {
     let report = h.processor.reconcile().await.unwrap();
     assert_eq!(report.jobs_failed_from_dead_letters, 1, "{report:?}");
     let failed = h.job(&job.job_id).await;
-    assert_eq!(
-        (failed.status, failed.error.unwrap().code.as_str()),
-        (JobStatus::Failed, "dead_lettered")
-    );
+    assert_eq!((failed.status, failed.error.unwrap().code.as_str()), (JobStatus::Failed, "dead_lettered"));
 }
 
 #[tokio::test]
@@ -504,25 +350,12 @@ async fn the_batch_response_lists_exactly_the_failed_records() {
     let mut records = Vec::new();
     while records.len() < 5 {
         let batch = h.stack.receive_batch(10).await;
-        assert!(
-            !batch.is_empty(),
-            "only {} of 5 messages arrived",
-            records.len()
-        );
+        assert!(!batch.is_empty(), "only {} of 5 messages arrived", records.len());
         records.extend(batch);
     }
-    let response = handle_sqs(h.processor.clone(), event(records.clone()), None)
-        .await
-        .unwrap();
-    let id_of = |pred: &dyn Fn(&SqsMessage) -> bool| {
-        records
-            .iter()
-            .find(|r| pred(r))
-            .unwrap()
-            .message_id
-            .clone()
-            .unwrap()
-    };
+    let response = handle_sqs(h.processor.clone(), event(records.clone()), None).await.unwrap();
+    let id_of =
+        |pred: &dyn Fn(&SqsMessage) -> bool| records.iter().find(|r| pred(r)).unwrap().message_id.clone().unwrap();
     let retry_id = id_of(&|r| r.body.as_deref().unwrap().contains(retry.job_id.as_str()));
     let garbage_id = id_of(&|r| r.body.as_deref() == Some("garbage"));
     let mut expected = vec![retry_id, garbage_id];
@@ -556,33 +389,16 @@ impl JobKind for Panics {
 
 #[tokio::test]
 async fn a_panicking_handler_is_a_reported_failure_and_the_job_still_ends() {
-    let h = harness_with(StackOptions::default(), &[("MAX_ATTEMPTS", "2")], |p| {
-        p.kinds.register(Panics)
-    })
-    .await;
-    let job = h
-        .submit_via(&h.processor.dispatcher, "panics", json!({}))
-        .await;
+    let h = harness_with(StackOptions::default(), &[("MAX_ATTEMPTS", "2")], |p| p.kinds.register(Panics)).await;
+    let job = h.submit_via(&h.processor.dispatcher, "panics", json!({})).await;
     let (records, response) = h.deliver().await;
-    assert_eq!(
-        failed_ids(&response),
-        vec![records[0].message_id.clone().unwrap()]
-    );
-    assert_eq!(
-        h.job(&job.job_id).await.last_error.unwrap().code,
-        "job_panicked"
-    );
+    assert_eq!(failed_ids(&response), vec![records[0].message_id.clone().unwrap()]);
+    assert_eq!(h.job(&job.job_id).await.last_error.unwrap().code, "job_panicked");
 
     let (_, response) = h.deliver().await;
-    assert!(
-        response.batch_item_failures.is_empty(),
-        "the last attempt fails the job and acknowledges"
-    );
+    assert!(response.batch_item_failures.is_empty(), "the last attempt fails the job and acknowledges");
     let failed = h.job(&job.job_id).await;
-    assert_eq!(
-        (failed.status, failed.error.unwrap().code.as_str()),
-        (JobStatus::Failed, "job_panicked")
-    );
+    assert_eq!((failed.status, failed.error.unwrap().code.as_str()), (JobStatus::Failed, "job_panicked"));
 }
 
 #[tokio::test]
@@ -600,11 +416,7 @@ async fn a_job_whose_message_was_never_sent_is_dispatched_by_the_reconciler() {
     h.clock.advance_ms(61_000);
     let report = h.processor.reconcile().await.unwrap();
     assert_eq!(report.redispatched, 1, "{report:?}");
-    assert_eq!(
-        h.processor.reconcile().await.unwrap().redispatched,
-        0,
-        "the mark is cleared once sent"
-    );
+    assert_eq!(h.processor.reconcile().await.unwrap().redispatched, 0, "the mark is cleared once sent");
 
     let (_, response) = h.deliver().await;
     assert!(response.batch_item_failures.is_empty());
@@ -615,21 +427,10 @@ async fn a_job_whose_message_was_never_sent_is_dispatched_by_the_reconciler() {
 async fn a_cancelled_jobs_message_is_acknowledged_without_running() {
     let h = harness().await;
     let job = h.submit(json!({})).await;
-    let cancelled = h
-        .processor
-        .store
-        .cancel(&job.job_id, "alice", h.clock.now_ms())
-        .await
-        .unwrap();
-    assert!(matches!(
-        cancelled,
-        jobpipe_core::store::CancelOutcome::Cancelled(_)
-    ));
+    let cancelled = h.processor.store.cancel(&job.job_id, "alice", h.clock.now_ms()).await.unwrap();
+    assert!(matches!(cancelled, jobpipe_core::store::CancelOutcome::Cancelled(_)));
     let outcome = h.deliver_one().await;
-    assert!(
-        matches!(outcome, RecordOutcome::AlreadyFinished(_)),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, RecordOutcome::AlreadyFinished(_)), "{outcome:?}");
     let job = h.job(&job.job_id).await;
     assert_eq!((job.status, job.attempts), (JobStatus::Cancelled, 0));
 }
@@ -640,14 +441,8 @@ async fn a_job_that_outlives_the_invocation_deadline_is_released_for_retry() {
     let job = h.submit(json!({"sleepMs": 10_000})).await;
     let records = h.stack.receive_batch(1).await;
     let deadline = h.clock.now_ms() + 2_500;
-    let outcome = h
-        .processor
-        .process_record(&records[0], Some(deadline))
-        .await;
-    assert!(
-        matches!(outcome, RecordOutcome::RetryScheduled { .. }),
-        "{outcome:?}"
-    );
+    let outcome = h.processor.process_record(&records[0], Some(deadline)).await;
+    assert!(matches!(outcome, RecordOutcome::RetryScheduled { .. }), "{outcome:?}");
     let job = h.job(&job.job_id).await;
     assert_eq!(job.last_error.unwrap().code, "deadline_exceeded");
 }
@@ -657,22 +452,12 @@ async fn large_results_are_stored_in_s3() {
     let h = harness().await;
     let big = "x".repeat(40 * 1024);
     let job = h.submit(json!({"blob": big})).await;
-    assert!(
-        matches!(job.input, Payload::S3 { .. }),
-        "a 40 KiB input is not kept in the item"
-    );
+    assert!(matches!(job.input, Payload::S3 { .. }), "a 40 KiB input is not kept in the item");
     h.deliver().await;
     let done = h.job(&job.job_id).await;
-    let Some(Payload::S3 { key }) = &done.result else {
-        panic!("{:?}", done.result)
-    };
+    let Some(Payload::S3 { key }) = &done.result else { panic!("{:?}", done.result) };
     assert_eq!(key, &format!("payloads/{}/result.json", job.job_id));
-    let value = h
-        .processor
-        .payloads
-        .resolve(done.result.as_ref().unwrap())
-        .await
-        .unwrap();
+    let value = h.processor.payloads.resolve(done.result.as_ref().unwrap()).await.unwrap();
     assert_eq!(value["blob"].as_str().map(str::len), Some(40 * 1024));
 }
 
@@ -697,9 +482,7 @@ async fn the_lambda_handler_accepts_real_sqs_and_schedule_events() {
         .collect();
     assert_eq!(failures, ["MessageID_1"]);
 
-    let report = invoke(fixture("example-eventbridge-schedule.json"))
-        .await
-        .unwrap();
+    let report = invoke(fixture("example-eventbridge-schedule.json")).await.unwrap();
     assert_eq!(report["redispatched"], 0);
 
     assert!(invoke(json!({"unexpected": true})).await.is_err());

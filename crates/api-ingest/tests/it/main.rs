@@ -1,0 +1,486 @@
+//! The jobs HTTP API against moto, driven as a client would drive it, plus the whole pipeline with the
+//! queue processor.
+
+use std::sync::Arc;
+
+use api_ingest::{Api, router};
+use aws_lambda_events::event::sqs::SqsEvent;
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use jobpipe_core::auth::Claims;
+use jobpipe_core::clock::ManualClock;
+use jobpipe_core::dispatch::{Dispatcher, QueueRoutes};
+use jobpipe_testkit::{TEST_AUDIENCE, TEST_ISSUER, TestStack, now_secs, token, token_with};
+use queue_processor::{Processor, handle_sqs};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct App {
+    stack: TestStack,
+    clock: ManualClock,
+    router: Router,
+    processor: Arc<Processor>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn spawn_app() -> App {
+    spawn_app_with(&[], |_| {}).await
+}
+
+async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(&mut Api)) -> App {
+    let stack = TestStack::new().await;
+    let clock = ManualClock::starting_now();
+    let config = stack.config_with(overrides);
+    let mut api = Api::new(&config, &stack.clients, Arc::new(clock.clone()));
+    customize(&mut api);
+    let processor = Arc::new(Processor::new(&config, &stack.clients, Arc::new(clock.clone())));
+    App { router: router(Arc::new(api)), stack, clock, processor }
+}
+
+impl App {
+    /// Another instance of the API over the same resources (another Lambda execution environment).
+    fn router_with(&self, customize: impl FnOnce(&mut Api)) -> Router {
+        let mut api = Api::new(&self.stack.config(), &self.stack.clients, Arc::new(self.clock.clone()));
+        customize(&mut api);
+        router(Arc::new(api))
+    }
+
+    async fn call(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("every reply is JSON") };
+        Reply { status, headers, body }
+    }
+
+    async fn send(&self, method: Method, path: &str, user: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(user) = user {
+            request = request.header("authorization", format!("Bearer {}", token(user)));
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.call(request.body(body).unwrap()).await
+    }
+
+    async fn post_job(&self, user: &str, body: Value) -> Reply {
+        self.send(Method::POST, "/jobs", Some(user), Some(body)).await
+    }
+
+    async fn get(&self, user: &str, path: &str) -> Reply {
+        self.send(Method::GET, path, Some(user), None).await
+    }
+
+    /// Runs the queue processor over whatever is queued, as the event source mapping would.
+    async fn process_queue(&self) {
+        for _ in 0..10 {
+            let records = self.stack.receive_batch(10).await;
+            if records.is_empty() {
+                return;
+            }
+            let mut event = SqsEvent::default();
+            event.records = records.clone();
+            let response = handle_sqs(self.processor.clone(), event, None).await.unwrap();
+            self.stack.settle(&records, &response).await;
+        }
+    }
+
+    async fn queued_messages(&self) -> u64 {
+        self.stack.queue_depth(&self.stack.queue_url).await
+    }
+}
+
+fn error_code(reply: &Reply) -> &str {
+    reply.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error reply: {}", reply.body))
+}
+
+fn error_field(reply: &Reply) -> Option<&str> {
+    reply.body["error"]["field"].as_str()
+}
+
+#[tokio::test]
+async fn a_job_goes_from_post_to_completed() {
+    let app = spawn_app().await;
+    let posted = app.post_job("alice", json!({"kind": "echo", "input": {"greeting": "hi"}})).await;
+    assert_eq!(posted.status, StatusCode::ACCEPTED, "{}", posted.body);
+    let job_id = posted.body["jobId"].as_str().unwrap().to_string();
+    assert_eq!(posted.headers["location"], format!("/jobs/{job_id}").as_str());
+    assert_eq!(posted.body["status"], "queued");
+    assert_eq!(posted.body["input"], json!({"greeting": "hi"}));
+    for field in ["result", "error", "startedAt", "completedAt", "durationMs"] {
+        assert_eq!(posted.body[field], Value::Null, "{field}");
+    }
+    assert_eq!(app.queued_messages().await, 1);
+
+    app.process_queue().await;
+    let job = app.get("alice", &format!("/jobs/{job_id}")).await;
+    assert_eq!(job.status, StatusCode::OK);
+    assert_eq!(job.body["status"], "completed");
+    assert_eq!(job.body["result"], json!({"greeting": "hi"}));
+    assert_eq!((job.body["attempts"].as_u64(), job.body["progress"].as_u64()), (Some(1), Some(100)));
+    assert!(job.body["durationMs"].is_i64() && job.body["completedAt"].is_string());
+    // Internal fields never leak into the view.
+    for internal in ["owner", "leaseToken", "requestHash", "lease"] {
+        assert!(job.body.get(internal).is_none(), "{internal} leaked");
+    }
+}
+
+#[tokio::test]
+async fn the_correlation_id_travels_from_the_request_to_the_message() {
+    let app = spawn_app().await;
+    let request = Request::post("/jobs")
+        .header("authorization", format!("Bearer {}", token("alice")))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "trace-abc-123")
+        .body(Body::from(json!({"kind": "echo"}).to_string()))
+        .unwrap();
+    let reply = app.call(request).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(reply.headers["x-correlation-id"], "trace-abc-123");
+    let records = app.stack.receive_batch(1).await;
+    assert_eq!(records[0].message_attributes["correlationId"].string_value.as_deref(), Some("trace-abc-123"));
+
+    // Without one (or with an unsafe one) the API makes one up and still echoes it.
+    let reply = app.post_job("alice", json!({"kind": "echo"})).await;
+    assert!(reply.headers["x-correlation-id"].len() >= 32);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() {
+    let app = spawn_app().await;
+    let post = |key: &'static str, user: &'static str, body: Value| {
+        let request = Request::post("/jobs")
+            .header("authorization", format!("Bearer {}", token(user)))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        app.call(request)
+    };
+    let body = json!({"kind": "echo", "input": {"a": 1, "b": 2}});
+    let first = post("order-42", "alice", body.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    // Same body with keys in another order is the same request.
+    let again = post("order-42", "alice", json!({"input": {"b": 2, "a": 1}, "kind": "echo"})).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["jobId"], first.body["jobId"]);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(app.queued_messages().await, 1, "a replay of a dispatched job sends nothing");
+
+    let different = post("order-42", "alice", json!({"kind": "echo", "input": {"a": 2}})).await;
+    assert_eq!(different.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!((error_code(&different), error_field(&different)), ("idempotency_key_reused", Some("Idempotency-Key")));
+
+    // Keys are per caller: bob's "order-42" is his own job.
+    let bobs = post("order-42", "bob", body).await;
+    assert_eq!(bobs.status, StatusCode::ACCEPTED);
+    assert_ne!(bobs.body["jobId"], first.body["jobId"]);
+
+    let bad = post("", "alice", json!({"kind": "echo"})).await;
+    assert_eq!((bad.status, error_field(&bad)), (StatusCode::BAD_REQUEST, Some("Idempotency-Key")));
+}
+
+#[tokio::test]
+async fn a_job_whose_message_failed_to_send_still_completes() {
+    // SendMessage fails after the DynamoDB write: the queue URL points nowhere.
+    let app = spawn_app_with(&[], |api| {
+        let missing = api.dispatcher.queue_urls()[0].replace("jobs-", "missing-");
+        api.dispatcher = Dispatcher::new(api.dispatcher.sqs().clone(), QueueRoutes::single(missing));
+    })
+    .await;
+    let posted = app.post_job("alice", json!({"kind": "echo", "input": {"x": 1}})).await;
+    assert_eq!(posted.status, StatusCode::ACCEPTED, "the job is durable, so it is accepted");
+    let path = format!("/jobs/{}", posted.body["jobId"].as_str().unwrap());
+    assert_eq!(app.queued_messages().await, 0);
+
+    app.clock.advance_ms(61_000);
+    let report = app.processor.reconcile().await.unwrap();
+    assert_eq!(report.redispatched, 1);
+    app.process_queue().await;
+    assert_eq!(app.get("alice", &path).await.body["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_client_retry_after_a_failed_send_sends_the_message_at_once() {
+    let app = spawn_app().await;
+    // The first request's function stores the job but cannot send its message.
+    let broken = app.router_with(|api| {
+        api.dispatcher = Dispatcher::new(api.dispatcher.sqs().clone(), QueueRoutes::single("http://127.0.0.1:9/none"));
+    });
+    let request = || {
+        Request::post("/jobs")
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retry-me")
+            .body(Body::from(json!({"kind": "echo"}).to_string()))
+            .unwrap()
+    };
+    let first = broken.oneshot(request()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.queued_messages().await, 0);
+
+    // The client retries with the same key: the replay finds the job undispatched and sends it, without
+    // waiting for the reconciler.
+    let replay = app.call(request()).await;
+    assert_eq!(
+        (replay.status, &replay.headers["idempotent-replayed"]),
+        (StatusCode::ACCEPTED, &"true".parse().unwrap())
+    );
+    assert_eq!(app.queued_messages().await, 1);
+    app.process_queue().await;
+    assert_eq!(
+        app.get("alice", &format!("/jobs/{}", replay.body["jobId"].as_str().unwrap())).await.body["status"],
+        "completed"
+    );
+    // Once sent, the reconciler has nothing to re-send.
+    app.clock.advance_ms(120_000);
+    assert_eq!(app.processor.reconcile().await.unwrap().redispatched, 0);
+}
+
+#[tokio::test]
+async fn cancelling_works_only_on_queued_jobs() {
+    let app = spawn_app().await;
+    let job = app.post_job("alice", json!({"kind": "echo"})).await.body;
+    let path = format!("/jobs/{}", job["jobId"].as_str().unwrap());
+
+    assert_eq!(app.send(Method::DELETE, &path, Some("bob"), None).await.status, StatusCode::NOT_FOUND);
+    let cancelled = app.send(Method::DELETE, &path, Some("alice"), None).await;
+    assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let again = app.send(Method::DELETE, &path, Some("alice"), None).await;
+    assert_eq!((again.status, error_code(&again)), (StatusCode::CONFLICT, "not_cancellable"));
+
+    // Its message is acknowledged without running it.
+    app.process_queue().await;
+    let after = app.get("alice", &path).await.body;
+    assert_eq!((after["status"].as_str(), after["attempts"].as_u64()), (Some("cancelled"), Some(0)));
+
+    let done = app.post_job("alice", json!({"kind": "echo"})).await.body;
+    app.process_queue().await;
+    let late =
+        app.send(Method::DELETE, &format!("/jobs/{}", done["jobId"].as_str().unwrap()), Some("alice"), None).await;
+    assert_eq!(late.status, StatusCode::CONFLICT);
+    assert!(late.body["error"]["message"].as_str().unwrap().contains("completed"));
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401() {
+    let app = spawn_app().await;
+    let claims = || Claims {
+        sub: "alice".into(),
+        iss: TEST_ISSUER.into(),
+        aud: TEST_AUDIENCE.into(),
+        exp: now_secs() + 600,
+        nbf: None,
+        iat: None,
+    };
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "missing bearer token"),
+        (Some("Bearer".into()), "not a bearer token"),
+        (Some("Bearer garbage".into()), "malformed token"),
+        (Some(format!("Bearer {}", token_with(Claims { exp: now_secs() - 3600, ..claims() }))), "token expired"),
+        (Some(format!("Bearer {}", token_with(Claims { aud: "someone-else".into(), ..claims() }))), "wrong audience"),
+        (Some(format!("Bearer {}", token_with(Claims { iss: "https://evil".into(), ..claims() }))), "wrong issuer"),
+        (Some(format!("Bearer {}", jobpipe_core::auth::issue_hs256(b"not-our-secret", &claims()))), "bad signature"),
+    ];
+    for (authorization, reason) in cases {
+        for (method, path) in [(Method::GET, "/jobs"), (Method::POST, "/jobs"), (Method::GET, "/jobs/x")] {
+            let mut request =
+                Request::builder().method(method.clone()).uri(path).header("content-type", "application/json");
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a);
+            }
+            let reply = app.call(request.body(Body::from(r#"{"kind":"echo"}"#)).unwrap()).await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path} {reason}");
+            assert_eq!(error_code(&reply), "unauthorized");
+            let message = reply.body["error"]["message"].as_str().unwrap().to_lowercase();
+            assert!(message.contains(reason), "{message:?} should say {reason:?}");
+            assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        }
+    }
+    assert_eq!(app.queued_messages().await, 0);
+}
+
+#[tokio::test]
+async fn another_users_job_does_not_exist_for_you() {
+    let app = spawn_app().await;
+    let job = app.post_job("alice", json!({"kind": "echo", "input": {"secret": "alice's"}})).await.body;
+    let path = format!("/jobs/{}", job["jobId"].as_str().unwrap());
+    let missing = app.get("bob", &format!("/jobs/{}", jobpipe_core::JobId::new_random())).await;
+    let theirs = app.get("bob", &path).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.body, missing.body, "indistinguishable from a job that does not exist");
+    assert_eq!(app.get("bob", "/jobs").await.body["jobs"], json!([]));
+    assert_eq!(app.get("alice", "/jobs/not-a-uuid").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors_and_queue_nothing() {
+    let app = spawn_app_with(&[("MAX_BODY_BYTES", "4096")], |_| {}).await;
+    let raw = |content_type: &'static str, body: Vec<u8>| {
+        let request = Request::post("/jobs")
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap();
+        app.call(request)
+    };
+    let json_body = |v: Value| raw("application/json", v.to_string().into_bytes());
+    let check = |reply: Reply, status: StatusCode, code: &str, field: Option<&str>| {
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert_eq!(error_code(&reply), code, "{}", reply.body);
+        assert_eq!(error_field(&reply), field, "{}", reply.body);
+        assert!(!reply.body["error"]["message"].as_str().unwrap().is_empty());
+    };
+    use StatusCode as S;
+    check(raw("application/json", b"{\"kind\": ".to_vec()).await, S::BAD_REQUEST, "malformed_json", Some("body"));
+    check(raw("application/json", vec![0xff, 0xfe, b'{']).await, S::BAD_REQUEST, "malformed_json", Some("body"));
+    check(raw("application/json", Vec::new()).await, S::BAD_REQUEST, "malformed_json", Some("body"));
+    check(
+        raw("text/plain", b"{}".to_vec()).await,
+        S::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        Some("Content-Type"),
+    );
+    check(raw("application/json", vec![b' '; 5000]).await, S::PAYLOAD_TOO_LARGE, "payload_too_large", None);
+    check(json_body(json!([1, 2])).await, S::BAD_REQUEST, "invalid_request", Some("body"));
+    check(json_body(json!({"input": {}})).await, S::BAD_REQUEST, "invalid_request", Some("kind"));
+    check(json_body(json!({"kind": 7})).await, S::BAD_REQUEST, "invalid_request", Some("kind"));
+    check(json_body(json!({"kind": "echo", "input": "x"})).await, S::BAD_REQUEST, "invalid_request", Some("input"));
+    check(json_body(json!({"kind": "echo", "inputs": {}})).await, S::BAD_REQUEST, "invalid_request", Some("inputs"));
+    check(json_body(json!({"kind": "nope"})).await, S::UNPROCESSABLE_ENTITY, "unknown_kind", Some("kind"));
+    check(
+        json_body(json!({"kind": "echo", "input": {"sleepMs": -5}})).await,
+        S::UNPROCESSABLE_ENTITY,
+        "invalid_input",
+        Some("input.sleepMs"),
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    check(raw("application/json", deep.into_bytes()).await, S::PAYLOAD_TOO_LARGE, "payload_too_large", None);
+    let deep = format!("{{\"kind\":\"echo\",\"input\":{{\"a\":{}{}}}}}", "[".repeat(1_000), "]".repeat(1_000));
+    check(raw("application/json", deep.into_bytes()).await, S::BAD_REQUEST, "malformed_json", Some("body"));
+
+    assert_eq!(app.queued_messages().await, 0);
+    assert_eq!(app.get("alice", "/jobs").await.body["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let app = spawn_app().await;
+    let reply = app.get("alice", "/nope").await;
+    assert_eq!((reply.status, error_code(&reply)), (StatusCode::NOT_FOUND, "not_found"));
+    let reply = app.send(Method::PUT, "/jobs", Some("alice"), None).await;
+    assert_eq!((reply.status, error_code(&reply)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+}
+
+#[tokio::test]
+async fn listing_pages_through_my_jobs_newest_first() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        app.clock.advance_ms(10);
+        let input = if n == 2 { json!({"failPermanently": true}) } else { json!({"n": n}) };
+        ids.push(app.post_job("alice", json!({"kind": "echo", "input": input})).await.body["jobId"].clone());
+    }
+    app.post_job("bob", json!({"kind": "echo"})).await;
+
+    let mut seen = Vec::new();
+    let mut path = "/jobs?limit=2".to_string();
+    loop {
+        let page = app.get("alice", &path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let jobs = page.body["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 2);
+        seen.extend(jobs.iter().map(|j| j["jobId"].clone()));
+        match page.body["nextToken"].as_str() {
+            Some(token) => path = format!("/jobs?limit=2&nextToken={token}"),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "all of alice's jobs, newest first, none of bob's");
+
+    app.process_queue().await;
+    let failed = app.get("alice", "/jobs?status=failed").await.body;
+    assert_eq!(failed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["jobs"][0]["error"]["code"], "echo_failed");
+    let completed = app.get("alice", "/jobs?status=completed&limit=100").await.body;
+    assert_eq!(completed["jobs"].as_array().unwrap().len(), 4);
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("status=done", "status"),
+        ("nextToken=abc", "nextToken"),
+        ("colour=red", "colour"),
+    ] {
+        let reply = app.get("alice", &format!("/jobs?{query}")).await;
+        assert_eq!((reply.status, error_field(&reply)), (StatusCode::BAD_REQUEST, Some(field)), "{query}");
+    }
+}
+
+#[tokio::test]
+async fn large_inputs_travel_by_reference_and_read_back_whole() {
+    let app = spawn_app().await;
+    let blob = "y".repeat(300 * 1024);
+    let posted = app.post_job("alice", json!({"kind": "echo", "input": {"blob": blob}})).await;
+    assert_eq!(posted.status, StatusCode::ACCEPTED);
+    let records = app.stack.receive_batch(1).await;
+    assert!(records[0].body.as_ref().unwrap().len() < 200, "the message names the job, nothing more");
+    app.stack.expire_visibility(&records).await;
+    app.process_queue().await;
+    let job = app.get("alice", &format!("/jobs/{}", posted.body["jobId"].as_str().unwrap())).await;
+    assert_eq!(job.body["status"], "completed");
+    assert_eq!(job.body["result"]["blob"].as_str().map(str::len), Some(300 * 1024));
+}
+
+#[tokio::test]
+async fn behind_api_gateway_the_authorizer_claims_decide_who_calls() {
+    let app = spawn_app_with(&[("AUTH_MODE", "apigateway")], |_| {}).await;
+    let fixture = std::fs::read_to_string(format!(
+        "{}/../../tests/data/example-apigw-v2-request-jwt-authorizer.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut event: Value = serde_json::from_str(&fixture).unwrap();
+    event["rawPath"] = json!("/jobs");
+    event["rawQueryString"] = json!("");
+    event["queryStringParameters"] = json!({});
+    event["requestContext"]["http"]["method"] = json!("POST");
+    event["requestContext"]["http"]["path"] = json!("/jobs");
+    event["headers"] = json!({"content-type": "application/json"});
+    event["body"] = json!(r#"{"kind":"echo","input":{"via":"gateway"}}"#);
+    event["isBase64Encoded"] = json!(false);
+    event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = json!("carol");
+
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let reply = app.call(request.map(|b| Body::from(b.to_vec()))).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let path = format!("/jobs/{}", reply.body["jobId"].as_str().unwrap());
+
+    // The job belongs to the authorizer's sub.
+    event["requestContext"]["http"]["method"] = json!("GET");
+    event["rawPath"] = json!(path);
+    event["body"] = Value::Null;
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let reply = app.call(request.map(|b| Body::from(b.to_vec()))).await;
+    assert_eq!((reply.status, reply.body["input"]["via"].as_str()), (StatusCode::OK, Some("gateway")));
+
+    // In this mode a bearer token alone is not trusted: the authorizer must have run.
+    let reply = app.get("carol", &path).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
