@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
+use jobpipe_core::payload::NO_SUCH_KEY;
 use jobpipe_core::store::{CancelOutcome, PageToken};
 use serde_json::{Value, json};
 
@@ -86,9 +87,20 @@ pub async fn cancel(
     }
 }
 
-/// The job as the API shows it, with payloads stored in S3 fetched.
+/// The job as the API shows it, with payloads stored in S3 fetched. A payload the bucket's lifecycle
+/// rule already removed shows as `null`.
 pub async fn view(api: &Api, job: &Job) -> Result<JobView, ApiError> {
-    let input = api.payloads.resolve(&job.input).await.map_err(|e| ApiError::store(&e))?;
-    let result = api.payloads.resolve_opt(job.result.as_ref()).await.map_err(|e| ApiError::store(&e))?;
+    let fetch = |payload| async move {
+        match api.payloads.resolve(payload).await {
+            Ok(value) => Ok(value),
+            Err(e) if e.code == NO_SUCH_KEY => Ok(Value::Null),
+            Err(e) => Err(ApiError::store(&e)),
+        }
+    };
+    let input = fetch(&job.input).await?;
+    let result = match &job.result {
+        Some(payload) => Some(fetch(payload).await?),
+        None => None,
+    };
     Ok(job.view(input, result))
 }

@@ -7,6 +7,9 @@ use serde_json::Value;
 use crate::error::StoreError;
 use crate::job::{JobId, Payload};
 
+/// The error code of a payload that is not in the bucket (removed by the lifecycle rule).
+pub const NO_SUCH_KEY: &str = "NoSuchKey";
+
 #[derive(Debug, Clone)]
 pub struct PayloadStore {
     s3: Client,
@@ -63,14 +66,14 @@ impl PayloadStore {
             Payload::S3 { key } => key,
         };
         let operation = || format!("GetObject s3://{}/{key}", self.bucket);
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| StoreError::from_sdk(operation(), e))?;
+        let out = self.s3.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
+            let missing = e.as_service_error().is_some_and(|e| e.is_no_such_key());
+            let mut error = StoreError::from_sdk(operation(), e);
+            if missing {
+                error.code = NO_SUCH_KEY.into();
+            }
+            error
+        })?;
         let bytes = out.body.collect().await.map_err(|e| StoreError {
             operation: operation(),
             code: "Transport".into(),
@@ -79,12 +82,5 @@ impl PayloadStore {
         })?;
         serde_json::from_slice(&bytes.into_bytes())
             .map_err(|e| StoreError::corrupt(operation(), format!("payload is not JSON: {e}")))
-    }
-
-    pub async fn resolve_opt(&self, payload: Option<&Payload>) -> Result<Option<Value>, StoreError> {
-        match payload {
-            Some(p) => self.resolve(p).await.map(Some),
-            None => Ok(None),
-        }
     }
 }

@@ -484,3 +484,16 @@ async fn behind_api_gateway_the_authorizer_claims_decide_who_calls() {
     let reply = app.get("carol", &path).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_payload_removed_by_the_lifecycle_rule_reads_as_null() {
+    let app = spawn_app().await;
+    let posted = app.post_job("alice", json!({"kind": "echo", "input": {"blob": "z".repeat(20_000)}})).await;
+    let job_id = posted.body["jobId"].as_str().unwrap();
+    let objects = app.stack.clients.s3.list_objects_v2().bucket(&app.stack.bucket).send().await.unwrap();
+    for object in objects.contents() {
+        app.stack.clients.s3.delete_object().bucket(&app.stack.bucket).key(object.key().unwrap()).send().await.unwrap();
+    }
+    let job = app.get("alice", &format!("/jobs/{job_id}")).await;
+    assert_eq!((job.status, &job.body["input"]), (StatusCode::OK, &Value::Null));
+}
