@@ -66,6 +66,11 @@ pub async fn list(
     Ok(Json(json!({ "jobs": views, "nextToken": next.map(|t| t.encode()) })))
 }
 
+/// `GET /kinds`: the job kinds this deployment offers, so a client can build its form.
+pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Json<Value> {
+    Json(json!({ "kinds": api.kinds.names().collect::<Vec<_>>() }))
+}
+
 pub async fn cancel(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,

@@ -67,6 +67,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/jobs", get(jobs::list).post(submit::submit))
         .route("/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
+        .route("/kinds", get(jobs::kinds))
         .fallback(|method: Method| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for this path ({method})"))
         })

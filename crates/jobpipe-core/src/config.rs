@@ -24,6 +24,11 @@ pub struct Config {
     pub queue_routes: QueueRoutes,
     /// The main queue's dead-letter queue, which the reconciler inspects.
     pub dead_letter_queue_url: Option<String>,
+    /// The WebSocket connections table (websocket-connect and notifier).
+    pub connections_table: Option<String>,
+    /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
+    /// where the notifier posts to connections.
+    pub websocket_endpoint: Option<String>,
     pub auth: Authenticator,
     pub kinds: KindsConfig,
     /// Attempts (claims) a job gets before it fails with its last error.
@@ -44,6 +49,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// A setting only some functions need, as an error naming it when it is missing.
+    pub fn require<'a>(value: &'a Option<String>, variable: &'static str) -> Result<&'a str, ConfigError> {
+        value.as_deref().ok_or(ConfigError { variable, problem: "is required by this function but not set".into() })
+    }
+
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_lookup(|name| std::env::var(name).ok())
     }
@@ -121,6 +131,8 @@ impl Config {
             payload_bucket: required("PAYLOAD_BUCKET")?,
             queue_routes,
             dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
+            connections_table: get("CONNECTIONS_TABLE"),
+            websocket_endpoint: get("WEBSOCKET_ENDPOINT"),
             auth,
             kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },
             max_attempts,

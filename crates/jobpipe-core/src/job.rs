@@ -151,6 +151,27 @@ impl Job {
         Some(self.completed_at? - self.started_at?)
     }
 
+    /// `{"type":"job", ...}`: the job's live state as pushed over the WebSocket. A result stored in S3 is
+    /// left out (`null`); clients fetch it with `GET /jobs/{id}` (a push must stay small: API Gateway
+    /// frames are at most 32 KB).
+    pub fn status_message(&self) -> Value {
+        let result = match &self.result {
+            Some(Payload::Inline(value)) => value.clone(),
+            _ => Value::Null,
+        };
+        serde_json::json!({
+            "type": "job",
+            "jobId": self.job_id,
+            "status": self.status,
+            "progress": self.progress,
+            "result": result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "durationMs": self.duration_ms(),
+            "updatedAt": to_rfc3339(self.updated_at),
+        })
+    }
+
     /// The API's view. Payloads stored in S3 must be resolved by the caller first (see `payload`).
     pub fn view(&self, input: Value, result: Option<Value>) -> JobView {
         JobView {

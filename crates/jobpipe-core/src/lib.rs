@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod batch;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod error;
 pub mod intake;

@@ -642,6 +642,54 @@ fn to_item(job: &Job) -> Item {
     item
 }
 
+/// Reads a job from a DynamoDB stream image (`NewImage`/`OldImage`, in DynamoDB JSON).
+pub fn job_from_stream_image(image: &Value) -> Result<Job, StoreError> {
+    let Value::Object(fields) = image else {
+        return Err(StoreError::corrupt("reading stream image", "image is not an object"));
+    };
+    let item = fields
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), attribute_from_json(value)?)))
+        .collect::<Result<Item, StoreError>>()?;
+    from_item(&item)
+}
+
+/// One attribute in DynamoDB JSON (`{"S": "x"}`, `{"N": "1"}`, `{"M": {...}}`, ...).
+fn attribute_from_json(value: &Value) -> Result<AttributeValue, StoreError> {
+    let bad = || StoreError::corrupt("reading stream image", format!("not a DynamoDB attribute: {value}"));
+    let Some((tag, inner)) = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
+        return Err(bad());
+    };
+    let strings = |v: &Value| -> Result<Vec<String>, StoreError> {
+        v.as_array().ok_or_else(bad)?.iter().map(|s| s.as_str().map(String::from).ok_or_else(bad)).collect()
+    };
+    Ok(match tag.as_str() {
+        "S" => AttributeValue::S(inner.as_str().ok_or_else(bad)?.to_string()),
+        "N" => AttributeValue::N(inner.as_str().ok_or_else(bad)?.to_string()),
+        "BOOL" => AttributeValue::Bool(inner.as_bool().ok_or_else(bad)?),
+        "NULL" => AttributeValue::Null(true),
+        "SS" => AttributeValue::Ss(strings(inner)?),
+        "NS" => AttributeValue::Ns(strings(inner)?),
+        "L" => AttributeValue::L(
+            inner.as_array().ok_or_else(bad)?.iter().map(attribute_from_json).collect::<Result<_, _>>()?,
+        ),
+        "M" => AttributeValue::M(
+            inner
+                .as_object()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), attribute_from_json(v)?)))
+                .collect::<Result<_, StoreError>>()?,
+        ),
+        "B" => {
+            let bytes =
+                base64::engine::general_purpose::STANDARD.decode(inner.as_str().ok_or_else(bad)?).map_err(|_| bad())?;
+            AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes))
+        }
+        _ => return Err(bad()),
+    })
+}
+
 fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
     opt_s(item, name)?.ok_or_else(|| StoreError::corrupt("reading job item", format!("attribute {name} missing")))
 }
@@ -727,6 +775,24 @@ mod tests {
             ["", "!!!", "eyJ4IjoxfQ", &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{\"j\":\"x\",\"c\":1}")]
         {
             assert_eq!(PageToken::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_images_read_as_jobs() {
+        let id = JobId::new_random();
+        let image = serde_json::json!({
+            "jobId": {"S": id.as_str()}, "owner": {"S": "alice"}, "kind": {"S": "echo"},
+            "status": {"S": "completed"}, "input": {"S": "{\"a\":1}"}, "result": {"S": "{\"a\":1}"},
+            "attempts": {"N": "1"}, "progress": {"N": "100"}, "createdAt": {"N": "1"}, "updatedAt": {"N": "2"},
+            "extra": {"M": {"l": {"L": [{"BOOL": true}, {"NULL": true}, {"SS": ["x"]}, {"B": "AAE="}]}}}
+        });
+        let job = job_from_stream_image(&image).unwrap();
+        assert_eq!((job.job_id, job.status, job.progress), (id, JobStatus::Completed, 100));
+        assert_eq!(job.result, Some(Payload::Inline(serde_json::json!({"a": 1}))));
+        for bad in [serde_json::json!([]), serde_json::json!({"jobId": {"Q": "x"}}), serde_json::json!({"jobId": "x"})]
+        {
+            assert!(job_from_stream_image(&bad).is_err(), "{bad}");
         }
     }
 

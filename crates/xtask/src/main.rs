@@ -10,7 +10,7 @@ type Result<T> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup().map(|_| ()),
+        Some("setup") => setup().and_then(|_| setup_browser()),
         Some("test") => test(&args[1..]),
         _ => Err("usage: cargo xtask setup | cargo xtask test [-- extra cargo test args]".into()),
     };
@@ -56,6 +56,27 @@ fn setup() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The browser test's tools: Debian's Chromium (apt, as root) and playwright-core (npm, from the lock).
+fn setup_browser() -> Result<()> {
+    let root = repo_root();
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!("xtask: installing Debian's chromium for the browser test");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let browser = root.join("tests/browser");
+    let lock = std::fs::read_to_string(browser.join("package-lock.json"))
+        .map_err(|e| format!("reading package-lock.json: {e}"))?;
+    let stamp = browser.join("node_modules/.installed-lock.json");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        run(Command::new("npm").current_dir(&browser).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+        std::fs::write(&stamp, lock).map_err(|e| format!("writing {stamp:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A moto server for the whole test run; it exits when its stdin (held here) closes.
 struct Moto {
     child: Child,
@@ -88,6 +109,7 @@ impl Drop for Moto {
 fn test(extra: &[String]) -> Result<()> {
     let root = repo_root();
     let bin = setup()?;
+    setup_browser()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
     run(Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]))?;

@@ -378,6 +378,15 @@ async fn bad_bodies_get_clear_errors_and_queue_nothing() {
 }
 
 #[tokio::test]
+async fn the_available_kinds_are_listed() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": ["echo"]}));
+    let app = spawn_app_with(&[("ECHO_KIND_ENABLED", "false")], |_| {}).await;
+    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": []}));
+    assert_eq!(app.send(Method::GET, "/kinds", None, None).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let app = spawn_app().await;
     let reply = app.get("alice", "/nope").await;

@@ -1,0 +1,177 @@
+//! The WebSocket connections table: who is connected, and which jobs each connection follows.
+//!
+//! One item per connection (`jobId = "-"`, holding the caller) and one per subscription
+//! (`jobId = <job id>`), all under the connection id as partition key; the `byJob` GSI finds a job's
+//! subscribers. Items carry a TTL so connections that vanished without `$disconnect` expire.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+
+use crate::clock::Millis;
+use crate::error::StoreError;
+use crate::job::JobId;
+
+pub mod attr {
+    pub const CONNECTION_ID: &str = "connectionId";
+    pub const JOB_ID: &str = "jobId";
+    pub const OWNER: &str = "owner";
+    pub const CONNECTED_AT: &str = "connectedAt";
+    pub const EXPIRES_AT: &str = "expiresAt";
+    /// GSI: jobId (hash) + connectionId (range).
+    pub const BY_JOB_INDEX: &str = "byJob";
+    /// The sort key of the connection's own item.
+    pub const CONNECTION_ITEM: &str = "-";
+}
+
+/// API Gateway closes a WebSocket after two hours at most; rows outlive that by a margin.
+const CONNECTION_TTL_SECS: i64 = 3 * 60 * 60;
+
+#[derive(Debug, Clone)]
+pub struct ConnectionStore {
+    client: Client,
+    table: String,
+}
+
+impl ConnectionStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        ConnectionStore { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Records a new connection and its caller.
+    pub async fn connect(&self, connection_id: &str, owner: &str, now: Millis) -> Result<(), StoreError> {
+        self.put(connection_id, attr::CONNECTION_ITEM, owner, now).await
+    }
+
+    /// The caller of a connection, if it is (still) registered.
+    pub async fn owner_of(&self, connection_id: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::CONNECTION_ID, s(connection_id))
+            .key(attr::JOB_ID, s(attr::CONNECTION_ITEM))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("GetItem (connection)", e))?;
+        Ok(out.item().and_then(|item| item.get(attr::OWNER)).and_then(|v| v.as_s().ok()).cloned())
+    }
+
+    pub async fn subscribe(
+        &self,
+        connection_id: &str,
+        owner: &str,
+        job_id: &JobId,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.put(connection_id, job_id.as_str(), owner, now).await
+    }
+
+    pub async fn unsubscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::CONNECTION_ID, s(connection_id))
+            .key(attr::JOB_ID, s(job_id.as_str()))
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("DeleteItem (subscription)", e))?;
+        Ok(())
+    }
+
+    /// Connections subscribed to a job.
+    pub async fn subscribers(&self, job_id: &JobId) -> Result<Vec<String>, StoreError> {
+        let mut connections = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(attr::BY_JOB_INDEX)
+                .key_condition_expression("#job = :job")
+                .expression_attribute_names("#job", attr::JOB_ID)
+                .expression_attribute_values(":job", s(job_id.as_str()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| StoreError::from_sdk("Query (subscribers of a job)", e))?;
+            connections
+                .extend(out.items().iter().filter_map(|item| item.get(attr::CONNECTION_ID)?.as_s().ok().cloned()));
+            match out.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(connections),
+            }
+        }
+    }
+
+    /// Removes a connection and all its subscriptions (`$disconnect`, or a push answered Gone).
+    pub async fn disconnect(&self, connection_id: &str) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#c = :c")
+            .expression_attribute_names("#c", attr::CONNECTION_ID)
+            .expression_attribute_values(":c", s(connection_id))
+            .projection_expression("#c, #j")
+            .expression_attribute_names("#j", attr::JOB_ID)
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("Query (items of a connection)", e))?;
+        let deletes: Vec<WriteRequest> = out
+            .items()
+            .iter()
+            .map(|item| {
+                let key: HashMap<String, AttributeValue> = item.clone();
+                WriteRequest::builder()
+                    .delete_request(DeleteRequest::builder().set_key(Some(key)).build().expect("key set"))
+                    .build()
+            })
+            .collect();
+        for chunk in deletes.chunks(25) {
+            let mut pending = HashMap::from([(self.table.clone(), chunk.to_vec())]);
+            // BatchWriteItem may hand back unprocessed items under load; retry those a few times.
+            for _ in 0..5 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::from_sdk("BatchWriteItem (remove connection)", e))?;
+                match out.unprocessed_items() {
+                    Some(rest) if rest.values().any(|v| !v.is_empty()) => pending = rest.clone(),
+                    _ => break,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&self, connection_id: &str, job_id: &str, owner: &str, now: Millis) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::CONNECTION_ID, s(connection_id))
+            .item(attr::JOB_ID, s(job_id))
+            .item(attr::OWNER, s(owner))
+            .item(attr::CONNECTED_AT, AttributeValue::N(now.to_string()))
+            .item(attr::EXPIRES_AT, AttributeValue::N((now / 1000 + CONNECTION_TTL_SECS).to_string()))
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("PutItem (connection)", e))?;
+        Ok(())
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}

@@ -1,0 +1,442 @@
+//! `jobpipe dev`: the whole pipeline on one machine. Builds the functions, starts moto (or uses
+//! `AWS_ENDPOINT_URL`), creates what `template.yaml` declares, runs every function through the local
+//! Runtime API, and wires the template's event sources and APIs to them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::gateway::{DevHelpers, Gateway, HttpRoute, SocketRoute};
+use crate::resources::{self, Clients, Created, REGION};
+use crate::runtime::{Function, FunctionProcess};
+use crate::sources::{SqsMapping, StreamMapping, run_schedule};
+use crate::template::{EventSpec, FunctionSpec, Resolver, Template};
+
+/// The key the local stack signs dev tokens with; the functions are configured to trust it.
+pub const DEV_JWT_SECRET: &str = "jobpipe-local-dev-secret-not-for-production";
+pub const DEV_ISSUER: &str = "https://jobpipe.local/dev";
+pub const DEV_AUDIENCE: &str = "jobpipe-local";
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The repository root (template.yaml, web/, infra/).
+    pub root: PathBuf,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Use this AWS endpoint instead of starting moto.
+    pub endpoint: Option<String>,
+    /// Resource names start with this (unique per stack when sharing an endpoint).
+    pub prefix: String,
+    /// Build the function binaries first (`cargo build`).
+    pub build: bool,
+    /// Where the binaries are (`<target>/debug`).
+    pub binaries: PathBuf,
+    /// Overrides the schedule of scheduled functions (tests make the reconciler run often).
+    pub schedule_override: Option<std::time::Duration>,
+    /// Extra environment for every function.
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl DevOptions {
+    pub fn new(root: PathBuf) -> DevOptions {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        DevOptions {
+            root,
+            port: 3000,
+            endpoint: std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()),
+            prefix: "jobpipe-local".into(),
+            build: true,
+            binaries: target.join("debug"),
+            schedule_override: None,
+            extra_env: BTreeMap::new(),
+        }
+    }
+}
+
+/// The local AWS side: moto (or a given endpoint) with the template's resources created in it.
+pub struct LocalAws {
+    pub endpoint: String,
+    pub moto: Option<Child>,
+    pub shared: aws_config::SdkConfig,
+    pub clients: Clients,
+    pub resolver: Resolver,
+    pub created: Created,
+}
+
+impl LocalAws {
+    pub async fn start(
+        root: &Path,
+        template: &Template,
+        endpoint: Option<String>,
+        prefix: &str,
+    ) -> anyhow::Result<LocalAws> {
+        let (endpoint, moto) = match endpoint {
+            Some(endpoint) => (endpoint, None),
+            None => {
+                let (endpoint, child) = start_moto(root)?;
+                (endpoint, Some(child))
+            }
+        };
+        let shared = sdk_config(&endpoint);
+        let clients = Clients {
+            dynamodb: aws_sdk_dynamodb::Client::new(&shared),
+            sqs: aws_sdk_sqs::Client::new(&shared),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&shared).force_path_style(true).build(),
+            ),
+        };
+        let mut resolver = Resolver::default();
+        let parameters = HashMap::from([
+            ("JwtIssuer".to_string(), DEV_ISSUER.to_string()),
+            ("JwtAudience".to_string(), DEV_AUDIENCE.to_string()),
+            ("JwtPublicKeyPem".to_string(), String::new()),
+            ("Stage".to_string(), "local".to_string()),
+            ("EchoKindEnabled".to_string(), "true".to_string()),
+        ]);
+        resources::parameters(template, &parameters, &mut resolver);
+        let created = resources::create_all(template, &clients, prefix, &mut resolver).await?;
+        // Everything else (APIs, functions, log groups) resolves to a local placeholder.
+        for kind in
+            ["AWS::Serverless::Function", "AWS::Serverless::HttpApi", "AWS::ApiGatewayV2::Api", "AWS::Logs::LogGroup"]
+        {
+            for (id, _) in template.resources(kind) {
+                if resolver.get(&id).is_none() {
+                    resolver.set(&id, format!("{prefix}-{id}"));
+                    resolver.set(format!("{id}.Arn"), format!("arn:aws:local:{REGION}:{}:{id}", resources::ACCOUNT));
+                }
+            }
+        }
+        Ok(LocalAws { endpoint, moto, shared, clients, resolver, created })
+    }
+
+    /// The process description of one of the template's functions, environment resolved locally.
+    pub fn function_process(
+        &self,
+        spec: &FunctionSpec,
+        binaries: &Path,
+        base_url: &str,
+        extra_env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<FunctionProcess> {
+        let process = FunctionProcess {
+            name: spec.logical_id.clone(),
+            binary: binaries.join(&spec.binary),
+            environment: environment(spec, &self.resolver, &self.endpoint, base_url, extra_env)?,
+            timeout: spec.timeout,
+            memory_mb: spec.memory_mb,
+            instances: instances(spec),
+        };
+        if !process.binary.exists() {
+            bail!("{} is not built: {:?} is missing", spec.logical_id, process.binary);
+        }
+        Ok(process)
+    }
+}
+
+/// A running local stack. Dropping it stops the functions and moto.
+pub struct DevStack {
+    pub address: SocketAddr,
+    pub endpoint: String,
+    pub created: Created,
+    pub functions: HashMap<String, Function>,
+    pub gateway: Arc<Gateway>,
+    tasks: Vec<JoinHandle<()>>,
+    moto: Option<Child>,
+}
+
+impl DevStack {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn websocket_url(&self) -> String {
+        format!("ws://{}/ws", self.address)
+    }
+
+    /// A token for `sub`, as `POST /dev/token` hands out.
+    pub fn token(&self, sub: &str) -> String {
+        dev_token(sub)
+    }
+
+    pub async fn start(options: DevOptions) -> anyhow::Result<DevStack> {
+        let template = Template::load(&options.root.join("template.yaml"))?;
+        let functions = template.functions()?;
+        if options.build {
+            build(&options.root, &functions)?;
+        }
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
+        let address = listener.local_addr()?;
+        let base_url = format!("http://{address}");
+        let LocalAws { endpoint, moto, shared, clients, resolver, created } =
+            LocalAws::start(&options.root, &template, options.endpoint.clone(), &options.prefix).await?;
+
+        let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
+        let mut tasks = vec![tokio::spawn(async move {
+            while let Some((label, line)) = lines.recv().await {
+                println!("[{label}] {line}");
+            }
+        })];
+
+        let local =
+            LocalAws { endpoint: endpoint.clone(), moto: None, shared: shared.clone(), clients, resolver, created };
+        let mut running = HashMap::new();
+        for spec in &functions {
+            let process = local.function_process(spec, &options.binaries, &base_url, &options.extra_env)?;
+            running.insert(spec.logical_id.clone(), Function::start(process, log.clone()).await?);
+        }
+        let LocalAws { clients, created, .. } = local;
+
+        let mut http_routes = Vec::new();
+        let streams = aws_sdk_dynamodbstreams::Client::new(&shared);
+        for spec in &functions {
+            let function = running[&spec.logical_id].clone();
+            for event in &spec.events {
+                match event.clone() {
+                    EventSpec::HttpApi { method, path } => {
+                        http_routes.push(HttpRoute { method, path, function: function.clone() })
+                    }
+                    EventSpec::Sqs { queue, batch_size, batching_window, max_concurrency, report_failures } => {
+                        let (url, arn) =
+                            created.queues.get(&queue).cloned().with_context(|| format!("queue {queue}"))?;
+                        let mapping = SqsMapping {
+                            sqs: clients.sqs.clone(),
+                            queue_url: url,
+                            queue_arn: arn,
+                            batch_size,
+                            batching_window,
+                            report_failures,
+                        };
+                        tasks.push(tokio::spawn(mapping.run(function.clone(), max_concurrency.min(4))));
+                    }
+                    EventSpec::DynamoDb { table, batch_size, report_failures, max_retries } => {
+                        let stream_arn =
+                            created.stream_arns.get(&table).cloned().with_context(|| format!("stream of {table}"))?;
+                        let mapping = StreamMapping {
+                            streams: streams.clone(),
+                            stream_arn,
+                            batch_size,
+                            report_failures,
+                            max_retries: max_retries.unwrap_or(10),
+                        };
+                        tasks.push(tokio::spawn(mapping.run(function.clone())));
+                    }
+                    EventSpec::Schedule { every } => {
+                        let every = options.schedule_override.unwrap_or(every);
+                        tasks.push(tokio::spawn(run_schedule(function.clone(), spec.logical_id.clone(), every)));
+                    }
+                }
+            }
+        }
+        // Longer, literal paths first, so `/jobs/{id}` never shadows a fixed route.
+        http_routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+
+        let socket_routes = template
+            .websocket_routes()?
+            .into_iter()
+            .map(|route| {
+                let function =
+                    running.get(&route.function).cloned().with_context(|| format!("function {}", route.function))?;
+                let replies = route.route_key == "$default" || route.route_key.starts_with(|c: char| c != '$');
+                Ok(SocketRoute { route_key: route.route_key, function, replies })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        let dev = Arc::new(LocalDev {
+            endpoint: endpoint.clone(),
+            base_url: base_url.clone(),
+            created: created.clone(),
+            functions: functions.iter().map(|f| f.logical_id.clone()).collect(),
+        });
+        let gateway = Gateway::new(http_routes, socket_routes, options.root.join("web"), dev);
+        let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "local gateway stopped");
+            }
+        }));
+
+        Ok(DevStack { address, endpoint, created, functions: running, gateway, tasks, moto })
+    }
+
+    /// Stops every function process, every event source, and moto.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        // Give supervisors a moment to kill their processes.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+
+    fn shutdown(&mut self) {
+        for function in self.functions.values() {
+            function.stop();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(mut moto) = self.moto.take() {
+            drop(moto.stdin.take());
+            let _ = moto.wait();
+        }
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct LocalDev {
+    endpoint: String,
+    base_url: String,
+    created: Created,
+    functions: Vec<String>,
+}
+
+impl DevHelpers for LocalDev {
+    fn token(&self, sub: &str) -> String {
+        dev_token(sub)
+    }
+
+    fn resources(&self) -> Value {
+        let queues: serde_json::Map<String, Value> =
+            self.created.queues.iter().map(|(id, (url, arn))| (id.clone(), json!({"url": url, "arn": arn}))).collect();
+        json!({
+            "endpointUrl": self.endpoint,
+            "region": REGION,
+            "httpApiUrl": self.base_url,
+            "webSocketUrl": format!("{}/ws", self.base_url.replacen("http", "ws", 1)),
+            "tables": self.created.tables,
+            "queues": queues,
+            "buckets": self.created.buckets,
+            "functions": self.functions,
+        })
+    }
+}
+
+pub fn dev_token(sub: &str) -> String {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let claims = jobpipe_core::auth::Claims {
+        sub: sub.to_string(),
+        iss: DEV_ISSUER.into(),
+        aud: DEV_AUDIENCE.into(),
+        exp: now + 12 * 60 * 60,
+        nbf: None,
+        iat: Some(now),
+    };
+    jobpipe_core::auth::issue_hs256(DEV_JWT_SECRET.as_bytes(), &claims)
+}
+
+/// How many execution environments a function gets locally.
+fn instances(spec: &FunctionSpec) -> usize {
+    spec.events
+        .iter()
+        .map(|event| match event {
+            EventSpec::Sqs { max_concurrency, .. } => (*max_concurrency).clamp(1, 4),
+            EventSpec::HttpApi { .. } => 4,
+            _ => 1,
+        })
+        .max()
+        .unwrap_or(2)
+        .max(if spec.events.is_empty() { 2 } else { 1 })
+}
+
+/// The function's environment as the template sets it, resolved to local resources, plus what makes
+/// it work locally: the endpoint, dummy credentials, and the dev token key.
+fn environment(
+    spec: &FunctionSpec,
+    resolver: &Resolver,
+    endpoint: &str,
+    base_url: &str,
+    extra: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for (name, value) in &spec.environment {
+        let resolved = resolver.resolve(value).with_context(|| format!("{}: environment {name}", spec.logical_id))?;
+        env.insert(name.clone(), resolved);
+    }
+    let local = [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", REGION),
+        ("AWS_DEFAULT_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", "local"),
+        ("AWS_SECRET_ACCESS_KEY", "local"),
+        // Locally no API Gateway authorizer runs: every function verifies tokens against the dev key.
+        ("AUTH_MODE", "jwt"),
+        ("JWT_HS256_SECRET", DEV_JWT_SECRET),
+        ("JWT_RS256_PUBLIC_KEY", ""),
+        ("JWT_ISSUER", DEV_ISSUER),
+        ("JWT_AUDIENCE", DEV_AUDIENCE),
+        ("ECHO_KIND_ENABLED", "true"),
+        ("WEBSOCKET_ENDPOINT", base_url),
+    ];
+    for (name, value) in local {
+        env.insert(name.to_string(), value.to_string());
+    }
+    env.insert("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    for (name, value) in extra {
+        env.insert(name.clone(), value.clone());
+    }
+    Ok(env)
+}
+
+fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_sdk_dynamodb::config::Credentials::new("local", "local", None, None, "jobpipe-dev"),
+        ))
+        .build()
+}
+
+/// Builds the template's function binaries (debug profile).
+pub fn build(root: &Path, functions: &[FunctionSpec]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).arg("build").arg("--quiet");
+    for function in functions {
+        command.args(["-p", &function.binary]);
+    }
+    let status = command.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the functions failed ({status})");
+    }
+    Ok(())
+}
+
+/// Starts moto from the repository's venv (installing it first if needed) on a free port. It exits
+/// when the returned child's stdin closes.
+pub fn start_moto(root: &Path) -> anyhow::Result<(String, Child)> {
+    let python = root.join(".venv/bin/python");
+    if !python.exists() || !root.join(".venv/bin/moto_server").exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status =
+            Command::new(cargo).current_dir(root).args(["xtask", "setup"]).status().context("cargo xtask setup")?;
+        if !status.success() {
+            bail!("installing the Python tools failed ({status})");
+        }
+    }
+    let mut child = Command::new(&python)
+        .arg(root.join("infra/moto_server.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting moto")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("moto stdout")?).read_line(&mut line)?;
+    let port = line.strip_prefix("READY ").map(str::trim).with_context(|| format!("moto did not start: {line:?}"))?;
+    Ok((format!("http://127.0.0.1:{port}"), child))
+}

@@ -1,0 +1,71 @@
+//! `jobpipe invoke FUNCTION -e EVENT`: runs one function of the template once with an event file, like
+//! `sam local invoke`, but without Docker: the real binary under the local Runtime API, against moto.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::dev::{DevOptions, LocalAws, build};
+use crate::runtime::{Function, InvokeError};
+use crate::template::Template;
+
+#[derive(Debug, Clone)]
+pub struct InvokeOptions {
+    /// Build the function first.
+    pub build: bool,
+    /// Use this AWS endpoint instead of a fresh moto (default: `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// Resource name prefix.
+    pub prefix: String,
+}
+
+impl Default for InvokeOptions {
+    fn default() -> Self {
+        InvokeOptions { build: true, endpoint: None, prefix: "jobpipe-invoke".into() }
+    }
+}
+
+/// What the function answered, or its error as `{"errorType", "errorMessage"}` (as `sam local invoke`
+/// prints it).
+pub async fn invoke_once(root: &Path, function: &str, event: Value, options: InvokeOptions) -> anyhow::Result<Value> {
+    let template = Template::load(&root.join("template.yaml"))?;
+    let functions = template.functions()?;
+    let spec = functions.iter().find(|f| f.logical_id == function || f.binary == function).with_context(|| {
+        let names: Vec<_> = functions.iter().map(|f| f.logical_id.as_str()).collect();
+        format!("no function {function:?} in template.yaml; there is {}", names.join(", "))
+    })?;
+    if options.build {
+        build(root, std::slice::from_ref(spec))?;
+    }
+    let defaults = DevOptions::new(root.to_path_buf());
+    let endpoint = options.endpoint.or(defaults.endpoint);
+    let mut local = LocalAws::start(root, &template, endpoint, &options.prefix).await?;
+    let mut process = local.function_process(spec, &defaults.binaries, "http://127.0.0.1:9", &BTreeMap::new())?;
+    process.instances = 1;
+    let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
+    // Function logs go to stderr, so stdout carries only the response.
+    let printer = tokio::spawn(async move {
+        while let Some((label, line)) = lines.recv().await {
+            eprintln!("[{label}] {line}");
+        }
+    });
+    let running = Function::start(process, log).await?;
+    let result = running.invoke_json(&event).await;
+    running.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    printer.abort();
+    if let Some(mut moto) = local.moto.take() {
+        drop(moto.stdin.take());
+        let _ = moto.wait();
+    }
+    match result {
+        Ok(value) => Ok(value),
+        Err(InvokeError::Function { error_type, message, .. }) => {
+            Ok(serde_json::json!({"errorType": error_type, "errorMessage": message}))
+        }
+        Err(other) => Err(other.into()),
+    }
+}

@@ -1,0 +1,10 @@
+//! The local stack: `jobpipe dev` runs the whole pipeline on one machine without Docker, driven by
+//! template.yaml; `jobpipe invoke` runs one function once.
+
+pub mod dev;
+pub mod gateway;
+pub mod invoke;
+pub mod resources;
+pub mod runtime;
+pub mod sources;
+pub mod template;

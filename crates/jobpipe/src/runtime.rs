@@ -1,0 +1,379 @@
+//! A local implementation of the Lambda Runtime API: each function runs as a pool of child processes
+//! (its real binary), each polling its own Runtime API endpoint for invocations, like Lambda execution
+//! environments. A child that crashes fails its invocation and is restarted; one that outlives the
+//! function's timeout is killed and restarted, as Lambda would.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+const API: &str = "/2018-06-01/runtime";
+/// Time an invocation may wait for a process to start polling, on top of the function's timeout.
+const INIT_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// Why an invocation did not produce a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// The handler returned an error (`/invocation/{id}/error`).
+    #[error("{function} returned an error: {error_type}: {message}")]
+    Function { function: String, error_type: String, message: String },
+    #[error("{function} timed out after {timeout:?}")]
+    Timeout { function: String, timeout: Duration },
+    #[error("{function}'s process exited during the invocation ({status})")]
+    Crashed { function: String, status: String },
+    #[error("{function} is stopped")]
+    Stopped { function: String },
+}
+
+/// Where an invocation's outcome goes.
+type Reply = oneshot::Sender<Result<Bytes, InvokeError>>;
+
+struct Invocation {
+    request_id: String,
+    payload: Bytes,
+    deadline_ms: u64,
+    reply: Reply,
+}
+
+/// How to start a function's process.
+#[derive(Debug, Clone)]
+pub struct FunctionProcess {
+    pub name: String,
+    pub binary: PathBuf,
+    pub environment: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub memory_mb: u64,
+    /// Execution environments (processes) kept running.
+    pub instances: usize,
+}
+
+/// A running function: invoke it with a payload, get its response.
+#[derive(Clone)]
+pub struct Function {
+    spec: Arc<FunctionProcess>,
+    queue: mpsc::Sender<Invocation>,
+    stopping: Arc<AtomicBool>,
+    kill: tokio::sync::broadcast::Sender<()>,
+    /// Counts starts beyond the first, for `jobpipe dev`'s crash reports and tests.
+    pub restarts: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.spec.name).finish()
+    }
+}
+
+/// One execution environment's state, shared with its Runtime API endpoint.
+struct Instance {
+    function: String,
+    incoming: Arc<Mutex<mpsc::Receiver<Invocation>>>,
+    /// The invocation this process is handling, if any.
+    current: Mutex<Option<(String, Reply)>>,
+    /// Fires when the process takes an invocation, with its deadline, so the supervisor can time it out.
+    started: mpsc::UnboundedSender<(String, Duration)>,
+    /// Notified whenever an invocation is answered.
+    finished: tokio::sync::Notify,
+}
+
+impl Instance {
+    /// Waits until `request_id` is no longer the invocation in progress.
+    async fn answered(&self, request_id: &str) {
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.current.lock().await.as_ref().is_none_or(|(id, _)| id != request_id) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Function {
+    /// Starts the function's processes. `log` receives each line they print, prefixed by the caller.
+    pub async fn start(
+        spec: FunctionProcess,
+        log: mpsc::UnboundedSender<(String, String)>,
+    ) -> std::io::Result<Function> {
+        let (queue, incoming) = mpsc::channel::<Invocation>(1024);
+        let incoming = Arc::new(Mutex::new(incoming));
+        let function = Function {
+            spec: Arc::new(spec),
+            queue,
+            stopping: Arc::new(AtomicBool::new(false)),
+            kill: tokio::sync::broadcast::channel(4).0,
+            restarts: Arc::new(AtomicU64::new(0)),
+        };
+        for index in 0..function.spec.instances.max(1) {
+            function.supervise(index, incoming.clone(), log.clone()).await?;
+        }
+        Ok(function)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Invokes the function and waits for its response.
+    pub async fn invoke(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
+        let (reply, response) = oneshot::channel();
+        let deadline = SystemTime::now() + self.spec.timeout;
+        let invocation = Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payload,
+            deadline_ms: deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            reply,
+        };
+        let stopped = || InvokeError::Stopped { function: self.spec.name.clone() };
+        self.queue.send(invocation).await.map_err(|_| stopped())?;
+        // Normally the supervisor times an invocation out; this bound also covers a function that never
+        // starts to poll (it fails to initialize), which Lambda reports as a timeout too.
+        match tokio::time::timeout(self.spec.timeout + INIT_ALLOWANCE, response).await {
+            Ok(result) => result.map_err(|_| stopped())?,
+            Err(_) => Err(InvokeError::Timeout { function: self.spec.name.clone(), timeout: self.spec.timeout }),
+        }
+    }
+
+    /// Kills every process of the function at once, as a crash or an out-of-memory kill would; each is
+    /// restarted like a new execution environment. For fault injection.
+    pub fn kill_all(&self) {
+        let _ = self.kill.send(());
+    }
+
+    /// Invokes with a JSON payload and parses the JSON response.
+    pub async fn invoke_json(&self, payload: &serde_json::Value) -> Result<serde_json::Value, InvokeError> {
+        let bytes = self.invoke(Bytes::from(payload.to_string())).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Stops restarting processes; running ones are killed when their supervisors see this.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.kill.send(());
+    }
+
+    /// Serves one instance's Runtime API and keeps its process running.
+    async fn supervise(
+        &self,
+        index: usize,
+        incoming: Arc<Mutex<mpsc::Receiver<Invocation>>>,
+        log: mpsc::UnboundedSender<(String, String)>,
+    ) -> std::io::Result<()> {
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+        let instance = Arc::new(Instance {
+            function: self.spec.name.clone(),
+            incoming,
+            current: Mutex::new(None),
+            started: started_tx,
+            finished: tokio::sync::Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = Router::new()
+            .route(&format!("{API}/invocation/next"), get(next))
+            .route(&format!("{API}/invocation/{{id}}/response"), post(respond))
+            .route(&format!("{API}/invocation/{{id}}/error"), post(fail))
+            .route(&format!("{API}/init/error"), post(init_error))
+            .with_state(instance.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+
+        let function = self.clone();
+        let mut kills = self.kill.subscribe();
+        tokio::spawn(async move {
+            let label = if function.spec.instances > 1 {
+                format!("{}#{index}", function.spec.name)
+            } else {
+                function.spec.name.clone()
+            };
+            let mut first = true;
+            while !function.stopping.load(Ordering::SeqCst) {
+                if !first {
+                    function.restarts.fetch_add(1, Ordering::SeqCst);
+                }
+                first = false;
+                let started_at = Instant::now();
+                let mut child = match function.spawn(address, &label, &log) {
+                    Ok(child) => child,
+                    Err(error) => {
+                        let _ =
+                            log.send((label.clone(), format!("could not start {:?}: {error}", function.spec.binary)));
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                };
+                let status = loop {
+                    tokio::select! {
+                        status = child.wait() => break status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                        Some((request_id, budget)) = started_rx.recv() => {
+                            // The process took an invocation: it must answer before the deadline.
+                            let instance = instance.clone();
+                            let answered = tokio::time::timeout(budget + Duration::from_millis(200), instance.answered(&request_id));
+                            tokio::select! {
+                                status = child.wait() => break status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                                result = answered => if result.is_err() {
+                                    let _ = log.send((label.clone(), format!("invocation {request_id} timed out after {:?}; stopping this environment", function.spec.timeout)));
+                                    if let Some((_, reply)) = instance.current.lock().await.take() {
+                                        let _ = reply.send(Err(InvokeError::Timeout { function: function.spec.name.clone(), timeout: function.spec.timeout }));
+                                    }
+                                    let _ = child.kill().await;
+                                    break "killed after timeout".to_string();
+                                },
+                                Ok(()) = kills.recv() => {
+                                    let _ = child.kill().await;
+                                    break "killed during an invocation".to_string();
+                                }
+                            }
+                        }
+                        Ok(()) = kills.recv() => {
+                            let _ = child.kill().await;
+                            break "killed (fault injection)".to_string();
+                        }
+                    }
+                };
+                if let Some((_, reply)) = instance.current.lock().await.take() {
+                    let _ = reply.send(Err(InvokeError::Crashed {
+                        function: function.spec.name.clone(),
+                        status: status.clone(),
+                    }));
+                }
+                if function.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _ = log
+                    .send((label.clone(), format!("process exited ({status}); starting a new execution environment")));
+                // A process that dies at once would otherwise spin.
+                if started_at.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        address: SocketAddr,
+        label: &str,
+        log: &mpsc::UnboundedSender<(String, String)>,
+    ) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.spec.binary);
+        command
+            .env_clear()
+            .envs(&self.spec.environment)
+            .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &self.spec.name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", self.spec.memory_mb.to_string())
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", self.spec.name))
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", label)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (log, label) = (log.clone(), label.to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = log.send((label.clone(), line));
+                }
+            });
+        }
+        Ok(child)
+    }
+}
+
+async fn next(State(instance): State<Arc<Instance>>) -> Response {
+    let invocation = {
+        let mut incoming = instance.incoming.lock().await;
+        incoming.recv().await
+    };
+    let Some(invocation) = invocation else {
+        return (StatusCode::GONE, "the local stack is stopping").into_response();
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let budget = Duration::from_millis(invocation.deadline_ms.saturating_sub(now));
+    *instance.current.lock().await = Some((invocation.request_id.clone(), invocation.reply));
+    let _ = instance.started.send((invocation.request_id.clone(), budget));
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("lambda-runtime-aws-request-id", invocation.request_id);
+    set("lambda-runtime-deadline-ms", invocation.deadline_ms.to_string());
+    set(
+        "lambda-runtime-invoked-function-arn",
+        format!(
+            "arn:aws:lambda:{}:{}:function:{}",
+            crate::resources::REGION,
+            crate::resources::ACCOUNT,
+            instance.function
+        ),
+    );
+    set("lambda-runtime-trace-id", format!("Root=1-{:08x}-{}", now / 1000, uuid::Uuid::new_v4().simple()));
+    set("content-type", "application/json".into());
+    (StatusCode::OK, headers, invocation.payload).into_response()
+}
+
+async fn finish(instance: &Instance, id: &str, result: Result<Bytes, InvokeError>) -> StatusCode {
+    let mut current = instance.current.lock().await;
+    match current.take() {
+        Some((current_id, reply)) if current_id == id => {
+            let _ = reply.send(result);
+            drop(current);
+            instance.finished.notify_waiters();
+            StatusCode::ACCEPTED
+        }
+        other => {
+            *current = other;
+            StatusCode::BAD_REQUEST
+        }
+    }
+}
+
+async fn respond(State(instance): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    finish(&instance, &id, Ok(body)).await
+}
+
+async fn fail(State(instance): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    let error: HashMap<String, serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    let text = |key: &str| error.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let result = Err(InvokeError::Function {
+        function: instance.function.clone(),
+        error_type: text("errorType"),
+        message: text("errorMessage"),
+    });
+    finish(&instance, &id, result).await
+}
+
+async fn init_error(State(instance): State<Arc<Instance>>, body: Bytes) -> StatusCode {
+    tracing::error!(function = %instance.function, error = %String::from_utf8_lossy(&body), "function failed to initialize");
+    StatusCode::ACCEPTED
+}

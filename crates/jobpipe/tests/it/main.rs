@@ -1,0 +1,309 @@
+//! The local stack end to end, driven as a client would: HTTP API, WebSocket pushes, `@connections`,
+//! and `invoke` of every real binary with its fixture.
+
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures_util::{SinkExt, StreamExt};
+use jobpipe::dev::{DevOptions, DevStack};
+use jobpipe::invoke::{InvokeOptions, invoke_once};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Builds the function binaries once per test process.
+fn build_functions() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let template = jobpipe::template::Template::load(&root().join("template.yaml")).unwrap();
+        jobpipe::dev::build(&root(), &template.functions().unwrap()).expect("building the functions");
+    });
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+async fn start_stack() -> DevStack {
+    build_functions();
+    let mut options = DevOptions::new(root());
+    options.port = 0;
+    options.build = false;
+    options.endpoint = Some(jobpipe_testkit::moto_endpoint().to_string());
+    options.prefix = unique("t");
+    DevStack::start(options).await.expect("starting the local stack")
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(stack: &DevStack, query: &str) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    tokio_tungstenite::connect_async(format!("{}?{query}", stack.websocket_url())).await.map(|(socket, _)| socket)
+}
+
+/// The next JSON text frame, within `wait`.
+async fn next_json(socket: &mut Socket, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn post_job(stack: &DevStack, token: &str, input: Value) -> Value {
+    let reply = reqwest::Client::new()
+        .post(format!("{}/jobs", stack.base_url()))
+        .bearer_auth(token)
+        .json(&json!({"kind": "echo", "input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    reply.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_over_http_is_pushed_live_until_completed() {
+    let stack = start_stack().await;
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/dev/token", stack.base_url()))
+        .json(&json!({"sub": "alice"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+
+    let mut socket = connect(&stack, &format!("token={token}")).await.expect("connecting");
+    let job = post_job(&stack, &token, json!({"greeting": "hi", "sleepMs": 1200})).await;
+    let job_id = job["jobId"].as_str().unwrap();
+    socket.send(Message::Text(json!({"action": "subscribe", "jobId": job_id}).to_string().into())).await.unwrap();
+
+    let mut statuses = Vec::new();
+    let mut subscribed = false;
+    while let Some(message) = next_json(&mut socket, Duration::from_secs(20)).await {
+        match message["type"].as_str() {
+            Some("subscribed") => {
+                subscribed = true;
+                statuses.push(message["job"]["status"].as_str().unwrap().to_string());
+            }
+            Some("job") => {
+                assert_eq!(message["jobId"], job_id);
+                statuses.push(message["status"].as_str().unwrap().to_string());
+                if message["status"] == "completed" {
+                    assert_eq!(message["result"], json!({"greeting": "hi", "sleepMs": 1200}));
+                    assert_eq!(message["progress"], 100);
+                    break;
+                }
+            }
+            other => panic!("unexpected message {other:?}: {message}"),
+        }
+    }
+    assert!(subscribed, "the subscription was confirmed");
+    assert!(statuses.iter().any(|s| s == "processing"), "processing was pushed: {statuses:?}");
+    assert_eq!(statuses.last().map(String::as_str), Some("completed"), "{statuses:?}");
+
+    let view: Value = http
+        .get(format!("{}/jobs/{job_id}", stack.base_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("completed"), Some(1)));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_refuses_bad_tokens_and_hides_other_users_jobs() {
+    let stack = start_stack().await;
+    for query in ["", "token=", "token=garbage"] {
+        match connect(&stack, query).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401, "{query}"),
+            other => panic!("{query:?} connected: {:?}", other.map(|_| ())),
+        }
+    }
+    let alices_job = post_job(&stack, &stack.token("alice"), json!({})).await["jobId"].as_str().unwrap().to_string();
+    // Subscribing at connect time to someone else's job refuses the connection.
+    match connect(&stack, &format!("token={}&jobId={alices_job}", stack.token("mallory"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),
+        other => panic!("mallory connected: {:?}", other.map(|_| ())),
+    }
+    let mut socket = connect(&stack, &format!("token={}", stack.token("mallory"))).await.unwrap();
+    let mut ask = async |frame: &str| {
+        socket.send(Message::Text(frame.to_string().into())).await.unwrap();
+        next_json(&mut socket, Duration::from_secs(10)).await.expect("a reply")
+    };
+    let reply = ask(&json!({"action": "subscribe", "jobId": alices_job}).to_string()).await;
+    assert_eq!((reply["type"].as_str(), reply["error"]["code"].as_str()), (Some("error"), Some("not_found")));
+    for (frame, code) in [
+        ("not json", "malformed_json"),
+        ("{\"action\":\"subscribe\"}", "invalid_request"),
+        ("{\"action\":\"dance\",\"jobId\":\"x\"}", "unknown_action"),
+        ("{\"action\":\"subscribe\",\"jobId\":\"../../etc\"}", "not_found"),
+    ] {
+        let reply = ask(frame).await;
+        assert_eq!(reply["error"]["code"].as_str(), Some(code), "{frame}: {reply}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_connection_is_forgotten_without_blocking_the_others() {
+    let stack = start_stack().await;
+    let token = stack.token("alice");
+    let job = post_job(&stack, &token, json!({"sleepMs": 800})).await;
+    let job_id = job["jobId"].as_str().unwrap().to_string();
+    // A subscription whose socket no longer exists (its $disconnect never ran).
+    let dynamodb = aws_sdk_dynamodb::Client::new(&jobpipe_testkit::sdk_config());
+    let connections_table = stack.created.tables["ConnectionsTable"].clone();
+    for (key, value) in [("-", "alice"), (job_id.as_str(), "alice")] {
+        dynamodb
+            .put_item()
+            .table_name(&connections_table)
+            .item("connectionId", AttributeValue::S("ghost".into()))
+            .item("jobId", AttributeValue::S(key.into()))
+            .item("owner", AttributeValue::S(value.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut socket = connect(&stack, &format!("token={token}&jobId={job_id}")).await.unwrap();
+    let mut last = None;
+    while let Some(message) = next_json(&mut socket, Duration::from_secs(20)).await {
+        if message["type"] == "job" && message["status"] == "completed" {
+            last = Some(message);
+            break;
+        }
+    }
+    assert!(last.is_some(), "the live connection got every push despite the dead one");
+    let ghost_rows = dynamodb
+        .query()
+        .table_name(&connections_table)
+        .key_condition_expression("connectionId = :c")
+        .expression_attribute_values(":c", AttributeValue::S("ghost".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ghost_rows.count(), 0, "GoneException removed the dead connection");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_socket_runs_disconnect_and_crashed_functions_restart() {
+    let stack = start_stack().await;
+    let socket = connect(&stack, &format!("token={}", stack.token("alice"))).await.unwrap();
+    assert_eq!(stack.gateway.open_connections().await, 1);
+    drop(socket);
+    for _ in 0..50 {
+        if stack.gateway.open_connections().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.gateway.open_connections().await, 0);
+
+    let api = stack.functions["ApiIngestFunction"].clone();
+    api.kill_all();
+    let restarts = || api.restarts.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..100 {
+        if restarts() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(restarts(), 4, "each of the four execution environments was restarted");
+    // The new execution environments serve requests.
+    post_job(&stack, &stack.token("alice"), json!({})).await;
+
+    let base = stack.base_url();
+    stack.stop().await;
+    assert!(reqwest::get(format!("{base}/dev/resources")).await.is_err(), "the gateway is stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_runs_each_function_against_its_fixture() {
+    build_functions();
+    let fixture = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root().join("events").join(name)).unwrap()).unwrap()
+    };
+    let invoke = async |function: &str, event: &str| {
+        let options = InvokeOptions {
+            build: false,
+            endpoint: Some(jobpipe_testkit::moto_endpoint().to_string()),
+            prefix: unique("i"),
+        };
+        invoke_once(&root(), function, fixture(event), options).await.unwrap()
+    };
+    let body = |response: &Value| -> Value { serde_json::from_str(response["body"].as_str().unwrap()).unwrap() };
+
+    let posted = invoke("ApiIngestFunction", "api-post-job.json").await;
+    assert_eq!(posted["statusCode"], 202, "{posted}");
+    assert_eq!(body(&posted)["input"]["message"], "hello from a fixture");
+    assert_eq!(posted["headers"]["x-correlation-id"], "fixture-correlation-id");
+
+    let missing = invoke("api-ingest", "api-get-job.json").await;
+    assert_eq!(
+        (missing["statusCode"].as_u64(), body(&missing)["error"]["code"].as_str()),
+        (Some(404), Some("not_found"))
+    );
+    let listed = invoke("ApiIngestFunction", "api-list-jobs.json").await;
+    assert_eq!((listed["statusCode"].as_u64(), body(&listed)["jobs"].clone()), (Some(200), json!([])));
+
+    let batch = invoke("QueueProcessorFunction", "sqs-job-batch.json").await;
+    let failed: Vec<&str> =
+        batch["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["2e1424d4-f796-459a-8184-9c92662be6da", "3f2535e5-0807-46ab-9295-ad03773cf7eb"]);
+    let report = invoke("QueueProcessorFunction", "schedule-reconcile.json").await;
+    assert_eq!(report["redispatched"], 0, "{report}");
+
+    let pushed = invoke("NotifierFunction", "dynamodb-job-changes.json").await;
+    assert_eq!(pushed, json!({"batchItemFailures": []}));
+
+    let connected = invoke("WebsocketConnectFunction", "ws-connect.json").await;
+    assert_eq!(connected["statusCode"], 200, "{connected}");
+    let subscribed = invoke("WebsocketConnectFunction", "ws-subscribe.json").await;
+    // A fresh stack has neither this connection nor the job.
+    assert_eq!(body(&subscribed)["error"]["code"], "unauthorized");
+    let disconnected = invoke("WebsocketConnectFunction", "ws-disconnect.json").await;
+    assert_eq!(disconnected["statusCode"], 200);
+
+    let error =
+        invoke_once(&root(), "NoSuchFunction", json!({}), InvokeOptions { build: false, ..Default::default() }).await;
+    assert!(error.unwrap_err().to_string().contains("ApiIngestFunction"), "the error lists the functions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_submits_a_job_in_the_browser_and_sees_it_complete() {
+    let browser_tests = root().join("tests/browser");
+    assert!(
+        browser_tests.join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs playwright-core and Debian's chromium: run `cargo xtask setup`"
+    );
+    let stack = start_stack().await;
+    let artifacts = root().join("tests/artifacts");
+    let output = tokio::process::Command::new("node")
+        .arg(browser_tests.join("submit-job.mjs"))
+        .arg(stack.base_url())
+        .arg(&artifacts)
+        .output()
+        .await
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(artifacts.join("browser-job-completed.png").exists());
+    stack.stop().await;
+}

@@ -1,0 +1,67 @@
+// Submits a job in the web UI as a person would and waits, without reloading, until the page shows it
+// completed with its result. Usage: node submit-job.mjs BASE_URL ARTIFACT_DIR
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, artifacts] = process.argv.slice(2);
+if (!base || !artifacts) {
+  console.error("usage: node submit-job.mjs BASE_URL ARTIFACT_DIR");
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), "jobpipe-chromium-"));
+
+// A fresh profile each run; the flags keep Chromium from reaching for the network this machine lacks.
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1100, height: 900 },
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+let page;
+try {
+  page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.on("console", (message) => { if (message.type() === "error") problems.push(`console: ${message.text()}`); });
+
+  await page.goto(base);
+  await page.getByLabel("User").fill("browser-user");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#kind option[value=echo]").waitFor({ state: "attached", timeout: 15000 });
+  await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
+
+  // Anything the page keeps across the wait proves it never reloaded.
+  await page.evaluate(() => { window.__noReload = true; });
+  await page.getByLabel("Message").fill("from the browser");
+  await page.getByLabel("Work for (ms)").fill("1500");
+  await page.getByRole("button", { name: "Submit" }).click();
+
+  const job = page.locator(".job").first();
+  await job.locator(".status[data-status=processing]").waitFor({ timeout: 20000 });
+  await job.locator(".status[data-status=completed]").waitFor({ timeout: 30000 });
+  await job.locator(".result pre", { hasText: "from the browser" }).waitFor({ timeout: 5000 });
+  if (!(await page.evaluate(() => window.__noReload === true))) throw new Error("the page reloaded");
+  const progress = await job.locator(".progress").getAttribute("aria-valuenow");
+  if (progress !== "100") throw new Error(`progress shows ${progress}, not 100`);
+
+  await page.screenshot({ path: join(artifacts, "browser-job-completed.png"), fullPage: true });
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.screenshot({ path: join(artifacts, "browser-job-completed-narrow.png"), fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  if (overflow) throw new Error("the page scrolls sideways on a narrow screen");
+  if (problems.length) throw new Error(problems.join("\n"));
+  console.log("browser: job completed live; screenshots in", artifacts);
+} catch (error) {
+  if (page) await page.screenshot({ path: join(artifacts, "browser-failure.png"), fullPage: true }).catch(() => {});
+  console.error(error.stack || String(error));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}

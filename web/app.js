@@ -1,0 +1,479 @@
+// jobpipe's web UI: sign in, submit jobs, and watch them live over the WebSocket, falling back to
+// polling GET /jobs/{id} with backoff while the socket is down. Plain ES module, no build step.
+
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const STORAGE_KEY = "jobpipe.session";
+
+const $ = (id) => document.getElementById(id);
+
+/** Forms per known kind: a field list turned into inputs; unknown kinds get a JSON editor. */
+const KIND_FORMS = {
+  echo: [
+    { name: "message", label: "Message", type: "text", value: "hello" },
+    { name: "sleepMs", label: "Work for (ms)", type: "number", min: 0, max: 900000, value: 1500 },
+    { name: "failTimes", label: "Fail retryably this many times", type: "number", min: 0, max: 100, value: 0 },
+    { name: "failPermanently", label: "Fail permanently", type: "checkbox" },
+  ],
+  image: [
+    { name: "prompt", label: "Prompt", type: "textarea", required: true, maxlength: 1024 },
+    { name: "negativePrompt", label: "Avoid (negative prompt)", type: "text" },
+    { name: "width", label: "Width", type: "number", min: 320, max: 4096, step: 16, value: 1280 },
+    { name: "height", label: "Height", type: "number", min: 320, max: 4096, step: 16, value: 720 },
+    { name: "quality", label: "Quality", type: "select", options: ["standard", "premium"] },
+  ],
+  "wifi-qr": [
+    { name: "ssid", label: "Network name (SSID)", type: "text", required: true },
+    { name: "password", label: "Password", type: "text" },
+    { name: "encryption", label: "Encryption", type: "select", options: ["WPA", "WEP", "nopass"] },
+    { name: "hidden", label: "Hidden network", type: "checkbox" },
+  ],
+};
+
+const state = {
+  session: null, // { apiUrl, wsUrl, token, sub }
+  jobs: new Map(), // jobId -> job view (or push message merged in)
+  socket: null,
+  socketBackoff: 1000,
+  polling: new Map(), // jobId -> { timer, delay }
+  local: false,
+};
+
+// ---- API ------------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = body && body.error;
+    super(error ? error.message : `request failed (${status})`);
+    this.status = status;
+    this.code = error ? error.code : "http_error";
+    this.field = error ? error.field : undefined;
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(state.session.apiUrl + path, {
+    ...options,
+    headers: {
+      authorization: `Bearer ${state.session.token}`,
+      ...(options.body ? { "content-type": "application/json" } : {}),
+      ...(options.headers || {}),
+    },
+  });
+  const text = await response.text();
+  const body = text ? safeJson(text) : null;
+  if (!response.ok) {
+    if (response.status === 401) {
+      signOut("Your session expired or the token was rejected. Sign in again.");
+    }
+    throw new ApiError(response.status, body);
+  }
+  return body;
+}
+
+function safeJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+// ---- Session --------------------------------------------------------------------------------------
+
+async function start() {
+  // The local stack serves /dev/resources; a deployed frontend does not have it.
+  try {
+    const response = await fetch("/dev/resources");
+    state.local = response.ok;
+  } catch {
+    state.local = false;
+  }
+  $("dev-sign-in").hidden = !state.local;
+  $("token-sign-in").hidden = state.local;
+  $("sign-out").addEventListener("click", () => signOut());
+  $("refresh").addEventListener("click", () => loadJobs());
+  $("dev-sign-in").addEventListener("submit", devSignIn);
+  $("token-sign-in").addEventListener("submit", tokenSignIn);
+  $("job-form").addEventListener("submit", submitJob);
+  $("kind").addEventListener("change", () => renderKindFields($("kind").value));
+
+  const saved = safeJson(localStorage.getItem(STORAGE_KEY) || "null");
+  if (saved && saved.token) {
+    await enter(saved);
+  } else {
+    showSignIn();
+  }
+}
+
+function showSignIn(message = "") {
+  $("sign-in").hidden = false;
+  $("submit").hidden = true;
+  $("jobs-section").hidden = true;
+  $("session").hidden = true;
+  $("sign-in-error").textContent = message;
+}
+
+async function devSignIn(event) {
+  event.preventDefault();
+  const sub = new FormData(event.target).get("sub").trim();
+  try {
+    const response = await fetch("/dev/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sub }),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new ApiError(response.status, body);
+    const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    await enter({ apiUrl: "", wsUrl, token: body.token, sub });
+  } catch (error) {
+    $("sign-in-error").textContent = `Could not sign in: ${error.message}`;
+  }
+}
+
+async function tokenSignIn(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const token = form.get("token").trim();
+  await enter({
+    apiUrl: form.get("apiUrl").trim().replace(/\/$/, ""),
+    wsUrl: form.get("wsUrl").trim(),
+    token,
+    sub: subjectOf(token) || "you",
+  });
+}
+
+/** The `sub` claim of a JWT, for display only (the server verifies the token). */
+function subjectOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub;
+  } catch {
+    return null;
+  }
+}
+
+async function enter(session) {
+  state.session = session;
+  localStorage.setItem(STORAGE_KEY, JSON.stringify(session));
+  $("who").textContent = session.sub;
+  $("sign-in").hidden = true;
+  $("session").hidden = false;
+  $("submit").hidden = false;
+  $("jobs-section").hidden = false;
+  try {
+    await loadKinds();
+    await loadJobs();
+    connectSocket();
+  } catch (error) {
+    if (state.session) $("submit-error").textContent = error.message;
+  }
+}
+
+function signOut(message = "") {
+  localStorage.removeItem(STORAGE_KEY);
+  state.session = null;
+  if (state.socket) {
+    state.socket.onclose = null;
+    state.socket.close();
+    state.socket = null;
+  }
+  for (const { timer } of state.polling.values()) clearTimeout(timer);
+  state.polling.clear();
+  state.jobs.clear();
+  $("jobs").replaceChildren();
+  setLive("offline");
+  showSignIn(message);
+}
+
+// ---- Kinds and the submit form --------------------------------------------------------------------
+
+async function loadKinds() {
+  const { kinds } = await api("/kinds");
+  const select = $("kind");
+  select.replaceChildren(...kinds.map((kind) => new Option(kind, kind)));
+  if (kinds.length === 0) {
+    $("submit-error").textContent = "This deployment offers no job kinds.";
+    $("submit-button").disabled = true;
+    return;
+  }
+  renderKindFields(select.value);
+}
+
+function renderKindFields(kind) {
+  const container = $("kind-fields");
+  const fields = KIND_FORMS[kind];
+  if (!fields) {
+    container.replaceChildren(labelled("Input (JSON object)", Object.assign(document.createElement("textarea"), {
+      name: "json", rows: 5, value: "{}", spellcheck: false,
+    })));
+    return;
+  }
+  const row = document.createElement("div");
+  row.className = "row";
+  for (const field of fields) {
+    row.append(fieldInput(field));
+  }
+  container.replaceChildren(row);
+}
+
+function fieldInput(field) {
+  let input;
+  if (field.type === "textarea") {
+    input = Object.assign(document.createElement("textarea"), { rows: 3 });
+  } else if (field.type === "select") {
+    input = document.createElement("select");
+    input.append(...field.options.map((o) => new Option(o, o)));
+  } else {
+    input = Object.assign(document.createElement("input"), { type: field.type });
+  }
+  input.name = field.name;
+  for (const attribute of ["min", "max", "step", "maxlength", "required"]) {
+    if (field[attribute] !== undefined) input[attribute === "maxlength" ? "maxLength" : attribute] = field[attribute];
+  }
+  if (field.value !== undefined) input.value = field.value;
+  if (field.type === "checkbox") {
+    const label = labelled(field.label, input);
+    label.className = "inline";
+    return label;
+  }
+  if (field.type === "textarea") return Object.assign(labelled(field.label, input), { style: "grid-column: 1 / -1" });
+  return labelled(field.label, input);
+}
+
+function labelled(text, input) {
+  const label = document.createElement("label");
+  label.append(text, input);
+  return label;
+}
+
+function formInput(kind, form) {
+  const fields = KIND_FORMS[kind];
+  if (!fields) {
+    const parsed = safeJson(form.elements.json.value);
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("The input must be a JSON object.");
+    return parsed;
+  }
+  const input = {};
+  for (const field of fields) {
+    const element = form.elements[field.name];
+    if (field.type === "checkbox") {
+      if (element.checked) input[field.name] = true;
+    } else if (field.type === "number") {
+      if (element.value !== "") input[field.name] = Number(element.value);
+    } else if (element.value !== "") {
+      input[field.name] = element.value;
+    }
+  }
+  return input;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const form = event.target;
+  const kind = $("kind").value;
+  const button = $("submit-button");
+  $("submit-error").textContent = "";
+  button.disabled = true;
+  try {
+    const input = formInput(kind, form);
+    const job = await api("/jobs", {
+      method: "POST",
+      body: JSON.stringify({ kind, input }),
+      headers: { "idempotency-key": crypto.randomUUID() },
+    });
+    upsert(job);
+    follow(job.jobId);
+  } catch (error) {
+    $("submit-error").textContent = describeError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function describeError(error) {
+  if (error instanceof ApiError && error.field) return `${error.message} (${error.field})`;
+  return error.message;
+}
+
+// ---- Jobs list ------------------------------------------------------------------------------------
+
+async function loadJobs() {
+  const { jobs } = await api("/jobs?limit=50");
+  state.jobs.clear();
+  $("jobs").replaceChildren();
+  for (const job of jobs.reverse()) upsert(job);
+  for (const job of jobs) if (!TERMINAL.has(job.status)) follow(job.jobId);
+}
+
+function upsert(update) {
+  const previous = state.jobs.get(update.jobId) || {};
+  const job = { ...previous, ...update };
+  state.jobs.set(job.jobId, job);
+  render(job);
+  $("empty").hidden = state.jobs.size > 0;
+  if (TERMINAL.has(job.status)) {
+    stopPolling(job.jobId);
+    // A push leaves out results stored in S3; fetch the whole job once.
+    if (job.status === "completed" && job.result == null && !job.fetchedFinal) {
+      job.fetchedFinal = true;
+      api(`/jobs/${job.jobId}`).then((full) => upsert({ ...full, fetchedFinal: true })).catch(() => {});
+    }
+  }
+}
+
+function render(job) {
+  let item = document.querySelector(`.job[data-id="${job.jobId}"]`);
+  if (!item) {
+    item = $("job-template").content.firstElementChild.cloneNode(true);
+    item.dataset.id = job.jobId;
+    item.querySelector(".cancel").addEventListener("click", () => cancel(job.jobId));
+    $("jobs").prepend(item);
+  }
+  item.dataset.status = job.status;
+  if (job.kind) item.querySelector(".kind").textContent = job.kind;
+  item.querySelector(".id").textContent = job.jobId;
+  const status = item.querySelector(".status");
+  status.textContent = job.status;
+  status.dataset.status = job.status;
+  const progress = job.status === "completed" ? 100 : job.progress || 0;
+  const bar = item.querySelector(".progress");
+  bar.setAttribute("aria-valuenow", String(progress));
+  bar.firstElementChild.style.width = `${progress}%`;
+  item.querySelector(".meta").textContent = meta(job);
+  item.querySelector(".error-text").textContent = job.error ? errorInWords(job.error) : "";
+  item.querySelector(".job-actions").hidden = job.status !== "queued";
+  renderResult(item.querySelector(".result"), job);
+}
+
+function meta(job) {
+  const parts = [];
+  if (job.createdAt) parts.push(`submitted ${new Date(job.createdAt).toLocaleTimeString()}`);
+  if (job.attempts > 1) parts.push(`attempt ${job.attempts}`);
+  if (job.durationMs != null) parts.push(`took ${(job.durationMs / 1000).toFixed(1)} s`);
+  else if (job.status === "processing" && job.progress) parts.push(`${job.progress}%`);
+  return parts.join(" · ");
+}
+
+function errorInWords(error) {
+  const reasons = {
+    dead_lettered: "The job could not be delivered to a worker and was given up.",
+    max_attempts_exceeded: "Workers kept stopping before the job finished; it was given up.",
+    deadline_exceeded: "The job ran out of time.",
+  };
+  return reasons[error.code] || error.message || error.code;
+}
+
+function renderResult(container, job) {
+  if (job.status !== "completed" || job.result == null) {
+    container.replaceChildren();
+    return;
+  }
+  const result = job.result;
+  if (result && typeof result === "object" && typeof result.url === "string" && /image|png|qr/i.test(`${result.contentType || ""} ${job.kind}`)) {
+    const image = Object.assign(document.createElement("img"), { src: result.url, alt: `result of ${job.kind} job` });
+    container.replaceChildren(image);
+    return;
+  }
+  const pre = document.createElement("pre");
+  pre.textContent = JSON.stringify(result, null, 2);
+  container.replaceChildren(pre);
+}
+
+async function cancel(jobId) {
+  try {
+    upsert(await api(`/jobs/${jobId}`, { method: "DELETE" }));
+  } catch (error) {
+    const job = state.jobs.get(jobId);
+    if (job) {
+      render({ ...job, error: { code: error.code, message: `Could not cancel: ${error.message}` } });
+    }
+  }
+}
+
+// ---- Live status: WebSocket first, polling with backoff while it is down ---------------------------
+
+function follow(jobId) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify({ action: "subscribe", jobId }));
+  } else {
+    startPolling(jobId);
+  }
+}
+
+function connectSocket() {
+  if (!state.session) return;
+  const url = `${state.session.wsUrl}?token=${encodeURIComponent(state.session.token)}`;
+  let socket;
+  try {
+    socket = new WebSocket(url);
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  state.socket = socket;
+  socket.onopen = () => {
+    state.socketBackoff = 1000;
+    setLive("live");
+    for (const job of state.jobs.values()) {
+      if (!TERMINAL.has(job.status)) {
+        stopPolling(job.jobId);
+        socket.send(JSON.stringify({ action: "subscribe", jobId: job.jobId }));
+      }
+    }
+  };
+  socket.onmessage = (event) => {
+    const message = safeJson(event.data);
+    if (!message) return;
+    if (message.type === "job") upsert(message);
+    else if (message.type === "subscribed" && message.job) upsert(message.job);
+  };
+  socket.onclose = () => {
+    if (state.socket !== socket) return;
+    state.socket = null;
+    setLive("polling");
+    for (const job of state.jobs.values()) if (!TERMINAL.has(job.status)) startPolling(job.jobId);
+    scheduleReconnect();
+  };
+}
+
+function scheduleReconnect() {
+  const delay = state.socketBackoff;
+  state.socketBackoff = Math.min(state.socketBackoff * 2, 30000);
+  setTimeout(connectSocket, delay + Math.random() * 250);
+}
+
+function startPolling(jobId) {
+  if (state.polling.has(jobId)) return;
+  const entry = { delay: 1000, timer: null };
+  state.polling.set(jobId, entry);
+  const poll = async () => {
+    if (!state.polling.has(jobId) || !state.session) return;
+    try {
+      upsert(await api(`/jobs/${jobId}`));
+    } catch {
+      // Keep trying with backoff; an expired session signs out in api().
+    }
+    if (!state.polling.has(jobId)) return;
+    entry.delay = Math.min(entry.delay * 2, 15000);
+    entry.timer = setTimeout(poll, entry.delay);
+  };
+  entry.timer = setTimeout(poll, entry.delay);
+  if (!state.socket) setLive("polling");
+}
+
+function stopPolling(jobId) {
+  const entry = state.polling.get(jobId);
+  if (entry) {
+    clearTimeout(entry.timer);
+    state.polling.delete(jobId);
+  }
+}
+
+function setLive(mode) {
+  const live = $("live");
+  live.dataset.mode = mode;
+  live.textContent = { live: "live", polling: "polling", offline: "offline" }[mode];
+}
+
+start();
