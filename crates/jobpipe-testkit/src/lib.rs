@@ -1,5 +1,6 @@
-//! Test harness: one moto server per test process, fresh AWS resources per test, signed tokens, and a
-//! small stand-in for the SQS event source mapping (receive a batch, delete what the handler acked).
+//! Test harness: one moto server per test process, fresh AWS resources per test (created from
+//! template.yaml), signed tokens, and a small stand-in for the SQS event source mapping (receive a batch,
+//! delete what the handler acknowledged).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -7,15 +8,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage, SqsMessageAttribute};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType,
-};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use jobpipe::resources;
+use jobpipe::sources::sqs_record;
+use jobpipe::template::{Resolver, Template};
 use jobpipe_core::auth::{Claims, issue_hs256};
 use jobpipe_core::config::{AwsClients, Config};
-use jobpipe_core::store::attr;
 
 pub const TEST_JWT_SECRET: &str = "jobpipe-test-secret";
 pub const TEST_ISSUER: &str = "https://jobpipe.test/issuer";
@@ -101,6 +100,7 @@ pub fn now_secs() -> i64 {
 pub struct TestStack {
     pub clients: AwsClients,
     pub table: String,
+    pub connections_table: String,
     pub queue_url: String,
     pub queue_arn: String,
     pub dlq_url: String,
@@ -127,35 +127,40 @@ impl TestStack {
         TestStack::with(StackOptions::default()).await
     }
 
+    /// Creates the resources `template.yaml` declares (so tests exercise the deployed table and queue
+    /// definitions), then tightens the main queue's redrive and visibility for the test.
     pub async fn with(options: StackOptions) -> TestStack {
         let clients = AwsClients::from_sdk_config(&sdk_config());
-        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let table = format!("jobs-{suffix}");
-        let bucket = format!("payloads-{suffix}");
-        create_jobs_table(&clients.dynamodb, &table).await;
-        clients.s3.create_bucket().bucket(&bucket).send().await.expect("creating bucket");
-
-        let dlq_url = create_queue(&clients.sqs, &format!("jobs-dlq-{suffix}"), HashMap::new()).await;
-        let dlq_arn = queue_arn(&clients.sqs, &dlq_url).await;
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let template = Template::load(&repo_root().join("template.yaml")).expect("reading template.yaml");
+        let mut resolver = Resolver::default();
+        resources::parameters(&template, &HashMap::new(), &mut resolver);
+        let local =
+            resources::Clients { dynamodb: clients.dynamodb.clone(), sqs: clients.sqs.clone(), s3: clients.s3.clone() };
+        let created = resources::create_all(&template, &local, &prefix, &mut resolver)
+            .await
+            .expect("creating the template's resources");
+        let (queue_url, queue_arn) = created.queues["JobsQueue"].clone();
+        let (dlq_url, dlq_arn) = created.queues["JobsDeadLetterQueue"].clone();
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": options.max_receive_count});
-        let queue_url = create_queue(
-            &clients.sqs,
-            &format!("jobs-{suffix}"),
-            HashMap::from([
-                (QueueAttributeName::RedrivePolicy, redrive.to_string()),
-                (QueueAttributeName::VisibilityTimeout, options.visibility_timeout.to_string()),
-            ]),
-        )
-        .await;
-        let queue_arn = queue_arn(&clients.sqs, &queue_url).await;
+        clients
+            .sqs
+            .set_queue_attributes()
+            .queue_url(&queue_url)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(QueueAttributeName::VisibilityTimeout, options.visibility_timeout.to_string())
+            .send()
+            .await
+            .expect("setting the test queue's redrive");
         TestStack {
             clients,
-            table,
+            table: created.tables["JobsTable"].clone(),
+            connections_table: created.tables["ConnectionsTable"].clone(),
             queue_url,
             queue_arn,
             dlq_url,
             dlq_arn,
-            bucket,
+            bucket: created.buckets["PayloadBucket"].clone(),
             max_receive_count: options.max_receive_count,
         }
     }
@@ -167,6 +172,7 @@ impl TestStack {
             ("PAYLOAD_BUCKET", &self.bucket),
             ("JOBS_QUEUE_URL", &self.queue_url),
             ("DEAD_LETTER_QUEUE_URL", &self.dlq_url),
+            ("CONNECTIONS_TABLE", &self.connections_table),
             ("AUTH_MODE", "jwt"),
             ("JWT_HS256_SECRET", TEST_JWT_SECRET),
             ("JWT_ISSUER", TEST_ISSUER),
@@ -265,83 +271,8 @@ impl TestStack {
     }
 }
 
-/// Creates the jobs table as `template.yaml` declares it: key `jobId`, GSIs `byOwner` and
-/// `pendingDispatch`.
-pub async fn create_jobs_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
-    let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().unwrap()
-    };
-    let key =
-        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
-    let index = |name: &str, hash: &str, range: &str, projection: Projection| {
-        GlobalSecondaryIndex::builder()
-            .index_name(name)
-            .key_schema(key(hash, KeyType::Hash))
-            .key_schema(key(range, KeyType::Range))
-            .projection(projection)
-            .build()
-            .unwrap()
-    };
-    dynamodb
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute(attr::JOB_ID, ScalarAttributeType::S))
-        .attribute_definitions(attribute(attr::OWNER, ScalarAttributeType::S))
-        .attribute_definitions(attribute(attr::CREATED_AT, ScalarAttributeType::N))
-        .attribute_definitions(attribute(attr::DISPATCH_SHARD, ScalarAttributeType::S))
-        .attribute_definitions(attribute(attr::DISPATCH_DUE_AT, ScalarAttributeType::N))
-        .key_schema(key(attr::JOB_ID, KeyType::Hash))
-        .global_secondary_indexes(index(
-            attr::BY_OWNER_INDEX,
-            attr::OWNER,
-            attr::CREATED_AT,
-            Projection::builder().projection_type(ProjectionType::All).build(),
-        ))
-        .global_secondary_indexes(index(
-            attr::PENDING_DISPATCH_INDEX,
-            attr::DISPATCH_SHARD,
-            attr::DISPATCH_DUE_AT,
-            Projection::builder()
-                .projection_type(ProjectionType::Include)
-                .non_key_attributes(attr::KIND)
-                .non_key_attributes(attr::CORRELATION_ID)
-                .build(),
-        ))
-        .send()
-        .await
-        .expect("creating the jobs table");
-}
-
-async fn create_queue(
-    sqs: &aws_sdk_sqs::Client,
-    name: &str,
-    attributes: HashMap<QueueAttributeName, String>,
-) -> String {
-    sqs.create_queue()
-        .queue_name(name)
-        .set_attributes(Some(attributes))
-        .send()
-        .await
-        .expect("creating a queue")
-        .queue_url
-        .expect("queue url")
-}
-
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    sqs.get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("reading queue arn")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("queue arn")
-}
-
-/// Receives messages and shapes them as the records of a Lambda SQS event, as the event source mapping
-/// would.
+/// Receives messages and shapes them as the records of a Lambda SQS event, as the local stack's event
+/// source mapping does.
 pub async fn receive_batch(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str, max: i32) -> Vec<SqsMessage> {
     let out = sqs
         .receive_message()
@@ -355,29 +286,6 @@ pub async fn receive_batch(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str, max:
         .expect("receiving messages");
     out.messages()
         .iter()
-        .map(|m| {
-            let mut record = SqsMessage::default();
-            record.message_id = m.message_id.clone();
-            record.receipt_handle = m.receipt_handle.clone();
-            record.body = m.body.clone();
-            record.md5_of_body = m.md5_of_body.clone();
-            record.attributes =
-                m.attributes().into_iter().flatten().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
-            record.message_attributes = m
-                .message_attributes()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| {
-                    let mut attribute = SqsMessageAttribute::default();
-                    attribute.string_value = v.string_value.clone();
-                    attribute.data_type = Some(v.data_type.clone());
-                    (k.clone(), attribute)
-                })
-                .collect();
-            record.event_source_arn = Some(arn.to_string());
-            record.event_source = Some("aws:sqs".into());
-            record.aws_region = Some("us-east-1".into());
-            record
-        })
+        .map(|m| serde_json::from_value(sqs_record(m, arn)).expect("an SQS record deserializes"))
         .collect()
 }

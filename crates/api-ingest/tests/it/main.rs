@@ -198,7 +198,7 @@ async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() 
 async fn a_job_whose_message_failed_to_send_still_completes() {
     // SendMessage fails after the DynamoDB write: the queue URL points nowhere.
     let app = spawn_app_with(&[], |api| {
-        let missing = api.dispatcher.queue_urls()[0].replace("jobs-", "missing-");
+        let missing = format!("{}-missing", api.dispatcher.queue_urls()[0]);
         api.dispatcher = Dispatcher::new(api.dispatcher.sqs().clone(), QueueRoutes::single(missing));
     })
     .await;

@@ -56,6 +56,10 @@ async fn next_json(socket: &mut Socket, wait: Duration) -> Option<Value> {
     }
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn post_job(stack: &DevStack, token: &str, input: Value) -> Value {
     let reply = reqwest::Client::new()
         .post(format!("{}/jobs", stack.base_url()))
@@ -72,15 +76,7 @@ async fn post_job(stack: &DevStack, token: &str, input: Value) -> Value {
 async fn a_job_submitted_over_http_is_pushed_live_until_completed() {
     let stack = start_stack().await;
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/dev/token", stack.base_url()))
-        .json(&json!({"sub": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = json_of(http.post(format!("{}/dev/token", stack.base_url())).json(&json!({"sub": "alice"}))).await;
     let token = token["token"].as_str().unwrap().to_string();
 
     let mut socket = connect(&stack, &format!("token={token}")).await.expect("connecting");
@@ -112,15 +108,7 @@ async fn a_job_submitted_over_http_is_pushed_live_until_completed() {
     assert!(statuses.iter().any(|s| s == "processing"), "processing was pushed: {statuses:?}");
     assert_eq!(statuses.last().map(String::as_str), Some("completed"), "{statuses:?}");
 
-    let view: Value = http
-        .get(format!("{}/jobs/{job_id}", stack.base_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = json_of(http.get(format!("{}/jobs/{job_id}", stack.base_url())).bearer_auth(&token)).await;
     assert_eq!((view["status"].as_str(), view["attempts"].as_u64()), (Some("completed"), Some(1)));
     stack.stop().await;
 }

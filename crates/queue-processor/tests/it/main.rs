@@ -405,7 +405,7 @@ async fn a_panicking_handler_is_a_reported_failure_and_the_job_still_ends() {
 async fn a_job_whose_message_was_never_sent_is_dispatched_by_the_reconciler() {
     let h = harness().await;
     // SendMessage fails after the job is written (the queue does not exist).
-    let missing = h.stack.queue_url.replace("jobs-", "missing-");
+    let missing = format!("{}-missing", h.stack.queue_url);
     let broken = Dispatcher::new(h.stack.clients.sqs.clone(), QueueRoutes::single(missing));
     let job = h.submit_via(&broken, "echo", json!({"x": 1})).await;
     assert_eq!(job.status, JobStatus::Queued);
