@@ -50,6 +50,23 @@ try {
   const progress = await job.locator(".progress").getAttribute("aria-valuenow");
   if (progress !== "100") throw new Error(`progress shows ${progress}, not 100`);
 
+  // The socket drops while a job runs: the page falls back to polling and still sees it finish.
+  await page.getByLabel("Message").fill("survives a dropped socket");
+  await page.getByLabel("Work for (ms)").fill("4000");
+  await page.getByRole("button", { name: "Submit" }).click();
+  const second = page.locator(".job").first();
+  await second.locator(".status[data-status=processing]").waitFor({ timeout: 20000 });
+  const { webSocketConnections } = await (await fetch(`${base}/dev/resources`)).json();
+  if (!webSocketConnections.length) throw new Error("the page holds no WebSocket connection");
+  for (const id of webSocketConnections) {
+    await fetch(`${base}/@connections/${encodeURIComponent(id)}`, { method: "DELETE" });
+  }
+  await page.locator(".live[data-mode=polling]").waitFor({ timeout: 10000 });
+  await second.locator(".status[data-status=completed]").waitFor({ timeout: 30000 });
+  await second.locator(".result pre", { hasText: "survives a dropped socket" }).waitFor({ timeout: 5000 });
+  await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
+  if (!(await page.evaluate(() => window.__noReload === true))) throw new Error("the page reloaded");
+
   await page.screenshot({ path: join(artifacts, "browser-job-completed.png"), fullPage: true });
   await page.setViewportSize({ width: 375, height: 800 });
   await page.screenshot({ path: join(artifacts, "browser-job-completed-narrow.png"), fullPage: true });

@@ -526,7 +526,10 @@ async fn dev_token(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response
 }
 
 async fn dev_resources(State(gateway): State<Arc<Gateway>>) -> Response {
-    axum::Json(gateway.dev.resources()).into_response()
+    let mut resources = gateway.dev.resources();
+    let connections: Vec<String> = gateway.connections.lock().await.keys().cloned().collect();
+    resources["webSocketConnections"] = json!(connections);
+    axum::Json(resources).into_response()
 }
 
 #[cfg(test)]
