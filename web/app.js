@@ -314,8 +314,9 @@ function upsert(update) {
   $("empty").hidden = state.jobs.size > 0;
   if (TERMINAL.has(job.status)) {
     stopPolling(job.jobId);
-    // A push leaves out results stored in S3; fetch the whole job once.
-    if (job.status === "completed" && job.result == null && !job.fetchedFinal) {
+    // A push leaves out large results and the short-lived links to result files; fetch the job once.
+    const needsFetch = job.result == null || (typeof job.result === "object" && job.result.key && !job.result.url);
+    if (job.status === "completed" && needsFetch && !job.fetchedFinal) {
       job.fetchedFinal = true;
       api(`/jobs/${job.jobId}`).then((full) => upsert({ ...full, fetchedFinal: true })).catch(() => {});
     }
@@ -370,6 +371,10 @@ function renderResult(container, job) {
     return;
   }
   const result = job.result;
+  if (result && typeof result === "object" && result.key && !result.url) {
+    container.replaceChildren();
+    return; // the link is on its way (GET /jobs/{id})
+  }
   if (result && typeof result === "object" && typeof result.url === "string" && /image|png|qr/i.test(`${result.contentType || ""} ${job.kind}`)) {
     const image = Object.assign(document.createElement("img"), { src: result.url, alt: `result of ${job.kind} job` });
     container.replaceChildren(image);

@@ -67,6 +67,20 @@ try {
   await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
   if (!(await page.evaluate(() => window.__noReload === true))) throw new Error("the page reloaded");
 
+  // An image job: the picture appears inline when it is done.
+  await page.locator("#kind").selectOption("image");
+  await page.getByLabel("Prompt", { exact: true }).fill("a lighthouse at dusk");
+  await page.getByLabel("Width").fill("512");
+  await page.getByLabel("Height").fill("320");
+  await page.getByRole("button", { name: "Submit" }).click();
+  const imageJob = page.locator(".job").first();
+  await imageJob.locator(".status[data-status=completed]").waitFor({ timeout: 30000 });
+  const picture = imageJob.locator(".result img");
+  await picture.waitFor({ timeout: 10000 });
+  await page.waitForFunction((img) => img.complete && img.naturalWidth > 0, await picture.elementHandle(), { timeout: 10000 });
+  const size = await picture.evaluate((img) => [img.naturalWidth, img.naturalHeight]);
+  if (size[0] !== 512 || size[1] !== 320) throw new Error(`the image is ${size}, not 512x320`);
+
   await page.screenshot({ path: join(artifacts, "browser-job-completed.png"), fullPage: true });
   await page.setViewportSize({ width: 375, height: 800 });
   await page.screenshot({ path: join(artifacts, "browser-job-completed-narrow.png"), fullPage: true });

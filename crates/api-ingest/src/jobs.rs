@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
-use jobpipe_core::payload::NO_SUCH_KEY;
+use jobpipe_core::payload::{NO_SUCH_KEY, result_prefix};
 use jobpipe_core::store::{CancelOutcome, PageToken};
 use serde_json::{Value, json};
 
@@ -103,9 +103,18 @@ pub async fn view(api: &Api, job: &Job) -> Result<JobView, ApiError> {
         }
     };
     let input = fetch(&job.input).await?;
-    let result = match &job.result {
+    let mut result = match &job.result {
         Some(payload) => Some(fetch(payload).await?),
         None => None,
     };
+    // A result file is handed out as a short-lived link; only keys under the job's own prefix qualify.
+    if let Some(Value::Object(fields)) = &mut result
+        && let Some(key) = fields.get("key").and_then(Value::as_str).map(String::from)
+        && key.starts_with(&result_prefix(&job.job_id))
+    {
+        let url = api.payloads.presign_get(&key, api.result_url_ttl).await.map_err(|e| ApiError::store(&e))?;
+        fields.insert("url".into(), Value::String(url));
+        fields.insert("urlExpiresInSeconds".into(), json!(api.result_url_ttl.as_secs()));
+    }
     Ok(job.view(input, result))
 }

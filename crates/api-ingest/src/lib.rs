@@ -42,6 +42,7 @@ pub struct Api {
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
     pub dispatch_grace: Duration,
+    pub result_url_ttl: Duration,
 }
 
 impl Api {
@@ -50,11 +51,12 @@ impl Api {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
-            kinds: KindRegistry::from_config(&config.kinds),
+            kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             auth: config.auth.clone(),
             clock,
             max_body_bytes: config.max_body_bytes,
             dispatch_grace: config.dispatch_grace,
+            result_url_ttl: config.result_url_ttl,
         }
     }
 }

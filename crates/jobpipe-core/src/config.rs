@@ -46,6 +46,8 @@ pub struct Config {
     pub default_lease: Duration,
     /// How long finished jobs are kept (DynamoDB TTL).
     pub job_retention: Duration,
+    /// How long a presigned result URL in `GET /jobs/{id}` stays valid.
+    pub result_url_ttl: Duration,
 }
 
 impl Config {
@@ -146,6 +148,7 @@ impl Config {
             dispatch_grace: Duration::from_secs(number("DISPATCH_GRACE_SECONDS", 60)?),
             default_lease: Duration::from_secs(number("DEFAULT_LEASE_SECONDS", 900)?),
             job_retention: Duration::from_secs(number("JOB_RETENTION_DAYS", 7)? * 24 * 60 * 60),
+            result_url_ttl: Duration::from_secs(number("RESULT_URL_TTL_SECONDS", 900)?.clamp(1, 7 * 24 * 60 * 60)),
         })
     }
 }
@@ -156,6 +159,7 @@ pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub s3: aws_sdk_s3::Client,
+    pub bedrock: aws_sdk_bedrockruntime::Client,
     /// The endpoint override (`AWS_ENDPOINT_URL`), when the clients talk to a local stand-in.
     pub endpoint_url: Option<String>,
 }
@@ -176,9 +180,21 @@ impl AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(shared),
             sqs: aws_sdk_sqs::Client::new(shared),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
+            bedrock: bedrock_client(shared, None),
             endpoint_url: shared.endpoint_url().map(String::from),
         }
     }
+}
+
+/// The Bedrock runtime client, without SDK-level retries: image quotas are per minute, so a throttled call
+/// is retried by the job (SQS visibility backoff, seconds to minutes) rather than within the invocation.
+pub fn bedrock_client(shared: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_bedrockruntime::Client {
+    let mut config = aws_sdk_bedrockruntime::config::Builder::from(shared)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+    if let Some(endpoint) = endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_bedrockruntime::Client::from_conf(config.build())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 
 use crate::error::StoreError;
-use crate::job::{JobId, Payload};
+use crate::job::{JobError, JobId, Payload};
 
 /// The error code of a payload that is not in the bucket (removed by the lifecycle rule).
 pub const NO_SUCH_KEY: &str = "NoSuchKey";
@@ -83,4 +83,71 @@ impl PayloadStore {
         serde_json::from_slice(&bytes.into_bytes())
             .map_err(|e| StoreError::corrupt(operation(), format!("payload is not JSON: {e}")))
     }
+
+    /// Stores a file a job produced at `results/{jobId}/{name}` (a retry overwrites it), with its content
+    /// type and metadata. S3 errors come back classified for the job.
+    pub async fn put_result_object(
+        &self,
+        job_id: &JobId,
+        name: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        metadata: &[(&str, String)],
+    ) -> Result<StoredObject, JobError> {
+        let key = result_object_key(job_id, name);
+        let size = bytes.len();
+        let mut request = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes));
+        for (name, value) in metadata {
+            request = request.metadata(*name, value);
+        }
+        request.send().await.map_err(|e| {
+            let error = StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e);
+            let message = "could not store the result; it will be retried";
+            if error.is_retryable() {
+                JobError::retryable("result_store_unavailable", message)
+            } else {
+                tracing::error!(%error, "storing a result failed");
+                JobError::permanent("result_store_failed", "could not store the result")
+            }
+        })?;
+        Ok(StoredObject { key, content_type: content_type.to_string(), size })
+    }
+
+    /// A GET URL for an object, valid for `ttl`. The bucket stays private; the URL is the only way in.
+    pub async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<String, StoreError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+            .map_err(|e| StoreError::corrupt("presigning", e.to_string()))?;
+        let request = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| StoreError::from_sdk(format!("presign s3://{}/{key}", self.bucket), e))?;
+        Ok(request.uri().to_string())
+    }
+}
+
+/// Where a job's result files live; the API only presigns keys under the job's own prefix.
+pub fn result_object_key(job_id: &JobId, name: &str) -> String {
+    format!("{}{name}", result_prefix(job_id))
+}
+
+pub fn result_prefix(job_id: &JobId) -> String {
+    format!("results/{job_id}/")
+}
+
+/// A file a job stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub content_type: String,
+    pub size: usize,
 }

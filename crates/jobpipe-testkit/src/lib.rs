@@ -105,6 +105,9 @@ pub struct TestStack {
     pub queue_arn: String,
     pub dlq_url: String,
     pub dlq_arn: String,
+    /// The `image` kind's own queue.
+    pub image_queue_url: String,
+    pub image_queue_arn: String,
     pub bucket: String,
     pub max_receive_count: u32,
 }
@@ -142,6 +145,7 @@ impl TestStack {
             .expect("creating the template's resources");
         let (queue_url, queue_arn) = created.queues["JobsQueue"].clone();
         let (dlq_url, dlq_arn) = created.queues["JobsDeadLetterQueue"].clone();
+        let (image_queue_url, image_queue_arn) = created.queues["ImageJobsQueue"].clone();
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": options.max_receive_count});
         clients
             .sqs
@@ -160,6 +164,8 @@ impl TestStack {
             queue_arn,
             dlq_url,
             dlq_arn,
+            image_queue_url,
+            image_queue_arn,
             bucket: created.buckets["PayloadBucket"].clone(),
             max_receive_count: options.max_receive_count,
         }
@@ -173,6 +179,7 @@ impl TestStack {
             ("JOBS_QUEUE_URL", &self.queue_url),
             ("DEAD_LETTER_QUEUE_URL", &self.dlq_url),
             ("CONNECTIONS_TABLE", &self.connections_table),
+            ("KIND_QUEUE_URLS", &format!("image={}", self.image_queue_url)),
             ("AUTH_MODE", "jwt"),
             ("JWT_HS256_SECRET", TEST_JWT_SECRET),
             ("JWT_ISSUER", TEST_ISSUER),
@@ -202,6 +209,17 @@ impl TestStack {
         receive_batch(&self.clients.sqs, &self.queue_url, &self.queue_arn, max).await
     }
 
+    /// Receives from the image kind's queue.
+    pub async fn receive_image_batch(&self, max: i32) -> Vec<SqsMessage> {
+        receive_batch(&self.clients.sqs, &self.image_queue_url, &self.image_queue_arn, max).await
+    }
+
+    /// Points the clients' Bedrock runtime at `endpoint` (the local stand-in).
+    pub fn with_bedrock_endpoint(mut self, endpoint: &str) -> TestStack {
+        self.clients.bedrock = jobpipe_core::config::bedrock_client(&sdk_config(), Some(endpoint));
+        self
+    }
+
     /// Receives from the dead-letter queue without deleting.
     pub async fn dead_letters(&self) -> Vec<SqsMessage> {
         receive_batch(&self.clients.sqs, &self.dlq_url, &self.dlq_arn, 10).await
@@ -210,6 +228,10 @@ impl TestStack {
     /// What the event source mapping does with a handler's answer: deletes every record not reported
     /// failed; failed ones stay for their visibility timeout.
     pub async fn settle(&self, records: &[SqsMessage], response: &SqsBatchResponse) {
+        self.settle_on(&self.queue_url, records, response).await
+    }
+
+    pub async fn settle_on(&self, queue_url: &str, records: &[SqsMessage], response: &SqsBatchResponse) {
         let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
         for record in records {
             if failed.contains(&record.message_id.as_deref().unwrap_or_default()) {
@@ -218,7 +240,7 @@ impl TestStack {
             self.clients
                 .sqs
                 .delete_message()
-                .queue_url(&self.queue_url)
+                .queue_url(queue_url)
                 .receipt_handle(record.receipt_handle.clone().unwrap_or_default())
                 .send()
                 .await
@@ -288,4 +310,30 @@ pub async fn receive_batch(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str, max:
         .iter()
         .map(|m| serde_json::from_value(sqs_record(m, arn)).expect("an SQS record deserializes"))
         .collect()
+}
+
+/// The Bedrock runtime stand-in on a free port, for as long as the returned value lives.
+pub struct BedrockServer {
+    pub url: String,
+    pub stand_in: std::sync::Arc<jobpipe::bedrock::BedrockStandIn>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BedrockServer {
+    pub async fn start() -> BedrockServer {
+        let stand_in = std::sync::Arc::new(jobpipe::bedrock::BedrockStandIn::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the Bedrock stand-in");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = stand_in.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        BedrockServer { url, stand_in, task }
+    }
+}
+
+impl Drop for BedrockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

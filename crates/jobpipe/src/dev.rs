@@ -379,6 +379,8 @@ fn environment(
         ("JWT_AUDIENCE", DEV_AUDIENCE),
         ("ECHO_KIND_ENABLED", "true"),
         ("WEBSOCKET_ENDPOINT", base_url),
+        // Bedrock is served by the local stand-in on the gateway's port.
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", base_url),
     ];
     for (name, value) in local {
         env.insert(name.to_string(), value.to_string());

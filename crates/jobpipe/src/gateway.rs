@@ -19,6 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::bedrock::BedrockStandIn;
 use crate::resources::ACCOUNT;
 use crate::runtime::Function;
 
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub socket_routes: Vec<SocketRoute>,
     pub web_dir: PathBuf,
     pub dev: Arc<dyn DevHelpers>,
+    /// The Bedrock runtime stand-in (`/model/{id}/invoke`), served on the same port.
+    pub bedrock: Arc<BedrockStandIn>,
     connections: Mutex<HashMap<String, Connection>>,
 }
 
@@ -70,7 +73,14 @@ impl Gateway {
         web_dir: PathBuf,
         dev: Arc<dyn DevHelpers>,
     ) -> Arc<Gateway> {
-        Arc::new(Gateway { http_routes, socket_routes, web_dir, dev, connections: Mutex::new(HashMap::new()) })
+        Arc::new(Gateway {
+            http_routes,
+            socket_routes,
+            web_dir,
+            dev,
+            bedrock: Arc::new(BedrockStandIn::default()),
+            connections: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn router(self: &Arc<Gateway>) -> Router {
@@ -81,6 +91,7 @@ impl Gateway {
             .route("/dev/resources", get(dev_resources))
             .fallback(http_api)
             .with_state(self.clone())
+            .merge(self.bedrock.router())
     }
 
     /// How many WebSocket connections are open.

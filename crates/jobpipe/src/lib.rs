@@ -1,7 +1,9 @@
 //! The local stack: `jobpipe dev` runs the whole pipeline on one machine without Docker, driven by
 //! template.yaml; `jobpipe invoke` runs one function once.
 
+pub mod bedrock;
 pub mod dev;
+mod font;
 pub mod gateway;
 pub mod invoke;
 pub mod resources;

@@ -55,7 +55,7 @@ impl Processor {
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             sqs: clients.sqs.clone(),
-            kinds: KindRegistry::from_config(&config.kinds),
+            kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             clock,
             settings: Settings {
                 max_attempts: config.max_attempts,

@@ -187,7 +187,14 @@ impl Processor {
         })?;
         let progress =
             StoreProgress { store: &self.store, clock: self.clock.as_ref(), job_id: &job.job_id, token: &lease.token };
-        let ctx = JobContext { job, input: &input, attempt: job.attempts, deadline, progress: &progress };
+        let ctx = JobContext {
+            job,
+            input: &input,
+            attempt: job.attempts,
+            deadline,
+            progress: &progress,
+            results: &self.payloads,
+        };
         let run = catch_panics(kind.run(ctx));
         match deadline {
             None => run.await,

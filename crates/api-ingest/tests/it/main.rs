@@ -12,12 +12,13 @@ use http_body_util::BodyExt;
 use jobpipe_core::auth::Claims;
 use jobpipe_core::clock::ManualClock;
 use jobpipe_core::dispatch::{Dispatcher, QueueRoutes};
-use jobpipe_testkit::{TEST_AUDIENCE, TEST_ISSUER, TestStack, now_secs, token, token_with};
+use jobpipe_testkit::{BedrockServer, TEST_AUDIENCE, TEST_ISSUER, TestStack, now_secs, token, token_with};
 use queue_processor::{Processor, handle_sqs};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 struct App {
+    _bedrock: BedrockServer,
     stack: TestStack,
     clock: ManualClock,
     router: Router,
@@ -35,13 +36,14 @@ async fn spawn_app() -> App {
 }
 
 async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(&mut Api)) -> App {
-    let stack = TestStack::new().await;
+    let bedrock = BedrockServer::start().await;
+    let stack = TestStack::new().await.with_bedrock_endpoint(&bedrock.url);
     let clock = ManualClock::starting_now();
     let config = stack.config_with(overrides);
     let mut api = Api::new(&config, &stack.clients, Arc::new(clock.clone()));
     customize(&mut api);
     let processor = Arc::new(Processor::new(&config, &stack.clients, Arc::new(clock.clone())));
-    App { router: router(Arc::new(api)), stack, clock, processor }
+    App { router: router(Arc::new(api)), _bedrock: bedrock, stack, clock, processor }
 }
 
 impl App {
@@ -87,15 +89,19 @@ impl App {
 
     /// Runs the queue processor over whatever is queued, as the event source mapping would.
     async fn process_queue(&self) {
+        self.process(&self.stack.queue_url, &self.stack.queue_arn).await
+    }
+
+    async fn process(&self, queue_url: &str, queue_arn: &str) {
         for _ in 0..10 {
-            let records = self.stack.receive_batch(10).await;
+            let records = jobpipe_testkit::receive_batch(&self.stack.clients.sqs, queue_url, queue_arn, 10).await;
             if records.is_empty() {
                 return;
             }
             let mut event = SqsEvent::default();
             event.records = records.clone();
             let response = handle_sqs(self.processor.clone(), event, None).await.unwrap();
-            self.stack.settle(&records, &response).await;
+            self.stack.settle_on(queue_url, &records, &response).await;
         }
     }
 
@@ -380,9 +386,9 @@ async fn bad_bodies_get_clear_errors_and_queue_nothing() {
 #[tokio::test]
 async fn the_available_kinds_are_listed() {
     let app = spawn_app().await;
-    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": ["echo"]}));
+    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": ["echo", "image", "wifi-qr"]}));
     let app = spawn_app_with(&[("ECHO_KIND_ENABLED", "false")], |_| {}).await;
-    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": []}));
+    assert_eq!(app.get("alice", "/kinds").await.body, json!({"kinds": ["image", "wifi-qr"]}));
     assert_eq!(app.send(Method::GET, "/kinds", None, None).await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -505,4 +511,49 @@ async fn a_payload_removed_by_the_lifecycle_rule_reads_as_null() {
     }
     let job = app.get("alice", &format!("/jobs/{job_id}")).await;
     assert_eq!((job.status, &job.body["input"]), (StatusCode::OK, &Value::Null));
+}
+
+#[tokio::test]
+async fn a_finished_image_is_handed_out_through_a_short_lived_link() {
+    let app = spawn_app().await;
+    let posted = app
+        .post_job("alice", json!({"kind": "image", "input": {"prompt": "a red kite", "width": 512, "height": 512}}))
+        .await;
+    assert_eq!(posted.status, StatusCode::ACCEPTED, "{}", posted.body);
+    assert_eq!(app.queued_messages().await, 0, "image jobs have their own queue");
+    assert_eq!(app.stack.queue_depth(&app.stack.image_queue_url).await, 1);
+    app.process(&app.stack.image_queue_url, &app.stack.image_queue_arn).await;
+
+    let job = app.get("alice", &format!("/jobs/{}", posted.body["jobId"].as_str().unwrap())).await;
+    assert_eq!(job.body["status"], "completed", "{}", job.body);
+    let url = job.body["result"]["url"].as_str().expect("a presigned URL");
+    assert!(url.contains("X-Amz-Expires=900") && url.contains("X-Amz-Signature="), "{url}");
+    assert_eq!(job.body["result"]["urlExpiresInSeconds"], 900);
+    let fetched = reqwest::get(url).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    let bytes = fetched.bytes().await.unwrap();
+    assert_eq!(jobpipe_core::kinds::raster::png_dimensions(&bytes), Ok((512, 512)));
+
+    // The object itself is not public: without the signature it is refused.
+    let unsigned = url.split('?').next().unwrap();
+    assert_ne!(reqwest::get(unsigned).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn real_kinds_validate_their_input_before_anything_is_queued() {
+    let app = spawn_app().await;
+    for (kind, input, field) in [
+        ("image", json!({}), "input.prompt"),
+        ("image", json!({"prompt": "x", "width": 1000}), "input.width"),
+        ("image", json!({"prompt": "x", "width": 4096, "height": 320}), "input.height"),
+        ("image", json!({"prompt": "x", "quality": "ultra"}), "input.quality"),
+        ("image", json!({"prompt": "x", "steps": 30}), "input.steps"),
+        ("wifi-qr", json!({"ssid": "home"}), "input.password"),
+        ("wifi-qr", json!({"ssid": "home", "password": "secret123", "encryption": "WPA2"}), "input.encryption"),
+    ] {
+        let reply = app.post_job("alice", json!({"kind": kind, "input": input})).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{kind} {input}");
+        assert_eq!((error_code(&reply), error_field(&reply)), ("invalid_input", Some(field)), "{kind} {input}");
+    }
+    assert_eq!(app.queued_messages().await + app.stack.queue_depth(&app.stack.image_queue_url).await, 0);
 }

@@ -2,6 +2,9 @@
 //! one line in `registry`.
 
 mod echo;
+pub mod image;
+pub mod raster;
+pub mod wifi_qr;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,8 +15,11 @@ use serde_json::Value;
 
 use crate::clock::Millis;
 use crate::job::{Job, JobError};
+use crate::payload::PayloadStore;
 
 pub use echo::Echo;
+pub use image::Image;
+pub use wifi_qr::WifiQr;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -46,6 +52,8 @@ pub struct JobContext<'a> {
     /// When the invocation will be stopped, if known.
     pub deadline: Option<Millis>,
     pub progress: &'a dyn ProgressReporter,
+    /// Where result files go (`put_result_object`: `results/{jobId}/...`).
+    pub results: &'a PayloadStore,
 }
 
 pub trait JobKind: Send + Sync {
@@ -71,11 +79,14 @@ pub struct KindRegistry {
 }
 
 impl KindRegistry {
-    pub fn from_config(config: &KindsConfig) -> Self {
+    /// The kinds this deployment offers. Adding a kind: a module above and a line here.
+    pub fn from_config(config: &KindsConfig, bedrock: &aws_sdk_bedrockruntime::Client) -> Self {
         let mut registry = KindRegistry::default();
         if config.echo_enabled {
             registry.register(Echo);
         }
+        registry.register(Image { bedrock: bedrock.clone() });
+        registry.register(WifiQr);
         registry
     }
 
@@ -106,6 +117,25 @@ pub(crate) fn optional_uint(input: &Value, field: &str, max: u64) -> Result<Opti
             Some(n) if n <= max => Ok(Some(n)),
             _ => Err(InputError::new(format!("input.{field}"), format!("must be an integer from 0 to {max}"))),
         },
+    }
+}
+
+/// Rejects fields a kind does not know, naming the first (a typo would otherwise be silently ignored).
+pub(crate) fn check_fields(input: &Value, known: &[&str]) -> Result<(), InputError> {
+    let object = input.as_object().ok_or_else(|| InputError::new("input", "must be a JSON object"))?;
+    match object.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => {
+            Err(InputError::new(format!("input.{unknown}"), format!("unknown field; known: {}", known.join(", "))))
+        }
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn optional_string(input: &Value, field: &str) -> Result<Option<String>, InputError> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(InputError::new(format!("input.{field}"), "must be a string")),
     }
 }
 
