@@ -28,6 +28,9 @@ use tracing::Instrument;
 
 pub use error::ApiError;
 
+/// The `Service` dimension of this function's metrics.
+pub const SERVICE: &str = "api-ingest";
+
 /// Header a client may set to trace a request end to end; echoed on every response.
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 
@@ -98,6 +101,9 @@ async fn correlate(State(_api): State<Arc<Api>>, mut request: Request, next: Nex
     let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
     request = Request::from_parts(parts, body);
 
+    if jobpipe_core::metrics::take_cold_start() {
+        jobpipe_core::metrics::emit(SERVICE, "ColdStart", jobpipe_core::metrics::Unit::Count, 1.0, &[]);
+    }
     let started = Instant::now();
     let span = tracing::info_span!("request", %correlation_id);
     let mut response = next.run(request).instrument(span.clone()).await;

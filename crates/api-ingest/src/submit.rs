@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpipe_core::intake::{Accepted, Intake, NewJob};
+use jobpipe_core::metrics::{self, Unit};
 use serde_json::{Map, Value};
 
 use crate::caller::Authenticated;
@@ -75,6 +76,9 @@ pub async fn submit(
         }
     };
     tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, "job accepted");
+    if !replayed {
+        metrics::emit(crate::SERVICE, "JobsAccepted", Unit::Count, 1.0, &[("Kind", job.kind.as_str())]);
+    }
 
     let location = format!("/jobs/{}", job.job_id);
     let mut response = (StatusCode::ACCEPTED, axum::Json(view(&api, &job).await?)).into_response();

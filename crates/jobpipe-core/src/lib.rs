@@ -12,6 +12,7 @@ pub mod error;
 pub mod intake;
 pub mod job;
 pub mod kinds;
+pub mod metrics;
 pub mod payload;
 pub mod store;
 pub mod telemetry;

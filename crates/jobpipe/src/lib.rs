@@ -6,6 +6,7 @@ pub mod dev;
 mod font;
 pub mod gateway;
 pub mod invoke;
+pub mod ops;
 pub mod resources;
 pub mod runtime;
 pub mod sources;

@@ -1,15 +1,60 @@
-//! The `jobpipe` command: `dev` runs the whole pipeline locally; `invoke` runs one function once.
+//! The `jobpipe` command: `dev` runs the whole pipeline locally; `invoke` runs one function once;
+//! `submit`, `status`, `watch`, `list` and `dlq` operate a local or deployed stack.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use jobpipe::dev::{DevOptions, DevStack};
+use jobpipe::ops::{Target, TargetOptions};
 
 #[derive(Parser)]
-#[command(name = "jobpipe", about = "jobpipe: run the async job pipeline locally")]
+#[command(name = "jobpipe", about = "jobpipe: run and operate the async job pipeline")]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
+}
+
+/// Which stack the operations commands talk to.
+#[derive(clap::Args, Clone)]
+struct TargetArgs {
+    /// The local stack's URL.
+    #[arg(long, env = "JOBPIPE_API", default_value = "http://127.0.0.1:3000", global = true)]
+    api: String,
+    /// A deployed stack's name: URLs and queues come from its CloudFormation outputs.
+    #[arg(long, env = "JOBPIPE_STACK", global = true)]
+    stack: Option<String>,
+    /// A JWT (required for a deployed stack; locally a dev token is made for --user).
+    #[arg(long, env = "JOBPIPE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The local dev user.
+    #[arg(long, env = "USER", default_value = "cli", global = true)]
+    user: String,
+}
+
+impl TargetArgs {
+    async fn target(&self) -> anyhow::Result<Target> {
+        Target::resolve(&TargetOptions {
+            api: self.api.clone(),
+            stack: self.stack.clone(),
+            token: self.token.clone(),
+            user: self.user.clone(),
+        })
+        .await
+    }
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// Show dead letters (each is hidden for 5 s while the list is read).
+    List {
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+    /// Move dead letters back to their queue after a fix; prints how many moved.
+    Redrive {
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -25,6 +70,45 @@ enum Commands {
         /// Repository root (where template.yaml is).
         #[arg(long, default_value = ".")]
         root: PathBuf,
+    },
+    /// Submit a job; with --wait, follow it to the end.
+    Submit {
+        kind: String,
+        /// The input, a JSON object.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print a job.
+    Status {
+        job_id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Follow a job's status and progress until it ends.
+    Watch {
+        job_id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List your jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Inspect or redrive the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: Dlq,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Invoke one function of template.yaml once with an event file, like `sam local invoke`.
     Invoke {
@@ -60,6 +144,60 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             println!("stopping");
             stack.stop().await;
+            Ok(())
+        }
+        Commands::Submit { kind, input, wait, target } => {
+            let input: serde_json::Value =
+                serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
+            let target = target.target().await?;
+            let job = target.submit(&kind, input).await?;
+            let job_id = job["jobId"].as_str().unwrap_or_default().to_string();
+            if wait {
+                let done = target.watch(&job_id, &mut std::io::stderr()).await?;
+                println!("{}", serde_json::to_string_pretty(&done)?);
+                if done["status"] != "completed" {
+                    std::process::exit(1);
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            }
+            Ok(())
+        }
+        Commands::Status { job_id, target } => {
+            println!("{}", serde_json::to_string_pretty(&target.target().await?.status(&job_id).await?)?);
+            Ok(())
+        }
+        Commands::Watch { job_id, target } => {
+            let done = target.target().await?.watch(&job_id, &mut std::io::stdout()).await?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(())
+        }
+        Commands::List { status, limit, target } => {
+            let jobs = target.target().await?.list(status.as_deref(), limit).await?;
+            for job in jobs["jobs"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<8} {:<10} {:>3}%  {}",
+                    job["jobId"].as_str().unwrap_or_default(),
+                    job["kind"].as_str().unwrap_or_default(),
+                    job["status"].as_str().unwrap_or_default(),
+                    job["progress"].as_u64().unwrap_or(0),
+                    job["createdAt"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Commands::Dlq { action, target } => {
+            let target = target.target().await?;
+            match action {
+                Dlq::List { max } => {
+                    let letters = target.dlq_list(max).await?;
+                    for letter in &letters {
+                        println!("{letter}");
+                    }
+                    println!("{} dead letter(s)", letters.len());
+                }
+                Dlq::Redrive { max } => println!("moved {} message(s) back", target.dlq_redrive(max).await?),
+            }
             Ok(())
         }
         Commands::Invoke { function, event, no_build, root } => {

@@ -14,6 +14,7 @@ use jobpipe_core::clock::{Clock, Millis};
 use jobpipe_core::config::{AwsClients, Config};
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
+use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::payload::PayloadStore;
 use jobpipe_core::store::JobStore;
 use lambda_runtime::LambdaEvent;
@@ -21,6 +22,9 @@ use serde_json::Value;
 
 pub use reconcile::ReconcileReport;
 pub use record::RecordOutcome;
+
+/// The `Service` dimension of this function's metrics.
+pub const SERVICE: &str = "queue-processor";
 
 /// Everything the processor needs, built once per execution environment.
 #[derive(Debug)]
@@ -97,6 +101,10 @@ pub async fn handle_sqs(
     deadline: Option<Millis>,
 ) -> Result<SqsBatchResponse, BatchError> {
     let concurrency = processor.settings.batch_concurrency;
+    if metrics::take_cold_start() {
+        metrics::emit(SERVICE, "ColdStart", Unit::Count, 1.0, &[]);
+    }
+    metrics::emit(SERVICE, "BatchSize", Unit::Count, event.records.len() as f64, &[]);
     process_batch(event.records, concurrency, move |record| {
         let processor = processor.clone();
         async move {

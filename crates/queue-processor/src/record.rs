@@ -14,7 +14,8 @@ use jobpipe_core::{Clock, StoreError};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::Processor;
+use crate::{Processor, SERVICE};
+use jobpipe_core::metrics::{self, Unit};
 
 /// Past the Lambda deadline the worker is gone; the lease outlives it by this much so a write that was
 /// already on the wire cannot race a takeover.
@@ -106,6 +107,11 @@ impl Processor {
             }
         };
         tracing::info!(attempt = job.attempts, kind = %job.kind, "claimed job");
+        if job.attempts == 1 {
+            // Queue wait: from acceptance to the first claim.
+            let wait = (now - job.created_at).max(0) as f64;
+            metrics::emit(SERVICE, "QueueWait", Unit::Milliseconds, wait, &[("Kind", job.kind.as_str())]);
+        }
 
         let result = self.execute(&job, &lease, deadline).await;
         let now = self.clock.now_ms();

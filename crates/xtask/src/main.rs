@@ -122,6 +122,13 @@ fn test(extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     run(Command::new(bin.join("cfn-lint")).current_dir(&root).arg("template.yaml"))?;
+    run(Command::new(bin.join("sam"))
+        .current_dir(&root)
+        .args(["validate", "--lint"])
+        .env("SAM_CLI_TELEMETRY", "0")
+        .env("__SAM_CLI_APP_DIR", root.join(".sam-cli")))?;
+    run(Command::new(bin.join("python")).current_dir(&root).args(["infra/check_template.py", "template.yaml"]))?;
+    lambda_builds(&root, &bin, &cargo)?;
 
     let moto = Moto::start(&bin)?;
     eprintln!("xtask: moto on {}", moto.endpoint);
@@ -142,6 +149,33 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("xtask: all checks passed");
     Ok(())
 }
+
+/// `cargo lambda build --release --arm64` of every function, as `sam build` would, each zip beside its
+/// size. cargo-lambda (and its zig) come from the venv.
+fn lambda_builds(root: &Path, bin: &Path, cargo: &str) -> Result<()> {
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let lambda_dir = target_dir.join("lambda-arm64");
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .env("PATH", path)
+        .args(["lambda", "build", "--release", "--arm64", "--output-format", "zip", "--lambda-dir"])
+        .arg(&lambda_dir);
+    for function in FUNCTIONS {
+        command.args(["-p", function]);
+    }
+    run(&mut command)?;
+    for function in FUNCTIONS {
+        let zip = lambda_dir.join(function).join("bootstrap.zip");
+        let size = std::fs::metadata(&zip).map_err(|e| format!("{zip:?}: {e}"))?.len();
+        eprintln!("xtask: {function}: arm64 zip {:.2} MB", size as f64 / 1_048_576.0);
+    }
+    Ok(())
+}
+
+/// The Lambda functions (their Cargo packages).
+const FUNCTIONS: [&str; 4] = ["api-ingest", "queue-processor", "notifier", "websocket-connect"];
 
 #[derive(Default)]
 struct Totals {

@@ -1,0 +1,304 @@
+//! The operations side of the `jobpipe` CLI: `submit`, `status`, `watch`, `list` and `dlq list|redrive`,
+//! against the local stack (default) or a deployed stack (`--stack NAME`, from its CloudFormation outputs).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// Where the commands send their requests.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub api_url: String,
+    pub ws_url: String,
+    pub token: String,
+    /// For `dlq`: the SQS client and the queues.
+    pub sqs: Option<aws_sdk_sqs::Client>,
+    pub dead_letter_queue_url: Option<String>,
+    /// Where a dead letter goes back to, by its `kind` attribute; `""` is the default queue.
+    pub queues_by_kind: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    pub api: String,
+    pub stack: Option<String>,
+    pub token: Option<String>,
+    pub user: String,
+}
+
+impl Target {
+    pub async fn resolve(options: &TargetOptions) -> anyhow::Result<Target> {
+        match &options.stack {
+            Some(stack) => Target::deployed(stack, options).await,
+            None => Target::local(options).await,
+        }
+    }
+
+    /// The local stack: URLs from `--api`, a dev token for `--user`, resources from `/dev/resources`.
+    async fn local(options: &TargetOptions) -> anyhow::Result<Target> {
+        let http = reqwest::Client::new();
+        let api_url = options.api.trim_end_matches('/').to_string();
+        let resources: Value = http
+            .get(format!("{api_url}/dev/resources"))
+            .send()
+            .await
+            .with_context(|| format!("is `jobpipe dev` running at {api_url}?"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = match &options.token {
+            Some(token) => token.clone(),
+            None => {
+                let reply: Value = http
+                    .post(format!("{api_url}/dev/token"))
+                    .json(&json!({"sub": options.user}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                reply["token"].as_str().context("the dev token endpoint answered no token")?.to_string()
+            }
+        };
+        let endpoint = resources["endpointUrl"].as_str().context("no endpointUrl in /dev/resources")?;
+        let queue = |id: &str| resources["queues"][id]["url"].as_str().map(String::from);
+        let mut queues_by_kind = HashMap::new();
+        queues_by_kind.insert(String::new(), queue("JobsQueue").unwrap_or_default());
+        if let Some(image) = queue("ImageJobsQueue") {
+            queues_by_kind.insert("image".into(), image);
+        }
+        Ok(Target {
+            ws_url: resources["webSocketUrl"].as_str().unwrap_or_default().to_string(),
+            api_url,
+            token,
+            sqs: Some(local_sqs(endpoint)),
+            dead_letter_queue_url: queue("JobsDeadLetterQueue"),
+            queues_by_kind,
+        })
+    }
+
+    /// A deployed stack: its outputs name the URLs and queues; the token comes from `--token` or
+    /// `JOBPIPE_TOKEN`; AWS credentials from the usual environment.
+    async fn deployed(stack: &str, options: &TargetOptions) -> anyhow::Result<Target> {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let cloudformation = aws_sdk_cloudformation::Client::new(&shared);
+        let described =
+            cloudformation.describe_stacks().stack_name(stack).send().await.context("describing the stack")?;
+        let outputs: HashMap<String, String> = described
+            .stacks()
+            .first()
+            .context("no such stack")?
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+            .collect();
+        let output = |key: &str| outputs.get(key).cloned().with_context(|| format!("the stack has no {key} output"));
+        let mut queues_by_kind = HashMap::from([(String::new(), output("JobsQueueUrl")?)]);
+        if let Ok(image) = output("ImageJobsQueueUrl") {
+            queues_by_kind.insert("image".into(), image);
+        }
+        Ok(Target {
+            api_url: output("HttpApiUrl")?,
+            ws_url: output("WebSocketUrl")?,
+            token: options.token.clone().context("a deployed stack needs --token (or JOBPIPE_TOKEN)")?,
+            sqs: Some(aws_sdk_sqs::Client::new(&shared)),
+            dead_letter_queue_url: Some(output("DeadLetterQueueUrl")?),
+            queues_by_kind,
+        })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request =
+            reqwest::Client::new().request(method, format!("{}{path}", self.api_url)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = &body["error"];
+            bail!(
+                "{status}: {} ({})",
+                error["message"].as_str().unwrap_or("request failed"),
+                error["code"].as_str().unwrap_or("http_error")
+            );
+        }
+        Ok(body)
+    }
+
+    pub async fn submit(&self, kind: &str, input: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, "/jobs", Some(json!({"kind": kind, "input": input}))).await
+    }
+
+    pub async fn status(&self, job_id: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, &format!("/jobs/{job_id}"), None).await
+    }
+
+    pub async fn list(&self, status: Option<&str>, limit: u32) -> anyhow::Result<Value> {
+        let mut path = format!("/jobs?limit={limit}");
+        if let Some(status) = status {
+            path.push_str(&format!("&status={status}"));
+        }
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    /// Follows a job until it ends, printing each change (a progress bar on a terminal). Uses the
+    /// WebSocket when it can (plain `ws://`), otherwise polls with backoff.
+    pub async fn watch(&self, job_id: &str, out: &mut impl Write) -> anyhow::Result<Value> {
+        let mut last = (String::new(), u64::MAX);
+        let mut show = |job: &Value, out: &mut dyn Write| -> anyhow::Result<()> {
+            let status = job["status"].as_str().unwrap_or("?").to_string();
+            let progress = job["progress"].as_u64().unwrap_or(0);
+            if (status.clone(), progress) != last {
+                let filled = (progress as usize).min(100) / 5;
+                writeln!(
+                    out,
+                    "{job_id}  {status:<10} [{}{}] {progress:>3}%",
+                    "#".repeat(filled),
+                    ".".repeat(20 - filled)
+                )?;
+                last = (status, progress);
+            }
+            Ok(())
+        };
+        let current = self.status(job_id).await?;
+        show(&current, out)?;
+        if is_terminal(&current) {
+            return Ok(current);
+        }
+        if self.ws_url.starts_with("ws://") {
+            let url = format!("{}?token={}&jobId={job_id}", self.ws_url, self.token);
+            if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await {
+                while let Some(Ok(message)) = socket.next().await {
+                    let Ok(text) = message.into_text() else { continue };
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                    let job = if message["type"] == "subscribed" { message["job"].clone() } else { message };
+                    if job["jobId"] != job_id {
+                        continue;
+                    }
+                    show(&job, out)?;
+                    if is_terminal(&job) {
+                        let _ = socket.close(None).await;
+                        return self.status(job_id).await;
+                    }
+                }
+            }
+        }
+        let mut delay = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(delay).await;
+            let job = self.status(job_id).await?;
+            show(&job, out)?;
+            if is_terminal(&job) {
+                return Ok(job);
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn dlq(&self) -> anyhow::Result<(&aws_sdk_sqs::Client, &str)> {
+        Ok((
+            self.sqs.as_ref().context("no SQS access for this target")?,
+            self.dead_letter_queue_url.as_deref().context("no dead-letter queue for this target")?,
+        ))
+    }
+
+    /// The dead letters, without removing them (each is hidden for a few seconds while the list is read).
+    pub async fn dlq_list(&self, max: usize) -> anyhow::Result<Vec<Value>> {
+        let (sqs, dlq) = self.dlq()?;
+        let mut seen = Vec::new();
+        while seen.len() < max {
+            let out = sqs
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(10)
+                .visibility_timeout(5)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .context("reading the dead-letter queue")?;
+            if out.messages().is_empty() {
+                break;
+            }
+            for message in out.messages() {
+                let attributes = message.attributes();
+                seen.push(json!({
+                    "messageId": message.message_id(),
+                    "body": message.body(),
+                    "kind": message.message_attributes().and_then(|a| a.get("kind")).and_then(|v| v.string_value()),
+                    "receiveCount": attributes.and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount)),
+                    "sentAt": attributes.and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp)),
+                }));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Moves dead letters back to the queue their kind uses, after a fix. Returns how many moved.
+    /// A message whose job already ended (`dead_lettered`) is acknowledged without running again.
+    pub async fn dlq_redrive(&self, max: usize) -> anyhow::Result<usize> {
+        let (sqs, dlq) = self.dlq()?;
+        let mut moved = 0;
+        while moved < max {
+            let out = sqs
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .context("reading the dead-letter queue")?;
+            if out.messages().is_empty() {
+                break;
+            }
+            for message in out.messages() {
+                let attributes: HashMap<String, MessageAttributeValue> =
+                    message.message_attributes().cloned().unwrap_or_default();
+                let kind = attributes.get("kind").and_then(|v| v.string_value()).unwrap_or_default();
+                let target = self
+                    .queues_by_kind
+                    .get(kind)
+                    .or_else(|| self.queues_by_kind.get(""))
+                    .context("no queue to redrive to")?;
+                sqs.send_message()
+                    .queue_url(target)
+                    .message_body(message.body().unwrap_or_default())
+                    .set_message_attributes(Some(attributes.clone()))
+                    .send()
+                    .await
+                    .context("sending a dead letter back")?;
+                sqs.delete_message()
+                    .queue_url(dlq)
+                    .receipt_handle(message.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .context("removing a redriven dead letter")?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+fn is_terminal(job: &Value) -> bool {
+    matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+}
+
+fn local_sqs(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(crate::resources::REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            aws_sdk_sqs::config::Credentials::new("local", "local", None, None, "jobpipe-cli"),
+        ))
+        .build();
+    aws_sdk_sqs::Client::new(&config)
+}
