@@ -43,6 +43,10 @@ pub struct DevOptions {
     pub schedule_override: Option<std::time::Duration>,
     /// Extra environment for every function.
     pub extra_env: BTreeMap<String, String>,
+    /// Overrides every function's timeout (fault runs use short ones so killed work is retried soon).
+    pub function_timeout: Option<std::time::Duration>,
+    /// Overrides the visibility timeout of every queue that has a dead-letter queue.
+    pub queue_visibility: Option<std::time::Duration>,
 }
 
 impl DevOptions {
@@ -57,6 +61,8 @@ impl DevOptions {
             binaries: target.join("debug"),
             schedule_override: None,
             extra_env: BTreeMap::new(),
+            function_timeout: None,
+            queue_visibility: None,
         }
     }
 }
@@ -167,7 +173,12 @@ impl DevStack {
 
     pub async fn start(options: DevOptions) -> anyhow::Result<DevStack> {
         let template = Template::load(&options.root.join("template.yaml"))?;
-        let functions = template.functions()?;
+        let mut functions = template.functions()?;
+        if let Some(timeout) = options.function_timeout {
+            for function in &mut functions {
+                function.timeout = timeout;
+            }
+        }
         if options.build {
             build(&options.root, &functions)?;
         }
@@ -187,6 +198,23 @@ impl DevStack {
             }
         })];
 
+        if let Some(visibility) = options.queue_visibility {
+            for (id, props) in template.resources("AWS::SQS::Queue") {
+                if crate::template::get(props, "RedrivePolicy").is_some() {
+                    clients
+                        .sqs
+                        .set_queue_attributes()
+                        .queue_url(&created.queues[&id].0)
+                        .attributes(
+                            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                            visibility.as_secs().to_string(),
+                        )
+                        .send()
+                        .await
+                        .with_context(|| format!("setting the visibility timeout of {id}"))?;
+                }
+            }
+        }
         let local =
             LocalAws { endpoint: endpoint.clone(), moto: None, shared: shared.clone(), clients, resolver, created };
         let mut running = HashMap::new();

@@ -2,7 +2,9 @@
 //! template.yaml; `jobpipe invoke` runs one function once.
 
 pub mod bedrock;
+pub mod chaos;
 pub mod dev;
+pub mod faults;
 mod font;
 pub mod gateway;
 pub mod invoke;

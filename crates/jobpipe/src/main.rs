@@ -110,6 +110,28 @@ enum Commands {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// The fault-injection run: many echo jobs under duplicates, kills, errors, poison and AWS faults;
+    /// prints the invariants' figures and exits non-zero if any breaks.
+    Chaos {
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 20)]
+        poison: usize,
+        /// Seconds between kills of the queue processor (0: never).
+        #[arg(long, default_value_t = 7)]
+        kill_every: u64,
+        #[arg(long, default_value_t = 0.02)]
+        aws_fault_rate: f64,
+        #[arg(long, default_value_t = 0.05)]
+        send_fault_rate: f64,
+        /// Seconds to wait for quiescence before reporting.
+        #[arg(long, default_value_t = 600)]
+        deadline: u64,
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
     /// Invoke one function of template.yaml once with an event file, like `sam local invoke`.
     Invoke {
         /// The function's logical id in template.yaml (e.g. QueueProcessorFunction) or its crate name.
@@ -197,6 +219,28 @@ async fn main() -> anyhow::Result<()> {
                     println!("{} dead letter(s)", letters.len());
                 }
                 Dlq::Redrive { max } => println!("moved {} message(s) back", target.dlq_redrive(max).await?),
+            }
+            Ok(())
+        }
+        Commands::Chaos { jobs, poison, kill_every, aws_fault_rate, send_fault_rate, deadline, no_build, root } => {
+            let options = jobpipe::chaos::ChaosOptions {
+                jobs,
+                poison,
+                kill_every: (kill_every > 0).then(|| std::time::Duration::from_secs(kill_every)),
+                aws_fault_rate,
+                send_fault_rate,
+                deadline: std::time::Duration::from_secs(deadline),
+                ..Default::default()
+            };
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            let report = jobpipe::chaos::run(&root.canonicalize()?, &options, endpoint, !no_build).await?;
+            println!("fault-injection run\n{}", report.table());
+            let violations = report.violations();
+            for violation in &violations {
+                println!("INVARIANT BROKEN: {violation}");
+            }
+            if !violations.is_empty() {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -427,3 +427,24 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
     let _ = watch.kill().await;
     let _ = std::fs::remove_file(env_file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_job_is_lost_or_completed_twice_under_faults() {
+    build_functions();
+    let options = jobpipe::chaos::ChaosOptions {
+        jobs: 300,
+        poison: 6,
+        kill_every: Some(Duration::from_secs(2)),
+        deadline: Duration::from_secs(240),
+        ..Default::default()
+    };
+    let report = jobpipe::chaos::run(&root(), &options, None, false).await.expect("the run");
+    println!("{}", report.table());
+    assert_eq!(report.violations(), Vec::<String>::new(), "\n{}", report.table());
+    assert!(report.accepted > 250 && report.completed > 200, "\n{}", report.table());
+    assert!(
+        report.kills > 0 && report.faults_injected > 0 && report.duplicates_sent > 0,
+        "faults were injected\n{}",
+        report.table()
+    );
+}

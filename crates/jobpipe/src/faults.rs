@@ -1,0 +1,148 @@
+//! A fault-injecting proxy in front of the local AWS endpoint: a fraction of DynamoDB, SQS and S3 calls
+//! answer throttling or 5xx, either before reaching moto (the call did not happen) or after (it happened,
+//! but the caller is told it failed: the ambiguous case). Used by the fault-injection run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Default)]
+pub struct FaultCounts {
+    pub before: AtomicU64,
+    pub after: AtomicU64,
+    pub send_message: AtomicU64,
+    pub forwarded: AtomicU64,
+}
+
+pub struct FaultProxy {
+    upstream: String,
+    client: reqwest::Client,
+    /// Fraction of calls that fail (half before, half after reaching the upstream).
+    pub rate: f64,
+    /// Fraction of SQS SendMessage calls that fail before reaching the upstream.
+    pub send_message_rate: f64,
+    pub enabled: AtomicBool,
+    pub counts: FaultCounts,
+}
+
+impl FaultProxy {
+    pub fn new(upstream: &str, rate: f64, send_message_rate: f64) -> Arc<FaultProxy> {
+        Arc::new(FaultProxy {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+            rate,
+            send_message_rate,
+            enabled: AtomicBool::new(false),
+            counts: FaultCounts::default(),
+        })
+    }
+
+    /// Serves the proxy on a free port; returns its URL.
+    pub async fn serve(self: &Arc<Self>) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = Router::new().fallback(forward).with_state(self.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((url, task))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Service {
+    DynamoDb,
+    Sqs,
+    S3,
+}
+
+fn injected(service: Service) -> Response {
+    let (status, content_type, body) = match service {
+        Service::DynamoDb => (
+            StatusCode::BAD_REQUEST,
+            "application/x-amz-json-1.0",
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"injected fault"}"#,
+        ),
+        Service::Sqs => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/x-amz-json-1.0",
+            r#"{"__type":"InternalError","message":"injected fault"}"#,
+        ),
+        Service::S3 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/xml",
+            "<Error><Code>SlowDown</Code><Message>injected fault</Message></Error>",
+        ),
+    };
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
+    response
+}
+
+async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Response {
+    let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let service = if target.starts_with("DynamoDB") {
+        Service::DynamoDb
+    } else if target.starts_with("AmazonSQS") {
+        Service::Sqs
+    } else {
+        Service::S3
+    };
+    let enabled = proxy.enabled.load(Ordering::SeqCst);
+    // Long polls are left alone: failing them only slows the run without testing anything.
+    let long_poll = target.ends_with("ReceiveMessage");
+    if enabled && target == "AmazonSQS.SendMessage" && rand_below(proxy.send_message_rate) {
+        proxy.counts.send_message.fetch_add(1, Ordering::SeqCst);
+        return injected(service);
+    }
+    let roll = enabled && !long_poll && rand_below(proxy.rate);
+    let fail_before = roll && rand_below(0.5);
+    if fail_before {
+        proxy.counts.before.fetch_add(1, Ordering::SeqCst);
+        return injected(service);
+    }
+
+    let (parts, body) = request.into_parts();
+    let body: Bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(body) => body,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let url = format!("{}{}", proxy.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut upstream = proxy.client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let answer = match upstream.send().await {
+        Ok(answer) => answer,
+        Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
+    };
+    proxy.counts.forwarded.fetch_add(1, Ordering::SeqCst);
+    if roll {
+        // The call took effect upstream, but the caller hears it failed.
+        proxy.counts.after.fetch_add(1, Ordering::SeqCst);
+        return injected(service);
+    }
+    let mut response = Response::builder().status(answer.status().as_u16());
+    for (name, value) in answer.headers() {
+        let hop_by_hop = name == "connection" || name == "transfer-encoding" || name == "content-length";
+        if !hop_by_hop
+            && let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name.as_ref()), HeaderValue::from_bytes(value.as_bytes()))
+        {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response.body(Body::from(bytes)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+fn rand_below(rate: f64) -> bool {
+    rate > 0.0 && rand::random_bool(rate.min(1.0))
+}
