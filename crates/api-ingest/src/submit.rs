@@ -146,3 +146,32 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
     };
     Ok(Submission { kind, input })
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any request body is a submission or a 400 naming the problem: never a panic, never a 5xx.
+        #[test]
+        fn any_body_is_a_submission_or_a_400(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(error) = parse_submission(&body) {
+                prop_assert_eq!(error.status, StatusCode::BAD_REQUEST);
+                prop_assert!(error.field.is_some());
+            }
+        }
+
+        #[test]
+        fn json_objects_are_a_submission_or_name_the_field(kind in proptest::option::of(".{0,10}"), input in proptest::option::of(any::<i64>()), extra in proptest::option::of("[a-z]{1,6}")) {
+            let mut body = serde_json::Map::new();
+            if let Some(kind) = &kind { body.insert("kind".into(), Value::String(kind.clone())); }
+            if let Some(input) = input { body.insert("input".into(), Value::from(input)); }
+            if let Some(extra) = &extra { body.insert(extra.clone(), Value::Null); }
+            match parse_submission(Value::Object(body).to_string().as_bytes()) {
+                Ok(submission) => prop_assert!(!submission.kind.is_empty() && submission.input.is_object()),
+                Err(error) => prop_assert!(error.field.is_some()),
+            }
+        }
+    }
+}

@@ -184,3 +184,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any message body, however malformed, is a job message or a named poison: never a panic.
+        #[test]
+        fn any_body_parses_or_is_poison(body in proptest::option::of(any::<String>())) {
+            let _ = JobMessage::parse(body.as_deref());
+        }
+
+        #[test]
+        fn json_shaped_bodies_parse_or_are_poison(id in "[0-9a-f-]{0,40}", extra in any::<bool>()) {
+            let body = if extra { format!(r#"{{"jobId":"{id}","x":1}}"#) } else { format!(r#"{{"jobId":"{id}"}}"#) };
+            let parsed = JobMessage::parse(Some(&body));
+            prop_assert!(parsed.is_err() || JobId::parse(&id).is_some());
+        }
+    }
+}

@@ -823,3 +823,38 @@ mod tests {
         assert!(to_item(&job).contains_key(attr::DISPATCH_SHARD));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Stream images from outside are read into a job or refused with an error: never a panic.
+        #[test]
+        fn any_stream_image_reads_or_errors(image in json_value()) {
+            let _ = job_from_stream_image(&image);
+        }
+
+        #[test]
+        fn any_page_token_decodes_or_is_refused(token in ".{0,80}") {
+            let _ = PageToken::decode(&token);
+        }
+    }
+}
