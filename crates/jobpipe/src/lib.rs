@@ -8,6 +8,7 @@ pub mod faults;
 mod font;
 pub mod gateway;
 pub mod invoke;
+pub mod load;
 pub mod ops;
 pub mod resources;
 pub mod runtime;

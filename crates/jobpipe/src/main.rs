@@ -132,6 +132,18 @@ enum Commands {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Sustained submissions for a fixed time (from this process, to a running stack); prints the
+    /// accepted rate, latency percentiles and errors, then waits for every accepted job to end.
+    Load {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Invoke one function of template.yaml once with an event file, like `sam local invoke`.
     Invoke {
         /// The function's logical id in template.yaml (e.g. QueueProcessorFunction) or its crate name.
@@ -242,6 +254,17 @@ async fn main() -> anyhow::Result<()> {
             if !violations.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Commands::Load { seconds, rate, concurrency, target } => {
+            let options = jobpipe::load::LoadOptions {
+                duration: std::time::Duration::from_secs(seconds),
+                rate,
+                concurrency,
+                drain_deadline: std::time::Duration::from_secs(600),
+            };
+            let report = jobpipe::load::run(&target.target().await?, &options).await?;
+            println!("load run ({rate}/s for {seconds} s)\n{}", report.table());
             Ok(())
         }
         Commands::Invoke { function, event, no_build, root } => {
