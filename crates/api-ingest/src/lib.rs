@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
-use jobpipe_core::config::{AwsClients, Config};
+use jobpipe_core::config::{AwsClients, Config, ConfigError};
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::payload::PayloadStore;
@@ -49,18 +49,18 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(config: &Config, clients: &AwsClients, clock: Arc<dyn Clock>) -> Api {
-        Api {
+    pub fn new(config: &Config, clients: &AwsClients, clock: Arc<dyn Clock>) -> Result<Api, ConfigError> {
+        Ok(Api {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
-            auth: config.auth.clone(),
+            auth: config.authenticator()?,
             clock,
             max_body_bytes: config.max_body_bytes,
             dispatch_grace: config.dispatch_grace,
             result_url_ttl: config.result_url_ttl,
-        }
+        })
     }
 }
 

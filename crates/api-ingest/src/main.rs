@@ -11,6 +11,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     jobpipe_core::telemetry::init();
     let config = Config::from_env()?;
     let clients = AwsClients::from_env().await;
-    let api = Arc::new(Api::new(&config, &clients, Arc::new(SystemClock)));
+    let api = Arc::new(Api::new(&config, &clients, Arc::new(SystemClock))?);
     lambda_http::run(router(api)).await
 }

@@ -29,7 +29,8 @@ pub struct Config {
     /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
     /// where the notifier posts to connections.
     pub websocket_endpoint: Option<String>,
-    pub auth: Authenticator,
+    /// How callers are authenticated; `None` for functions that serve no caller (AUTH_MODE unset).
+    pub auth: Option<Authenticator>,
     pub kinds: KindsConfig,
     /// Attempts (claims) a job gets before it fails with its last error.
     pub max_attempts: u32,
@@ -51,6 +52,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The authenticator, for functions that serve callers: an error naming AUTH_MODE when it is unset.
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        self.auth.clone().ok_or(ConfigError {
+            variable: "AUTH_MODE",
+            problem: "this function authenticates callers: set it to apigateway or jwt".into(),
+        })
+    }
+
     /// A setting only some functions need, as an error naming it when it is missing.
     pub fn require<'a>(value: &'a Option<String>, variable: &'static str) -> Result<&'a str, ConfigError> {
         value.as_deref().ok_or(ConfigError { variable, problem: "is required by this function but not set".into() })
@@ -86,9 +95,12 @@ impl Config {
             }
         };
 
-        let auth = match get("AUTH_MODE").as_deref().unwrap_or("jwt") {
-            "apigateway" => Authenticator::ApiGatewayAuthorizer,
-            "jwt" => {
+        // Only the functions that serve callers (api-ingest, websocket-connect) set AUTH_MODE; the others
+        // need no token settings at all.
+        let auth = match get("AUTH_MODE").as_deref() {
+            None => None,
+            Some("apigateway") => Some(Authenticator::ApiGatewayAuthorizer),
+            Some("jwt") => {
                 let key = match (get("JWT_HS256_SECRET"), get("JWT_RS256_PUBLIC_KEY")) {
                     (Some(secret), None) => VerificationKey::Hs256(secret.into_bytes()),
                     (None, Some(pem)) => VerificationKey::Rs256Pem(pem),
@@ -102,9 +114,9 @@ impl Config {
                 };
                 let verifier = JwtVerifier::new(&key, &required("JWT_ISSUER")?, &required("JWT_AUDIENCE")?)
                     .map_err(|problem| ConfigError { variable: "JWT_RS256_PUBLIC_KEY", problem })?;
-                Authenticator::Jwt(Box::new(verifier))
+                Some(Authenticator::Jwt(Box::new(verifier)))
             }
-            other => {
+            Some(other) => {
                 return Err(ConfigError {
                     variable: "AUTH_MODE",
                     problem: format!("{other:?} is not jwt or apigateway"),
@@ -241,6 +253,17 @@ mod tests {
         assert_eq!(variable(&[("AUTH_MODE", "none")]), "AUTH_MODE");
         assert_eq!(variable(&[("JOBS_TABLE", " ")]), "JOBS_TABLE");
         assert_eq!(variable(&[("KIND_QUEUE_URLS", "image")]), "KIND_QUEUE_URLS");
-        assert!(matches!(with(&[("AUTH_MODE", "apigateway")]).unwrap().auth, Authenticator::ApiGatewayAuthorizer));
+        assert!(matches!(
+            with(&[("AUTH_MODE", "apigateway")]).unwrap().auth,
+            Some(Authenticator::ApiGatewayAuthorizer)
+        ));
+        // Functions that serve no caller need no token settings.
+        let mut bare = base();
+        for key in ["JWT_HS256_SECRET", "JWT_ISSUER", "JWT_AUDIENCE"] {
+            bare.remove(key);
+        }
+        let config = Config::from_map(&bare).unwrap();
+        assert!(config.auth.is_none());
+        assert_eq!(config.authenticator().unwrap_err().variable, "AUTH_MODE");
     }
 }

@@ -399,12 +399,6 @@ fn environment(
         ("AWS_DEFAULT_REGION", REGION),
         ("AWS_ACCESS_KEY_ID", "local"),
         ("AWS_SECRET_ACCESS_KEY", "local"),
-        // Locally no API Gateway authorizer runs: every function verifies tokens against the dev key.
-        ("AUTH_MODE", "jwt"),
-        ("JWT_HS256_SECRET", DEV_JWT_SECRET),
-        ("JWT_RS256_PUBLIC_KEY", ""),
-        ("JWT_ISSUER", DEV_ISSUER),
-        ("JWT_AUDIENCE", DEV_AUDIENCE),
         ("ECHO_KIND_ENABLED", "true"),
         ("WEBSOCKET_ENDPOINT", base_url),
         // Bedrock is served by the local stand-in on the gateway's port.
@@ -412,6 +406,19 @@ fn environment(
     ];
     for (name, value) in local {
         env.insert(name.to_string(), value.to_string());
+    }
+    // Locally no API Gateway authorizer runs: the functions that authenticate callers verify tokens
+    // against the dev key. Functions the template gives no AUTH_MODE get none here either.
+    if env.contains_key("AUTH_MODE") {
+        for (name, value) in [
+            ("AUTH_MODE", "jwt"),
+            ("JWT_HS256_SECRET", DEV_JWT_SECRET),
+            ("JWT_RS256_PUBLIC_KEY", ""),
+            ("JWT_ISSUER", DEV_ISSUER),
+            ("JWT_AUDIENCE", DEV_AUDIENCE),
+        ] {
+            env.insert(name.to_string(), value.to_string());
+        }
     }
     env.insert("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     for (name, value) in extra {

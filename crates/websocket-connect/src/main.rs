@@ -21,7 +21,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             Config::require(&config.connections_table, "CONNECTIONS_TABLE")?,
         ),
         jobs: JobStore::new(clients.dynamodb, &config.jobs_table, config.job_retention.as_secs() as i64),
-        auth: config.auth.clone(),
+        auth: config.authenticator()?,
         clock: Arc::new(SystemClock),
     });
     lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {

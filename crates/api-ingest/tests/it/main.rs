@@ -40,7 +40,7 @@ async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(&mut 
     let stack = TestStack::new().await.with_bedrock_endpoint(&bedrock.url);
     let clock = ManualClock::starting_now();
     let config = stack.config_with(overrides);
-    let mut api = Api::new(&config, &stack.clients, Arc::new(clock.clone()));
+    let mut api = Api::new(&config, &stack.clients, Arc::new(clock.clone())).unwrap();
     customize(&mut api);
     let processor = Arc::new(Processor::new(&config, &stack.clients, Arc::new(clock.clone())));
     App { router: router(Arc::new(api)), _bedrock: bedrock, stack, clock, processor }
@@ -49,7 +49,7 @@ async fn spawn_app_with(overrides: &[(&str, &str)], customize: impl FnOnce(&mut 
 impl App {
     /// Another instance of the API over the same resources (another Lambda execution environment).
     fn router_with(&self, customize: impl FnOnce(&mut Api)) -> Router {
-        let mut api = Api::new(&self.stack.config(), &self.stack.clients, Arc::new(self.clock.clone()));
+        let mut api = Api::new(&self.stack.config(), &self.stack.clients, Arc::new(self.clock.clone())).unwrap();
         customize(&mut api);
         router(Arc::new(api))
     }
