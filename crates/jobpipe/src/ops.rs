@@ -213,20 +213,11 @@ impl Target {
         let (sqs, dlq) = self.dlq()?;
         let mut seen = Vec::new();
         while seen.len() < max {
-            let out = sqs
-                .receive_message()
-                .queue_url(dlq)
-                .max_number_of_messages(10)
-                .visibility_timeout(5)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .context("reading the dead-letter queue")?;
-            if out.messages().is_empty() {
+            let messages = receive_dead_letters(sqs, dlq, 5).await?;
+            if messages.is_empty() {
                 break;
             }
-            for message in out.messages() {
+            for message in &messages {
                 let attributes = message.attributes();
                 seen.push(json!({
                     "messageId": message.message_id(),
@@ -246,19 +237,11 @@ impl Target {
         let (sqs, dlq) = self.dlq()?;
         let mut moved = 0;
         while moved < max {
-            let out = sqs
-                .receive_message()
-                .queue_url(dlq)
-                .max_number_of_messages(10)
-                .visibility_timeout(60)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .context("reading the dead-letter queue")?;
-            if out.messages().is_empty() {
+            let messages = receive_dead_letters(sqs, dlq, 60).await?;
+            if messages.is_empty() {
                 break;
             }
-            for message in out.messages() {
+            for message in &messages {
                 let attributes: HashMap<String, MessageAttributeValue> =
                     message.message_attributes().cloned().unwrap_or_default();
                 let kind = attributes.get("kind").and_then(|v| v.string_value()).unwrap_or_default();
@@ -285,6 +268,25 @@ impl Target {
         }
         Ok(moved)
     }
+}
+
+/// Up to ten dead letters with their attributes, hidden for `visibility_secs` while they are handled.
+async fn receive_dead_letters(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &str,
+    visibility_secs: i32,
+) -> anyhow::Result<Vec<aws_sdk_sqs::types::Message>> {
+    let out = sqs
+        .receive_message()
+        .queue_url(dlq)
+        .max_number_of_messages(10)
+        .visibility_timeout(visibility_secs)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .context("reading the dead-letter queue")?;
+    Ok(out.messages.unwrap_or_default())
 }
 
 fn is_terminal(job: &Value) -> bool {
