@@ -63,29 +63,25 @@ impl Processor {
             .and_then(|a| a.string_value.clone())
             .unwrap_or_default();
         let message_id = record.message_id.clone().unwrap_or_default();
-        let message = match JobMessage::parse(record.body.as_deref()) {
-            Ok(message) => message,
-            Err(poison) => {
-                let outcome = self.poison(record, &poison.to_string()).await;
-                self.after(record, &outcome).await;
-                return outcome;
+        let (job_id, outcome) = match JobMessage::parse(record.body.as_deref()) {
+            Err(poison) => (String::new(), RecordOutcome::Poison(poison.to_string())),
+            Ok(message) => {
+                let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
+                let outcome = match self.run_job(&message.job_id, deadline).instrument(span).await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        tracing::warn!(job_id = %message.job_id, %correlation_id, %error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
+                        RecordOutcome::Transient(error.to_string())
+                    }
+                };
+                (message.job_id.to_string(), outcome)
             }
         };
-        let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
-        async {
-            let outcome = match self.run_job(&message.job_id, deadline).await {
-                Ok(RecordOutcome::Poison(reason)) => self.poison(record, &reason).await,
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    tracing::warn!(%error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
-                    RecordOutcome::Transient(error.to_string())
-                }
-            };
-            self.after(record, &outcome).await;
-            outcome
+        if let RecordOutcome::Poison(reason) = &outcome {
+            tracing::error!(%message_id, %job_id, %correlation_id, %reason, "poison message; leaving it for the dead-letter queue");
         }
-        .instrument(span)
-        .await
+        self.after(record, &outcome).await;
+        outcome
     }
 
     async fn run_job(&self, job_id: &JobId, deadline: Option<Millis>) -> Result<RecordOutcome, StoreError> {
@@ -221,11 +217,6 @@ impl Processor {
             Some(deadline) if deadline > now => deadline + LEASE_GRACE_MS,
             _ => now + self.settings.default_lease.as_millis() as Millis,
         }
-    }
-
-    async fn poison(&self, record: &SqsMessage, reason: &str) -> RecordOutcome {
-        tracing::error!(message_id = record.message_id.as_deref().unwrap_or_default(), %reason, "poison message; leaving it for the dead-letter queue");
-        RecordOutcome::Poison(reason.to_string())
     }
 
     /// Sets when a message that is not acknowledged comes back: after the backoff for a retry, when the
