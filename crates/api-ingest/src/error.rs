@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpipe_core::StoreError;
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -52,13 +52,40 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, such as `invalid_request`, `invalid_input`, `unknown_kind`,
+    /// `not_found`, `unauthorized` or `service_unavailable`.
+    pub code: &'static str,
+    /// For people: what is wrong and how to fix it.
+    pub message: String,
+    /// The request field at fault (`kind`, `input.width`, `Idempotency-Key`, a query parameter, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Error answers every operation may give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its OpenAPI description is used: `ApiError` writes these bodies.
+pub enum CommonErrors {
+    /// The token is missing, malformed, expired or not ours (`WWW-Authenticate: Bearer`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// A backing service is throttling or unavailable; retry after `Retry-After` seconds.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = &self.field {
-            body["field"] = json!(field);
-        }
-        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } };
+        let mut response = (self.status, Json(body)).into_response();
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

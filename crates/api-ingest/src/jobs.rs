@@ -9,15 +9,28 @@ use axum::http::StatusCode;
 use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
 use jobpipe_core::payload::{NO_SUCH_KEY, result_prefix};
 use jobpipe_core::store::{CancelOutcome, PageToken};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Api;
 use crate::caller::Authenticated;
-use crate::error::ApiError;
+use crate::error::{ApiError, CommonErrors, ErrorBody};
 
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 
+/// One job, with its result once completed. Another caller's job answers `404`, as a missing one does.
+#[utoipa::path(
+    get,
+    path = "/jobs/{jobId}",
+    tag = "jobs",
+    params(("jobId" = String, Path, description = "The id `POST /jobs` answered.")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 404, description = "No such job (or not yours).", body = ErrorBody),
+        CommonErrors,
+    )
+)]
 pub async fn get(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,
@@ -30,16 +43,32 @@ pub async fn get(
     Ok(Json(view(&api, &job).await?))
 }
 
+/// Your jobs, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this status."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size (default 20)."),
+        ("nextToken" = Option<String>, Query, description = "The `nextToken` of the previous page."),
+    ),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 400, description = "An unknown or invalid query parameter.", body = ErrorBody),
+        CommonErrors,
+    )
+)]
 pub async fn list(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     if let Some(unknown) = query.keys().find(|k| !["status", "limit", "nextToken"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(unknown.clone(), "unknown query parameter; use status, limit or nextToken"));
     }
     let status = match query.get("status").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
             ApiError::bad_request("status", "must be one of queued, processing, completed, failed, cancelled")
         })?),
@@ -63,14 +92,43 @@ pub async fn list(
     for job in &jobs {
         views.push(view(&api, job).await?);
     }
-    Ok(Json(json!({ "jobs": views, "nextToken": next.map(|t| t.encode()) })))
+    Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
 }
 
-/// `GET /kinds`: the job kinds this deployment offers, so a client can build its form.
-pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Json<Value> {
-    Json(json!({ "kinds": api.kinds.names().collect::<Vec<_>>() }))
+/// A page of `GET /jobs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `nextToken` for the next page; `null` on the last one.
+    pub next_token: Option<String>,
 }
 
+/// The kinds `GET /kinds` lists.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KindList {
+    pub kinds: Vec<&'static str>,
+}
+
+/// The job kinds this deployment offers, so a client can build its form.
+#[utoipa::path(get, path = "/kinds", tag = "jobs", responses((status = 200, body = KindList), CommonErrors))]
+pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Json<KindList> {
+    Json(KindList { kinds: api.kinds.names().collect() })
+}
+
+/// Cancels a job that is still queued.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{jobId}",
+    tag = "jobs",
+    params(("jobId" = String, Path, description = "The id `POST /jobs` answered.")),
+    responses(
+        (status = 200, description = "Cancelled; the job as it is now.", body = JobView),
+        (status = 404, description = "No such job (or not yours).", body = ErrorBody),
+        (status = 409, description = "The job is no longer queued.", body = ErrorBody),
+        CommonErrors,
+    )
+)]
 pub async fn cancel(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,

@@ -6,6 +6,7 @@
 mod caller;
 mod error;
 mod jobs;
+pub mod openapi;
 mod submit;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::payload::PayloadStore;
 use jobpipe_core::store::JobStore;
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -69,10 +72,14 @@ impl Api {
 pub struct CorrelationId(pub String);
 
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/jobs", get(jobs::list).post(submit::submit))
-        .route("/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
-        .route("/kinds", get(jobs::kinds))
+    let (routes, openapi) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(jobs::list, submit::submit))
+        .routes(routes!(jobs::get, jobs::cancel))
+        .routes(routes!(jobs::kinds))
+        .split_for_parts();
+    let document = Arc::new(openapi::document(&openapi, &api.kinds));
+    routes
+        .route(openapi::OPENAPI_PATH, get(move || async move { axum::Json(document.as_ref().clone()) }))
         .fallback(|method: Method| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for this path ({method})"))
         })

@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpipe_core::intake::{Accepted, Intake, NewJob};
+use jobpipe_core::job::JobView;
 use jobpipe_core::metrics::{self, Unit};
 use serde_json::{Map, Value};
 
 use crate::caller::Authenticated;
-use crate::error::ApiError;
+use crate::error::{ApiError, CommonErrors, ErrorBody};
 use crate::jobs::view;
 use crate::{Api, CorrelationId};
 
@@ -26,6 +27,30 @@ struct Submission {
     input: Value,
 }
 
+/// Submits a job. It is stored as `queued` and sent to the queue before this answers; follow it with
+/// `GET /jobs/{jobId}` (the `Location` header) or the WebSocket.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = "^[!-~]+$",
+            description = "Submitting again with the same key answers the first job instead of a new one.")
+    ),
+    responses(
+        (status = 202, description = "Accepted (or, with a reused Idempotency-Key, the job it accepted before).",
+            body = JobView,
+            headers(("Location" = String, description = "The job's URL."),
+                ("Idempotent-Replayed" = Option<String>, description = "`true` when this answers an earlier submission."))),
+        (status = 400, description = "The body is not JSON or not a job.", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "Unknown kind, input the kind rejects, or a reused Idempotency-Key.",
+            body = ErrorBody),
+        CommonErrors,
+    )
+)]
 pub async fn submit(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,

@@ -8,6 +8,7 @@ use crate::clock::{Millis, to_rfc3339};
 /// A job's id: a UUID (v7 for fresh jobs, v5 of owner and idempotency key for keyed ones).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, format = "uuid"))]
 pub struct JobId(String);
 
 /// Namespace for ids derived from an idempotency key, so equal keys of different owners never collide.
@@ -44,6 +45,7 @@ impl std::fmt::Display for JobId {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobStatus {
     Queued,
     Processing,
@@ -77,6 +79,7 @@ impl JobStatus {
 
 /// Why a job failed (or, while it retries, why its last attempt failed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     pub code: String,
     pub message: String,
@@ -195,18 +198,28 @@ impl Job {
 /// What `GET /jobs/{id}` answers. Internal fields (owner, lease, hashes) never appear here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub job_id: JobId,
     pub kind: String,
     pub status: JobStatus,
+    /// The input as submitted (`null` once the bucket's lifecycle rule removed a large one).
     pub input: Value,
+    /// What the job produced, once completed. A result file comes with a short-lived `url`.
     pub result: Option<Value>,
+    /// Why the job failed, or why its last attempt failed while it is retried.
     pub error: Option<ErrorInfo>,
     pub attempts: u32,
+    /// 0 to 100, as reported by the running job.
+    #[cfg_attr(feature = "openapi", schema(maximum = 100))]
     pub progress: u8,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub started_at: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub completed_at: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub duration_ms: Option<i64>,
 }

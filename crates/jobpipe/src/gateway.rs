@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::bedrock::BedrockStandIn;
 use crate::resources::ACCOUNT;
 use crate::runtime::Function;
+use crate::template::DEFAULT_ROUTE;
 
 /// The largest body the HTTP API accepts (API Gateway's limit).
 const MAX_HTTP_BODY: usize = 10 * 1024 * 1024;
@@ -144,17 +145,27 @@ pub fn match_path(template: &str, path: &str) -> Option<HashMap<String, String>>
 async fn http_api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
-    let route = gateway.http_routes.iter().find_map(|route| {
+    let route = gateway.http_routes.iter().filter(|route| route.path != DEFAULT_ROUTE).find_map(|route| {
         let method_matches = route.method == "ANY" || route.method == parts.method.as_str();
         let parameters = match_path(&route.path, &path)?;
         method_matches.then_some((route, parameters))
     });
-    let Some((route, path_parameters)) = route else {
-        if parts.method == Method::GET {
-            return static_file(&gateway.web_dir, &path).await;
+    // What no route takes: the web UI's files (served here, not by API Gateway), then `$default`.
+    let route = match route {
+        Some(route) => route,
+        None => {
+            if parts.method == Method::GET
+                && let Some(file) = static_file(&gateway.web_dir, &path).await
+            {
+                return file;
+            }
+            match gateway.http_routes.iter().find(|route| route.path == DEFAULT_ROUTE) {
+                Some(route) => (route, HashMap::new()),
+                None => return gateway_error(StatusCode::NOT_FOUND, "Not Found"),
+            }
         }
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
     };
+    let (route, path_parameters) = route;
     let body = match axum::body::to_bytes(body, MAX_HTTP_BODY).await {
         Ok(body) => body,
         Err(_) => return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"),
@@ -215,7 +226,8 @@ fn http_event(
     };
     let now = now_ms();
     let request_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&uuid::Uuid::new_v4().as_bytes()[..10]);
-    let route_key = format!("{route_method} {route_path}");
+    let route_key =
+        if route_path == DEFAULT_ROUTE { DEFAULT_ROUTE.to_string() } else { format!("{route_method} {route_path}") };
     let mut event = json!({
         "version": "2.0",
         "routeKey": route_key,
@@ -317,16 +329,14 @@ fn http_response(response: Value) -> Response {
     builder.body(Body::from(body)).unwrap_or_else(|_| gateway_error(StatusCode::BAD_GATEWAY, "Bad Gateway"))
 }
 
-async fn static_file(web_dir: &std::path::Path, path: &str) -> Response {
+async fn static_file(web_dir: &std::path::Path, path: &str) -> Option<Response> {
     let relative = path.trim_start_matches('/');
     let relative = if relative.is_empty() { "index.html" } else { relative };
     if relative.split('/').any(|part| part == ".." || part.starts_with('.')) {
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
+        return None;
     }
     let file = web_dir.join(relative);
-    let Ok(contents) = tokio::fs::read(&file).await else {
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
-    };
+    let contents = tokio::fs::read(&file).await.ok()?;
     let content_type = match file.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") | Some("mjs") => "text/javascript; charset=utf-8",
@@ -336,7 +346,7 @@ async fn static_file(web_dir: &std::path::Path, path: &str) -> Response {
         Some("json") => "application/json",
         _ => "application/octet-stream",
     };
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], contents).into_response()
+    Some(([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], contents).into_response())
 }
 
 // ---- WebSocket API --------------------------------------------------------------------------------

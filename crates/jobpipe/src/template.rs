@@ -157,6 +157,9 @@ impl Template {
     }
 }
 
+/// The path of the HTTP API's catch-all route.
+pub const DEFAULT_ROUTE: &str = "$default";
+
 fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
     let number = |key: &str, default: u64| get(props, key).and_then(|v| v.as_u64()).unwrap_or(default);
     let reports = || {
@@ -165,9 +168,11 @@ fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
             .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("ReportBatchItemFailures")))
     };
     Ok(Some(match kind {
-        "HttpApi" => EventSpec::HttpApi {
-            method: get(props, "Method").and_then(scalar).ok_or("HttpApi event without Method")?.to_uppercase(),
-            path: get(props, "Path").and_then(scalar).ok_or("HttpApi event without Path")?,
+        "HttpApi" => match (get(props, "Method").and_then(scalar), get(props, "Path").and_then(scalar)) {
+            (Some(method), Some(path)) => EventSpec::HttpApi { method: method.to_uppercase(), path },
+            // Neither: SAM makes it the API's `$default` route, taking what no other route matches.
+            (None, None) => EventSpec::HttpApi { method: "ANY".into(), path: DEFAULT_ROUTE.into() },
+            _ => return Err("an HttpApi event needs both Method and Path, or neither (the $default route)".into()),
         },
         "SQS" => EventSpec::Sqs {
             queue: get(props, "Queue").and_then(reference).ok_or("SQS event whose Queue is not a !GetAtt")?.0,
@@ -355,6 +360,7 @@ mod tests {
         let api = by_id("ApiIngestFunction");
         assert_eq!(api.binary, "api-ingest");
         assert!(api.events.contains(&EventSpec::HttpApi { method: "POST".into(), path: "/jobs".into() }));
+        assert!(api.events.contains(&EventSpec::HttpApi { method: "ANY".into(), path: DEFAULT_ROUTE.into() }));
         assert!(api.environment.contains_key("JOBS_TABLE"), "globals apply");
         let processor = by_id("QueueProcessorFunction");
         assert_eq!(processor.timeout, Duration::from_secs(150));

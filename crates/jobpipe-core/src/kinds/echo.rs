@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{BoxFuture, InputError, JobContext, JobKind, optional_bool, optional_uint};
 use crate::job::JobError;
@@ -36,6 +36,20 @@ impl JobKind for Echo {
 
     fn validate(&self, input: &Value) -> Result<(), InputError> {
         knobs(input).map(|_| ())
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "description": "Any object; the job returns it as its result. Three optional fields are fault knobs.",
+            "properties": {
+                "sleepMs": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SLEEP_MS,
+                    "description": "Work this long before answering."},
+                "failTimes": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_FAIL_TIMES,
+                    "description": "Fail retryably on this many attempts, then succeed."},
+                "failPermanently": {"type": ["boolean", "null"], "description": "Fail with a permanent error."}
+            }
+        })
     }
 
     fn run<'a>(&'a self, ctx: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>> {

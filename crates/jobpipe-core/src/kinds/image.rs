@@ -200,6 +200,34 @@ impl JobKind for Image {
         parse_input(input).map(|_| ())
     }
 
+    fn input_schema(&self) -> Value {
+        let text = |description: &str| {
+            json!({"type": ["string", "null"], "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": "\\S",
+                "description": description})
+        };
+        let side = |default: u32| json!({"type": ["integer", "null"], "minimum": 320, "maximum": 4096, "multipleOf": 16, "default": default});
+        json!({
+            "type": "object",
+            "description": format!(
+                "A text-to-image request. Width x height is at most {MAX_PIXELS} pixels, with an aspect ratio \
+                 from 1:4 to 4:1 (else 422). The PNG lands in S3; the result links to it."
+            ),
+            "required": ["prompt"],
+            "additionalProperties": false,
+            "properties": {
+                "prompt": text("What to draw."),
+                "negativePrompt": text("What to leave out."),
+                "width": side(1280),
+                "height": side(720),
+                "quality": {"type": ["string", "null"], "enum": ["standard", "premium", null], "default": "standard"},
+                "cfgScale": {"type": ["number", "null"], "minimum": 1.1, "maximum": 10, "default": 6.5},
+                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
+                "model": {"type": ["string", "null"], "enum": [SUPPORTED_MODELS[0], SUPPORTED_MODELS[1], null],
+                    "default": DEFAULT_MODEL}
+            }
+        })
+    }
+
     fn run<'a>(&'a self, ctx: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let input = parse_input(ctx.input).map_err(|e| JobError::permanent("invalid_input", e.to_string()))?;

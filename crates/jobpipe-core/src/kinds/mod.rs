@@ -62,6 +62,10 @@ pub trait JobKind: Send + Sync {
     /// Checked at `POST /jobs`, before anything is stored or queued.
     fn validate(&self, input: &Value) -> Result<(), InputError>;
 
+    /// The JSON Schema of `input` that the API's OpenAPI document publishes. It states every rule of
+    /// `validate` that JSON Schema can; rules across fields are in its description (and answer `422`).
+    fn input_schema(&self) -> Value;
+
     /// Runs one attempt. A retryable error is retried with backoff; a permanent one fails the job.
     fn run<'a>(&'a self, ctx: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>>;
 }

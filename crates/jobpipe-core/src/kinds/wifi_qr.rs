@@ -119,6 +119,22 @@ impl JobKind for WifiQr {
         parse_input(input).map(|_| ())
     }
 
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "description": "A WiFi network to encode as a QR code (PNG in S3). A WPA password has 8 to 63 \
+                characters, a WEP key 5, 10, 13 or 26; a nopass network has no password (else 422).",
+            "required": ["ssid"],
+            "additionalProperties": false,
+            "properties": {
+                "ssid": {"type": "string", "minLength": 1, "maxLength": 32, "description": "1 to 32 bytes of UTF-8."},
+                "encryption": {"type": ["string", "null"], "enum": ["WPA", "WEP", "nopass", null], "default": "WPA"},
+                "password": {"type": ["string", "null"], "minLength": 5, "maxLength": 63},
+                "hidden": {"type": ["boolean", "null"], "default": false}
+            }
+        })
+    }
+
     fn run<'a>(&'a self, ctx: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let input = parse_input(ctx.input).map_err(|e| JobError::permanent("invalid_input", e.to_string()))?;

@@ -448,3 +448,59 @@ async fn no_job_is_lost_or_completed_twice_under_faults() {
         report.table()
     );
 }
+
+/// The served OpenAPI document describes exactly the routes the template deploys, and schemathesis,
+/// fuzzing every operation from it through the local stack (API Gateway event, function, moto), finds
+/// no 5xx, no undocumented status and no answer outside the documented shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_matches_its_openapi_document_under_schemathesis() {
+    let schemathesis = root().join(".venv/bin/schemathesis");
+    assert!(schemathesis.exists(), "schemathesis is installed by `cargo xtask setup` (infra/requirements.txt)");
+    let stack = start_stack().await;
+    let document = json_of(reqwest::Client::new().get(format!("{}/openapi.json", stack.base_url()))).await;
+
+    let template = jobpipe::template::Template::load(&root().join("template.yaml")).unwrap();
+    let mut deployed: Vec<String> = template
+        .functions()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f.events.iter())
+        .filter_map(|event| match event {
+            jobpipe::template::EventSpec::HttpApi { method, path }
+                if path != jobpipe::template::DEFAULT_ROUTE && path != "/openapi.json" =>
+            {
+                Some(format!("{method} {path}"))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut documented: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |m| format!("{} {path}", m.to_uppercase())))
+        .collect();
+    deployed.sort();
+    documented.sort();
+    assert_eq!(documented, deployed, "the OpenAPI document and template.yaml's HttpApi routes differ");
+
+    let output = tokio::process::Command::new(&schemathesis)
+        .current_dir(root())
+        .args(["--no-color", "--config-file", "tests/api/schemathesis.toml", "run"])
+        .arg(format!("{}/openapi.json", stack.base_url()))
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {}", stack.token("schemathesis")))
+        .args(["--checks", "all", "--max-examples", "40", "--workers", "2", "--suppress-health-check", "all"])
+        .args(["--request-timeout", "20"])
+        .output()
+        .await
+        .expect("running schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stack.stop().await;
+}

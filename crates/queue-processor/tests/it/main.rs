@@ -382,6 +382,9 @@ impl JobKind for Panics {
     fn validate(&self, _: &Value) -> Result<(), InputError> {
         Ok(())
     }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
     fn run<'a>(&'a self, _: JobContext<'a>) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async { panic!("handler bug") })
     }
