@@ -26,7 +26,8 @@ struct Moto {
     _child: Option<Child>,
 }
 
-fn repo_root() -> PathBuf {
+/// The repository checkout (fixtures in `events/`, the venv in `.venv/`).
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 

@@ -47,6 +47,8 @@ pub struct DevOptions {
     pub function_timeout: Option<std::time::Duration>,
     /// Overrides the visibility timeout of every queue that has a dead-letter queue.
     pub queue_visibility: Option<std::time::Duration>,
+    /// Also receives every line the functions log, as printed (`[Function#n] line`): tests read it.
+    pub log_tap: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl DevOptions {
@@ -63,6 +65,7 @@ impl DevOptions {
             extra_env: BTreeMap::new(),
             function_timeout: None,
             queue_visibility: None,
+            log_tap: None,
         }
     }
 }
@@ -192,9 +195,14 @@ impl DevStack {
             LocalAws::start(&options.root, &template, options.endpoint.clone(), &options.prefix).await?;
 
         let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
+        let tap = options.log_tap.clone();
         let mut tasks = vec![tokio::spawn(async move {
             while let Some((label, line)) = lines.recv().await {
-                println!("[{label}] {line}");
+                let line = format!("[{label}] {line}");
+                println!("{line}");
+                if let Some(tap) = &tap {
+                    let _ = tap.send(line);
+                }
             }
         })];
 

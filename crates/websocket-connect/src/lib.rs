@@ -10,6 +10,7 @@ use aws_lambda_events::event::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsock
 use jobpipe_core::StoreError;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
+use jobpipe_core::config::{AwsClients, Config, ConfigError};
 use jobpipe_core::connections::ConnectionStore;
 use jobpipe_core::job::JobId;
 use jobpipe_core::store::JobStore;
@@ -85,7 +86,50 @@ pub async fn handle(
     Ok(reply.into_response())
 }
 
+/// A message a client sends on `$default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Subscribe { job_id: String },
+    Unsubscribe { job_id: String },
+}
+
+/// Reads a client frame. Anything else is a `400` reply naming the problem, in the error shape every
+/// reply uses; `jobId` is checked later, where a malformed id answers exactly like a missing job.
+pub fn parse_frame(body: &str) -> Result<Frame, Reply> {
+    let Ok(frame) = serde_json::from_str::<Value>(body) else {
+        return Err(Reply::error(
+            400,
+            "malformed_json",
+            "send a JSON object such as {\"action\":\"subscribe\",\"jobId\":\"...\"}",
+        ));
+    };
+    let action = frame.get("action").and_then(Value::as_str);
+    let job_id = frame.get("jobId").and_then(Value::as_str).map(String::from);
+    let (Some(action), Some(job_id)) = (action, job_id) else {
+        return Err(Reply::error(400, "invalid_request", "a message needs action and jobId, both strings"));
+    };
+    match action {
+        "subscribe" => Ok(Frame::Subscribe { job_id }),
+        "unsubscribe" => Ok(Frame::Unsubscribe { job_id }),
+        other => {
+            Err(Reply::error(400, "unknown_action", format!("unknown action {other:?}; use subscribe or unsubscribe")))
+        }
+    }
+}
+
 impl Sockets {
+    pub fn new(config: &Config, clients: &AwsClients, clock: Arc<dyn Clock>) -> Result<Sockets, ConfigError> {
+        Ok(Sockets {
+            connections: ConnectionStore::new(
+                clients.dynamodb.clone(),
+                Config::require(&config.connections_table, "CONNECTIONS_TABLE")?,
+            ),
+            jobs: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
+            auth: config.authenticator()?,
+            clock,
+        })
+    }
+
     pub async fn connect(
         &self,
         connection_id: &str,
@@ -122,35 +166,22 @@ impl Sockets {
     }
 
     pub async fn message(&self, connection_id: &str, body: &str) -> Result<Reply, StoreError> {
-        let Ok(frame) = serde_json::from_str::<Value>(body) else {
-            return Ok(Reply::error(
-                400,
-                "malformed_json",
-                "send a JSON object such as {\"action\":\"subscribe\",\"jobId\":\"...\"}",
-            ));
-        };
-        let action = frame.get("action").and_then(Value::as_str);
-        let job_id = frame.get("jobId").and_then(Value::as_str);
-        let (Some(action), Some(job_id)) = (action, job_id) else {
-            return Ok(Reply::error(400, "invalid_request", "a message needs action and jobId"));
+        let frame = match parse_frame(body) {
+            Ok(frame) => frame,
+            Err(reply) => return Ok(reply),
         };
         let Some(owner) = self.connections.owner_of(connection_id).await? else {
             return Ok(Reply::error(401, "unauthorized", "this connection is not registered; reconnect"));
         };
-        match action {
-            "subscribe" => self.subscribe(connection_id, &owner, job_id).await,
-            "unsubscribe" => {
-                let Some(job_id) = JobId::parse(job_id) else {
+        match frame {
+            Frame::Subscribe { job_id } => self.subscribe(connection_id, &owner, &job_id).await,
+            Frame::Unsubscribe { job_id } => {
+                let Some(job_id) = JobId::parse(&job_id) else {
                     return Ok(Reply::error(404, "not_found", "no such job"));
                 };
                 self.connections.unsubscribe(connection_id, &job_id).await?;
                 Ok(Reply::ok(json!({"type": "unsubscribed", "jobId": job_id})))
             }
-            other => Ok(Reply::error(
-                400,
-                "unknown_action",
-                format!("unknown action {other:?}; use subscribe or unsubscribe"),
-            )),
         }
     }
 
@@ -164,5 +195,66 @@ impl Sockets {
         };
         self.connections.subscribe(connection_id, owner, &job_id, self.clock.now_ms()).await?;
         Ok(Reply::ok(json!({"type": "subscribed", "jobId": job_id, "job": job.status_message()})))
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assert_error_reply(reply: &Reply) -> Result<(), TestCaseError> {
+        prop_assert_eq!(reply.status, 400);
+        prop_assert_eq!(&reply.body["type"], "error");
+        let code = reply.body["error"]["code"].as_str().unwrap_or_default();
+        prop_assert!(["malformed_json", "invalid_request", "unknown_action"].contains(&code), "{}", code);
+        prop_assert!(reply.body["error"]["message"].is_string());
+        Ok(())
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+            prop_oneof![Just("subscribe"), Just("unsubscribe"), Just("SUBSCRIBE")].prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![Just("action".to_string()), Just("jobId".to_string()), ".{0,6}"],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any text frame is a subscribe/unsubscribe or a 400 in the reply shape: never a panic.
+        #[test]
+        fn any_text_is_a_frame_or_a_400(body in any::<String>()) {
+            if let Err(reply) = parse_frame(&body) {
+                assert_error_reply(&reply)?;
+            }
+        }
+
+        #[test]
+        fn any_json_is_a_frame_or_names_the_problem(value in json_value()) {
+            match parse_frame(&value.to_string()) {
+                Ok(Frame::Subscribe { job_id }) => {
+                    prop_assert_eq!(&value["action"], "subscribe");
+                    prop_assert_eq!(&value["jobId"], &Value::String(job_id));
+                }
+                Ok(Frame::Unsubscribe { job_id }) => {
+                    prop_assert_eq!(&value["action"], "unsubscribe");
+                    prop_assert_eq!(&value["jobId"], &Value::String(job_id));
+                }
+                Err(reply) => assert_error_reply(&reply)?,
+            }
+        }
     }
 }

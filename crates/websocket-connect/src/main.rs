@@ -5,8 +5,6 @@ use std::sync::Arc;
 use aws_lambda_events::event::apigw::ApiGatewayWebsocketProxyRequest;
 use jobpipe_core::SystemClock;
 use jobpipe_core::config::{AwsClients, Config};
-use jobpipe_core::connections::ConnectionStore;
-use jobpipe_core::store::JobStore;
 use lambda_runtime::{LambdaEvent, service_fn};
 use websocket_connect::{Sockets, handle};
 
@@ -15,15 +13,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     jobpipe_core::telemetry::init();
     let config = Config::from_env()?;
     let clients = AwsClients::from_env().await;
-    let sockets = Arc::new(Sockets {
-        connections: ConnectionStore::new(
-            clients.dynamodb.clone(),
-            Config::require(&config.connections_table, "CONNECTIONS_TABLE")?,
-        ),
-        jobs: JobStore::new(clients.dynamodb, &config.jobs_table, config.job_retention.as_secs() as i64),
-        auth: config.authenticator()?,
-        clock: Arc::new(SystemClock),
-    });
+    let sockets = Arc::new(Sockets::new(&config, &clients, Arc::new(SystemClock))?);
     lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
         handle(sockets.clone(), event)
     }))

@@ -30,12 +30,17 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn start_stack() -> DevStack {
+    start_stack_with(|_| {}).await
+}
+
+async fn start_stack_with(edit: impl FnOnce(&mut DevOptions)) -> DevStack {
     build_functions();
     let mut options = DevOptions::new(root());
     options.port = 0;
     options.build = false;
     options.endpoint = Some(jobpipe_testkit::moto_endpoint().to_string());
     options.prefix = unique("t");
+    edit(&mut options);
     DevStack::start(options).await.expect("starting the local stack")
 }
 
@@ -503,4 +508,81 @@ async fn the_api_matches_its_openapi_document_under_schemathesis() {
         String::from_utf8_lossy(&output.stderr)
     );
     stack.stop().await;
+}
+
+/// Polls `GET /jobs/{id}` until the job is terminal.
+async fn until_terminal(stack: &DevStack, token: &str, job_id: &str) -> Value {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let view = json_of(http.get(format!("{}/jobs/{job_id}", stack.base_url())).bearer_auth(token)).await;
+        if ["completed", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or_default()) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {job_id} did not finish");
+}
+
+/// The functions log why a request was refused, but never a credential: no bearer token (accepted or
+/// refused, over HTTP or in the WebSocket query), no presigned result URL, no WiFi password from a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
+    let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stack = start_stack_with(|options| options.log_tap = Some(tap)).await;
+    let http = reqwest::Client::new();
+    let base = stack.base_url();
+    let token = stack.token("alice");
+    let now = jobpipe_testkit::now_secs();
+    let claims = |exp: i64| jobpipe_core::auth::Claims {
+        sub: "alice".into(),
+        iss: jobpipe::dev::DEV_ISSUER.into(),
+        aud: jobpipe::dev::DEV_AUDIENCE.into(),
+        exp,
+        nbf: None,
+        iat: Some(now),
+    };
+    let expired = jobpipe_core::auth::issue_hs256(jobpipe::dev::DEV_JWT_SECRET.as_bytes(), &claims(now - 600));
+    let forged = jobpipe_core::auth::issue_hs256(b"someone-elses-secret-of-enough-length", &claims(now + 600));
+    let password = "correct-horse-battery-staple";
+
+    for refused in [&expired, &forged, &"garbage.token.here".to_string()] {
+        let reply = http.get(format!("{base}/jobs")).bearer_auth(refused).send().await.unwrap();
+        assert_eq!(reply.status(), 401);
+        assert!(connect(&stack, &format!("token={refused}")).await.is_err(), "the socket refuses it too");
+    }
+    let _socket = connect(&stack, &format!("token={token}")).await.expect("a valid token connects");
+    let submitted = json_of(
+        http.post(format!("{base}/jobs"))
+            .bearer_auth(&token)
+            .json(&json!({"kind": "wifi-qr", "input": {"ssid": "home", "password": password}})),
+    )
+    .await;
+    let job_id = submitted["jobId"].as_str().unwrap().to_string();
+    let done = until_terminal(&stack, &token, &job_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let url = done["result"]["url"].as_str().expect("a presigned result link").to_string();
+    let signature = url.split("X-Amz-Signature=").nth(1).expect("a signed URL").to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.stop().await;
+
+    let mut logged = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        logged.push(line);
+    }
+    let all = logged.join("\n");
+    assert!(all.contains("request not authenticated") && all.contains("expired"), "refusals are logged with a reason");
+    assert!(all.contains(&job_id), "the job's own lines are here");
+    let secrets = [
+        ("the valid token", token.as_str()),
+        ("the expired token", expired.as_str()),
+        ("the forged token", forged.as_str()),
+        ("a token's signature", token.rsplit('.').next().unwrap()),
+        ("the presigned URL's signature", signature.as_str()),
+        ("a presigned URL", "X-Amz-Signature"),
+        ("the WiFi password", password),
+    ];
+    for (what, secret) in secrets {
+        let leaks: Vec<&String> = logged.iter().filter(|line| line.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{what} was logged:\n{leaks:#?}");
+    }
 }
