@@ -37,7 +37,9 @@ pub struct DevOptions {
     pub prefix: String,
     /// Build the function binaries first (`cargo build`).
     pub build: bool,
-    /// Where the binaries are (`<target>/debug`).
+    /// Build and run the release profile (what is deployed; benchmarks use it).
+    pub release: bool,
+    /// Where the binaries are (`<target>/debug`, or `<target>/release` with `release`).
     pub binaries: PathBuf,
     /// Overrides the schedule of scheduled functions (tests make the reconciler run often).
     pub schedule_override: Option<std::time::Duration>,
@@ -52,6 +54,13 @@ pub struct DevOptions {
 }
 
 impl DevOptions {
+    /// Runs the release builds instead of the debug ones.
+    pub fn release(mut self) -> DevOptions {
+        self.release = true;
+        self.binaries = self.binaries.with_file_name("release");
+        self
+    }
+
     pub fn new(root: PathBuf) -> DevOptions {
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
         DevOptions {
@@ -60,6 +69,7 @@ impl DevOptions {
             endpoint: std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()),
             prefix: "jobpipe-local".into(),
             build: true,
+            release: false,
             binaries: target.join("debug"),
             schedule_override: None,
             extra_env: BTreeMap::new(),
@@ -183,7 +193,7 @@ impl DevStack {
             }
         }
         if options.build {
-            build(&options.root, &functions)?;
+            build(&options.root, &functions, options.release)?;
         }
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
@@ -447,10 +457,13 @@ fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// Builds the template's function binaries (debug profile).
-pub fn build(root: &Path, functions: &[FunctionSpec]) -> anyhow::Result<()> {
+pub fn build(root: &Path, functions: &[FunctionSpec], release: bool) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(root).arg("build").arg("--quiet");
+    if release {
+        command.arg("--release");
+    }
     for function in functions {
         command.args(["-p", &function.binary]);
     }

@@ -38,7 +38,7 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
         format!("no function {function:?} in template.yaml; there is {}", names.join(", "))
     })?;
     if options.build {
-        build(root, std::slice::from_ref(spec))?;
+        build(root, std::slice::from_ref(spec), false)?;
     }
     let defaults = DevOptions::new(root.to_path_buf());
     let endpoint = options.endpoint.or(defaults.endpoint);

@@ -2,6 +2,7 @@
 //! template.yaml; `jobpipe invoke` runs one function once.
 
 pub mod bedrock;
+pub mod bench;
 pub mod chaos;
 pub mod dev;
 pub mod faults;

@@ -67,6 +67,9 @@ enum Commands {
         /// Skip `cargo build` of the functions.
         #[arg(long)]
         no_build: bool,
+        /// Run the functions' release builds (as deployed; for load runs and benchmarks).
+        #[arg(long)]
+        release: bool,
         /// Repository root (where template.yaml is).
         #[arg(long, default_value = ".")]
         root: PathBuf,
@@ -144,6 +147,30 @@ enum Commands {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Speed and cost of each function (release builds) next to the floor (a bare lambda_runtime
+    /// binary) and the Python Powertools baseline, then the local stack end to end: one table.
+    Bench {
+        /// Cold starts per function.
+        #[arg(long, default_value_t = 20)]
+        cold_starts: usize,
+        /// Requests or records each function handles for its memory and CPU figures.
+        #[arg(long, default_value_t = 200)]
+        records: usize,
+        /// Skip building the arm64 zips (their sizes are then not reported).
+        #[arg(long)]
+        no_zips: bool,
+        /// Skip the Python baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Jobs per second of the steady end-to-end runs.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Seconds of the end-to-end run through the local stack.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
     /// Invoke one function of template.yaml once with an event file, like `sam local invoke`.
     Invoke {
         /// The function's logical id in template.yaml (e.g. QueueProcessorFunction) or its crate name.
@@ -165,8 +192,11 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
-        Commands::Dev { port, no_build, root } => {
+        Commands::Dev { port, no_build, release, root } => {
             let mut options = DevOptions::new(root.canonicalize()?);
+            if release {
+                options = options.release();
+            }
             options.port = port;
             options.build = !no_build;
             let stack = DevStack::start(options).await?;
@@ -265,6 +295,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = jobpipe::load::run(&target.target().await?, &options).await?;
             println!("load run ({rate}/s for {seconds} s)\n{}", report.table());
+            Ok(())
+        }
+        Commands::Bench { cold_starts, records, no_zips, no_baseline, rate, seconds, root } => {
+            let options = jobpipe::bench::BenchOptions {
+                root: root.canonicalize()?,
+                cold_starts,
+                records,
+                zips: !no_zips,
+                baseline: !no_baseline,
+                e2e_rate: rate,
+                e2e_seconds: seconds,
+            };
+            let report = jobpipe::bench::run(&options).await?;
+            println!("{}", report.table());
             Ok(())
         }
         Commands::Invoke { function, event, no_build, root } => {

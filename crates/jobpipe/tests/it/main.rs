@@ -21,7 +21,7 @@ fn build_functions() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let template = jobpipe::template::Template::load(&root().join("template.yaml")).unwrap();
-        jobpipe::dev::build(&root(), &template.functions().unwrap()).expect("building the functions");
+        jobpipe::dev::build(&root(), &template.functions().unwrap(), false).expect("building the functions");
     });
 }
 
