@@ -5,7 +5,7 @@ the parent exits for any reason (including SIGKILL) the pipe closes, `stdin.read
 stops, so no test run leaves a server behind. The first line on stdout is `READY <port>`; port 0 picks a
 free port, which avoids the race of choosing one in the parent.
 
-moto serves each request on its own thread and its DynamoDB backend takes no lock, so two conditional
+moto serves each request on a thread of the pool and its DynamoDB backend takes no lock, so two conditional
 writes to one item can both pass their condition (measured: two workers claiming one job both
 succeeded). Real DynamoDB applies each write atomically. To keep that guarantee, which the job state
 machine relies on, DynamoDB requests are served one at a time here; other services stay concurrent so a
@@ -17,7 +17,7 @@ import sys
 import threading
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
 
 def serialize_dynamodb(app):
@@ -40,14 +40,17 @@ def main() -> None:
     args = parser.parse_args()
 
     app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
-    server = make_server(args.host, args.port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # waitress keeps HTTP/1.1 connections open as AWS endpoints do (werkzeug's server closes every
+    # connection after one request: a TCP handshake per AWS call, in every test and benchmark). Threads
+    # cover long-polling ReceiveMessage calls, which each hold one for up to 20 s.
+    server = create_server(app, host=args.host, port=args.port, threads=48, connection_limit=1000, channel_timeout=120)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    print(f"READY {server.server_port}", flush=True)
+    print(f"READY {server.effective_port}", flush=True)
     try:
         sys.stdin.read()
     finally:
-        server.shutdown()
+        server.close()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ use api_ingest::{Api, router};
 use jobpipe_core::SystemClock;
 use jobpipe_core::config::{AwsClients, Config};
 
-#[tokio::main]
+// One invocation at a time per execution environment, and less than one vCPU below 1,769 MB: a
+// single-threaded runtime does the same work without cross-thread wake-ups (`jobpipe bench`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     jobpipe_core::telemetry::init();
     let config = Config::from_env()?;

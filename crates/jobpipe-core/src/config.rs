@@ -176,11 +176,42 @@ pub struct AwsClients {
     pub endpoint_url: Option<String>,
 }
 
+/// The roots of Amazon Trust Services (Amazon Root CA 1-4, Starfield Services Root G2), which every AWS
+/// endpoint's certificate chains to. Trusting only these is stricter than the system store, and it
+/// takes 5 certificates to parse at start instead of the system's ~150 (about 3 ms of a 6.5 ms init,
+/// measured by `jobpipe bench`).
+const AMAZON_TRUST_SERVICES_ROOTS: &[u8] = include_bytes!("../certs/amazon-trust-services.pem");
+
+/// `JOBPIPE_TLS_ROOTS=native` trusts the system's store instead (behind a proxy that re-signs TLS).
+pub const TLS_ROOTS_VAR: &str = "JOBPIPE_TLS_ROOTS";
+
+/// The SDK configuration from the usual environment: region, credentials and `AWS_ENDPOINT_URL` (moto,
+/// locally), with an HTTPS client that trusts the Amazon Trust Services roots.
+pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if std::env::var(TLS_ROOTS_VAR).as_deref() != Ok("native") {
+        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+        let trust = TrustStore::empty().with_pem_certificate(AMAZON_TRUST_SERVICES_ROOTS);
+        let context = TlsContext::builder().with_trust_store(trust).build().expect("the bundled roots are valid");
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https();
+        loader = loader.http_client(http);
+    }
+    // On Lambda the region and the execution role's credentials are environment variables: reading them
+    // directly skips building the rest of the provider chains (profile files, SSO, IMDS).
+    if let (Ok(region), Some(_)) = (std::env::var("AWS_REGION"), std::env::var_os("AWS_ACCESS_KEY_ID")) {
+        loader = loader
+            .region(aws_config::Region::new(region))
+            .credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new());
+    }
+    loader.load().await
+}
+
 impl AwsClients {
-    /// Region, credentials and `AWS_ENDPOINT_URL` (moto, locally) come from the usual environment.
     pub async fn from_env() -> AwsClients {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        AwsClients::from_sdk_config(&shared)
+        AwsClients::from_sdk_config(&sdk_config_from_env().await)
     }
 
     pub fn from_sdk_config(shared: &aws_config::SdkConfig) -> AwsClients {

@@ -8,7 +8,9 @@ use jobpipe_core::config::{AwsClients, Config};
 use lambda_runtime::{LambdaEvent, service_fn};
 use websocket_connect::{Sockets, handle};
 
-#[tokio::main]
+// One invocation at a time per execution environment, and less than one vCPU below 1,769 MB: a
+// single-threaded runtime does the same work without cross-thread wake-ups (`jobpipe bench`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     jobpipe_core::telemetry::init();
     let config = Config::from_env()?;

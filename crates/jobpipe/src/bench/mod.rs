@@ -23,7 +23,7 @@ const FUNCTIONS: [(&str, &str); 4] = [
     ("api-ingest", "ApiIngestFunction"),
     ("queue-processor", "QueueProcessorFunction"),
     ("notifier", "NotifierFunction"),
-    ("websocket-connect", "WebSocketConnectFunction"),
+    ("websocket-connect", "WebsocketConnectFunction"),
 ];
 const FLOOR: &str = "lambda-floor";
 /// The owner every fixture event speaks for (`events/*.json`).
@@ -51,6 +51,9 @@ pub struct Figures {
     pub name: String,
     pub init_ms: Vec<f64>,
     pub peak_rss_kb: u64,
+    /// CPU per record of the first `WARM_UP` records (lazy set-up in the function and its libraries).
+    pub first_cpu_per_record_us: f64,
+    /// CPU per record after those: the steady cost.
     pub cpu_per_record_us: f64,
     pub records: usize,
     pub zip_bytes: Option<u64>,
@@ -122,7 +125,10 @@ async fn measure(
     let queue = Queue { sqs: local.clients.sqs.clone(), url: queue_url.clone(), arn: queue_arn };
 
     let rust_launch = |logical_id: &str| -> anyhow::Result<Launch> {
-        let spec = specs.iter().find(|s| s.logical_id == logical_id).context("function not in the template")?;
+        let spec = specs
+            .iter()
+            .find(|s| s.logical_id == logical_id)
+            .with_context(|| format!("{logical_id} is not in template.yaml"))?;
         let mut env = local.function_process(spec, release, "http://127.0.0.1:9", &BTreeMap::new())?.environment;
         if env.contains_key("AUTH_MODE") && logical_id == "ApiIngestFunction" {
             // As deployed: API Gateway's JWT authorizer has checked the token; the fixture carries its claims.
@@ -158,7 +164,8 @@ async fn measure(
                 measure_function(package, &launch, options, zips, |env, n| Box::pin(submit_jobs(env, n))).await?
             }
             "queue-processor" => {
-                measure_function(package, &launch, options, zips, move |env, n| {
+                measure_function(package, &launch, options, zips, |env, n| {
+                    let queue = queue.clone();
                     Box::pin(async move { process_queue(env, &queue, n).await })
                 })
                 .await?
@@ -166,7 +173,8 @@ async fn measure(
             "notifier" => measure_function(package, &launch, options, zips, |env, n| Box::pin(notify(env, n))).await?,
             _ => {
                 let job_id = some_job_of(local, &jobs_table).await?;
-                measure_function(package, &launch, options, zips, move |env, n| {
+                measure_function(package, &launch, options, zips, |env, n| {
+                    let job_id = job_id.clone();
                     Box::pin(async move { subscribe(env, &job_id, n).await })
                 })
                 .await?
@@ -208,10 +216,10 @@ async fn measure(
             measure_function("api-ingest (Python)", &ingest, options, zips, |env, n| Box::pin(submit_jobs(env, n)))
                 .await?,
         );
-        let q = queue.clone();
         report.python.push(
-            measure_function("queue-processor (Python)", &process, options, zips, move |env, n| {
-                Box::pin(async move { process_queue(env, &q, n).await })
+            measure_function("queue-processor (Python)", &process, options, zips, |env, n| {
+                let queue = queue.clone();
+                Box::pin(async move { process_queue(env, &queue, n).await })
             })
             .await?,
         );
@@ -249,7 +257,11 @@ async fn measure(
 
 type Workload<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<usize>> + Send + 'a>>;
 
-/// Cold starts (init of each), then one environment handling `records`: its peak RSS and CPU per record.
+/// Records handled first and reported apart, so one-time set-up does not blur the steady cost.
+const WARM_UP: usize = 10;
+
+/// Cold starts (init of each), then one environment handling `WARM_UP` and then `records` more: its
+/// peak RSS and CPU per record of each part.
 async fn measure_function<F>(
     name: &str,
     launch: &Launch,
@@ -258,7 +270,7 @@ async fn measure_function<F>(
     workload: F,
 ) -> anyhow::Result<Figures>
 where
-    F: for<'a> FnOnce(&'a Environment, usize) -> Workload<'a>,
+    F: for<'a> Fn(&'a Environment, usize) -> Workload<'a>,
 {
     let mut figures = Figures { name: name.to_string(), ..Default::default() };
     for _ in 0..options.cold_starts {
@@ -267,13 +279,18 @@ where
         env.stop().await;
     }
     let env = Environment::start(launch, name).await?;
-    let before = env.usage();
+    let per_record =
+        |from: Usage, to: Usage, records: usize| (to.cpu - from.cpu).as_secs_f64() * 1e6 / records.max(1) as f64;
+    let start = env.usage();
+    let warmed = workload(&env, WARM_UP).await.with_context(|| format!("{name}: first records"))?;
+    let warm = env.usage();
     let handled = workload(&env, options.records).await.with_context(|| format!("{name}: workload"))?;
-    let after = env.usage();
+    let end = env.usage();
     env.stop().await;
     figures.records = handled;
-    figures.peak_rss_kb = after.peak_rss_kb;
-    figures.cpu_per_record_us = (after.cpu - before.cpu).as_secs_f64() * 1e6 / handled.max(1) as f64;
+    figures.peak_rss_kb = end.peak_rss_kb;
+    figures.first_cpu_per_record_us = per_record(start, warm, warmed);
+    figures.cpu_per_record_us = per_record(warm, end, handled);
     figures.zip_bytes = zips.get(name).copied();
     Ok(figures)
 }
@@ -633,28 +650,38 @@ impl BenchReport {
         let mb = |bytes: Option<u64>| bytes.map(|b| format!("{:.2} MB", b as f64 / 1e6)).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "\n{:<26} {:>9} {:>9} {:>7} {:>10} {:>7} {:>11} {:>10}",
-            "function", "init p50", "init p90", "x floor", "peak RSS", "x floor", "CPU/record", "arm64 zip"
+            "\n{:<26} {:>9} {:>9} {:>7} {:>10} {:>7} {:>12} {:>11} {:>10}",
+            "function",
+            "init p50",
+            "init p90",
+            "x floor",
+            "peak RSS",
+            "x floor",
+            "CPU 1st 10",
+            "CPU/record",
+            "arm64 zip"
         );
         let floor = &self.floor;
         let rows = std::iter::once(floor).chain(&self.rust).chain(&self.python);
         for f in rows {
             let _ = writeln!(
                 out,
-                "{:<26} {:>6.1} ms {:>6.1} ms {:>7.2} {:>7.1} MB {:>7.2} {:>8.1} us {:>10}",
+                "{:<26} {:>6.1} ms {:>6.1} ms {:>7.2} {:>7.1} MB {:>7.2} {:>9.0} us {:>8.0} us {:>10}",
                 f.name,
                 f.init_p50(),
                 f.init_p90(),
                 f.init_p50() / floor.init_p50().max(0.001),
                 f.peak_rss_kb as f64 / 1024.0,
                 f.peak_rss_kb as f64 / floor.peak_rss_kb.max(1) as f64,
+                f.first_cpu_per_record_us,
                 f.cpu_per_record_us,
                 mb(f.zip_bytes),
             );
         }
         let _ = writeln!(
             out,
-            "({} cold starts each; CPU is user+sys of the function process over {} requests/records, waits on moto excluded)",
+            "({} cold starts each. CPU: user+sys of the function process (all threads) per request or record, \
+             waits on moto excluded; `1st 10` is the first {WARM_UP} after init, CPU/record the {} after them)",
             floor.init_ms.len(),
             floor.records
         );
