@@ -79,7 +79,10 @@ pub struct PipelineFigures {
 #[derive(Debug, Default)]
 pub struct BenchReport {
     pub rust: Vec<Figures>,
+    /// The `lambda_runtime` README's hello world (multi-threaded Tokio): what the targets compare to.
     pub floor: Figures,
+    /// The same on Tokio's single-threaded runtime, as the jobpipe functions run.
+    pub floor_single_thread: Figures,
     pub python: Vec<Figures>,
     pub pipelines: Vec<PipelineFigures>,
     pub stack_steady: Option<crate::load::LoadReport>,
@@ -145,15 +148,11 @@ async fn measure(
         dir: None,
     };
     eprintln!("measuring {FLOOR} ...");
-    report.floor = measure_function(FLOOR, &floor, options, zips, |env, n| {
-        Box::pin(async move {
-            for i in 0..n {
-                env.invoke(&json!({"n": i})).await?;
-            }
-            Ok(n)
-        })
-    })
-    .await?;
+    report.floor = measure_function(FLOOR, &floor, options, zips, echo_events).await?;
+    let mut single = floor.clone();
+    single.env.insert("FLOOR_RUNTIME".into(), "current_thread".into());
+    report.floor_single_thread =
+        measure_function("lambda-floor (1 thread)", &single, options, zips, echo_events).await?;
 
     for (package, logical_id) in FUNCTIONS {
         eprintln!("measuring {package} ...");
@@ -293,6 +292,16 @@ where
     figures.cpu_per_record_us = per_record(warm, end, handled);
     figures.zip_bytes = zips.get(name).copied();
     Ok(figures)
+}
+
+/// The floor's workload: events it answers with themselves.
+fn echo_events(env: &Environment, n: usize) -> Workload<'_> {
+    Box::pin(async move {
+        for i in 0..n {
+            env.invoke(&json!({"n": i})).await?;
+        }
+        Ok(n)
+    })
 }
 
 fn fixture(name: &str) -> anyhow::Result<Value> {
@@ -662,7 +671,7 @@ impl BenchReport {
             "arm64 zip"
         );
         let floor = &self.floor;
-        let rows = std::iter::once(floor).chain(&self.rust).chain(&self.python);
+        let rows = [floor, &self.floor_single_thread].into_iter().chain(&self.rust).chain(&self.python);
         for f in rows {
             let _ = writeln!(
                 out,

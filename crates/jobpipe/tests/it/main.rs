@@ -586,3 +586,37 @@ async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
         assert!(leaks.is_empty(), "{what} was logged:\n{leaks:#?}");
     }
 }
+
+/// The benchmark's execution environment measures what it claims: an init time, an answer per event,
+/// memory and CPU of the function's own process. (The figures themselves are `jobpipe bench`'s to
+/// print; nothing here depends on how fast this machine is.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_environment_times_init_and_reads_usage() {
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["build", "--quiet", "-p", "lambda-floor"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let launch = jobpipe::bench::Launch {
+        program: DevOptions::new(root()).binaries.join("lambda-floor"),
+        args: vec![],
+        env: Default::default(),
+        dir: None,
+    };
+    let env = jobpipe::bench::Environment::start(&launch, "floor").await.expect("the floor starts");
+    assert!(env.init > Duration::ZERO && env.init < Duration::from_secs(10), "{:?}", env.init);
+    let before = env.usage();
+    for n in 0..20 {
+        assert_eq!(env.invoke(&json!({"n": n})).await.unwrap(), json!({"n": n}), "the floor echoes its event");
+    }
+    let after = env.usage();
+    assert!(after.peak_rss_kb > 1000, "VmHWM of the function's process: {after:?}");
+    assert!(after.cpu > before.cpu, "handling 20 events took CPU: {before:?} -> {after:?}");
+    env.stop().await;
+
+    let crashing = jobpipe::bench::Launch { program: "/bin/false".into(), ..launch };
+    let error =
+        jobpipe::bench::Environment::start(&crashing, "false").await.err().expect("an exit during init is an error");
+    assert!(error.to_string().contains("exited during init"), "{error}");
+}
