@@ -162,8 +162,8 @@ enum Commands {
         /// Skip the Python baseline.
         #[arg(long)]
         no_baseline: bool,
-        /// Jobs per second of the steady end-to-end runs.
-        #[arg(long, default_value_t = 20)]
+        /// Jobs per second of the steady end-to-end runs (locally moto saturates near 25).
+        #[arg(long, default_value_t = 10)]
         rate: u32,
         /// Seconds of the end-to-end run through the local stack.
         #[arg(long, default_value_t = 20)]
