@@ -383,6 +383,43 @@ async fn bad_bodies_get_clear_errors_and_queue_nothing() {
     assert_eq!(app.get("alice", "/jobs").await.body["jobs"], json!([]));
 }
 
+/// Header values far over anything API Gateway passes (its request headers total at most 10 KB) get a
+/// clear answer, and only a valid request is queued.
+#[tokio::test]
+async fn huge_header_values_are_refused_or_ignored_and_queue_nothing_bad() {
+    let app = spawn_app().await;
+    let huge = "k".repeat(100_000);
+    let post = |name: &'static str, value: String, authorization: String| {
+        let request = Request::post("/jobs")
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .header(name, value)
+            .body(Body::from(json!({"kind": "echo"}).to_string()))
+            .unwrap();
+        app.call(request)
+    };
+    let bearer = || format!("Bearer {}", token("alice"));
+
+    let reply = post("idempotency-key", huge.clone(), bearer()).await;
+    assert_eq!(
+        (reply.status, error_field(&reply)),
+        (StatusCode::BAD_REQUEST, Some("Idempotency-Key")),
+        "{}",
+        reply.body
+    );
+    let reply = post("x-unrelated", "v".into(), format!("Bearer {huge}")).await;
+    assert_eq!((reply.status, error_code(&reply)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{}", reply.body);
+    assert!(!reply.body.to_string().contains(&huge[..64]), "the token is not echoed back");
+    assert_eq!(app.queued_messages().await, 0);
+
+    // A correlation id that is not short and plain is replaced, not echoed.
+    let reply = post("x-correlation-id", huge.clone(), bearer()).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let echoed = reply.headers["x-correlation-id"].to_str().unwrap();
+    assert!(echoed.len() <= 128 && echoed != huge, "{echoed}");
+    assert_eq!(app.queued_messages().await, 1);
+}
+
 #[tokio::test]
 async fn the_available_kinds_are_listed() {
     let app = spawn_app().await;

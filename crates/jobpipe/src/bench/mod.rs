@@ -753,7 +753,8 @@ impl BenchReport {
         if let Some(busy) = self.moto_busy {
             let _ = writeln!(
                 out,
-                "moto's one Python process used {:.0}% of a core while the stack ran as fast as it goes: it is the local ceiling",
+                "moto's one Python process used {:.0}% of a core in that run, serving DynamoDB one request at a time: \
+                 the local ceiling (the functions' own CPU per job is under 2 ms, see above)",
                 busy * 100.0
             );
         }
