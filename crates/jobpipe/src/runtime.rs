@@ -21,7 +21,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-const API: &str = "/2018-06-01/runtime";
+/// Where the Lambda Runtime API lives on its endpoint.
+pub const RUNTIME_API: &str = "/2018-06-01/runtime";
 /// Time an invocation may wait for a process to start polling, on top of the function's timeout.
 const INIT_ALLOWANCE: Duration = Duration::from_secs(10);
 
@@ -186,10 +187,10 @@ impl Function {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let app = Router::new()
-            .route(&format!("{API}/invocation/next"), get(next))
-            .route(&format!("{API}/invocation/{{id}}/response"), post(respond))
-            .route(&format!("{API}/invocation/{{id}}/error"), post(fail))
-            .route(&format!("{API}/init/error"), post(init_error))
+            .route(&format!("{RUNTIME_API}/invocation/next"), get(next))
+            .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
+            .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
+            .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
             .with_state(instance.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

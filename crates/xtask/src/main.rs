@@ -169,7 +169,7 @@ fn lambda_builds(root: &Path, bin: &Path, cargo: &str) -> Result<()> {
     for function in FUNCTIONS {
         let zip = lambda_dir.join(function).join("bootstrap.zip");
         let size = std::fs::metadata(&zip).map_err(|e| format!("{zip:?}: {e}"))?.len();
-        eprintln!("xtask: {function}: arm64 zip {:.2} MB", size as f64 / 1_048_576.0);
+        eprintln!("xtask: {function}: arm64 zip {:.2} MB ({size} bytes)", size as f64 / 1e6);
     }
     Ok(())
 }

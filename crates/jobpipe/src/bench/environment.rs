@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-const API: &str = "/2018-06-01/runtime";
+use crate::runtime::RUNTIME_API;
 /// How long a process may take to reach its first `next` (Lambda's init phase limit is 10 s).
 const INIT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -70,10 +70,10 @@ impl Environment {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let app = Router::new()
-            .route(&format!("{API}/invocation/next"), get(next))
-            .route(&format!("{API}/invocation/{{id}}/response"), post(respond))
-            .route(&format!("{API}/invocation/{{id}}/error"), post(fail))
-            .route(&format!("{API}/init/error"), post(init_error))
+            .route(&format!("{RUNTIME_API}/invocation/next"), get(next))
+            .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
+            .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
+            .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
             .with_state(shared);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
