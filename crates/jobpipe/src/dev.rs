@@ -476,16 +476,24 @@ pub fn build(root: &Path, functions: &[FunctionSpec], release: bool) -> anyhow::
 
 /// Starts moto from the repository's venv (installing it first if needed) on a free port. It exits
 /// when the returned child's stdin closes.
-pub fn start_moto(root: &Path) -> anyhow::Result<(String, Child)> {
-    let python = root.join(".venv/bin/python");
-    if !python.exists() || !root.join(".venv/bin/moto_server").exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status =
-            Command::new(cargo).current_dir(root).args(["xtask", "setup"]).status().context("cargo xtask setup")?;
-        if !status.success() {
-            bail!("installing the Python tools failed ({status})");
-        }
+/// Runs `cargo xtask <task>` (the one place that installs the project's tools).
+pub fn xtask(root: &Path, task: &str) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", task])
+        .status()
+        .with_context(|| format!("running cargo xtask {task}"))?;
+    if !status.success() {
+        bail!("cargo xtask {task} failed ({status})");
     }
+    Ok(())
+}
+
+pub fn start_moto(root: &Path) -> anyhow::Result<(String, Child)> {
+    // Installs `.venv` if it is missing, and again when `infra/requirements.txt` changed since.
+    xtask(root, "setup-python")?;
+    let python = root.join(".venv/bin/python");
     let mut child = Command::new(&python)
         .arg(root.join("infra/moto_server.py"))
         .stdin(Stdio::piped())

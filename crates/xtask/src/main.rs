@@ -1,5 +1,7 @@
-//! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv`; `cargo xtask
-//! test` is the one command that checks everything (formatting, lints, the template, every test).
+//! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv` and the browser
+//! test's tools (`setup-python` only the first, `setup-baseline` the benchmark's Python baseline into
+//! `.venv-baseline`); `cargo xtask test` is the one command that checks everything (formatting, lints,
+//! the template, every test).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,8 +13,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup().and_then(|_| setup_browser()),
+        Some("setup-python") => setup().map(|_| ()),
+        Some("setup-baseline") => {
+            let root = repo_root();
+            python_venv(&root.join(".venv-baseline"), &root.join("infra/baseline/requirements.txt")).map(|_| ())
+        }
         Some("test") => test(&args[1..]),
-        _ => Err("usage: cargo xtask setup | cargo xtask test [-- extra cargo test args]".into()),
+        _ => Err("usage: cargo xtask setup | setup-python | setup-baseline | test [-- extra cargo test args]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,21 +44,25 @@ fn run(command: &mut Command) -> Result<()> {
 /// Returns the venv's `bin` directory.
 fn setup() -> Result<PathBuf> {
     let root = repo_root();
-    let venv = root.join(".venv");
+    python_venv(&root.join(".venv"), &root.join("infra/requirements.txt"))
+}
+
+/// Creates the venv and installs the pinned requirements into it, again whenever the file changed (a
+/// stamp in the venv remembers what was installed). Returns the venv's `bin` directory.
+fn python_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
     let bin = venv.join("bin");
-    let requirements = root.join("infra/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).map_err(|e| format!("reading {requirements:?}: {e}"))?;
+    let wanted = std::fs::read_to_string(requirements).map_err(|e| format!("reading {requirements:?}: {e}"))?;
     let stamp = venv.join(".installed-requirements.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && bin.join("python").exists() {
         return Ok(bin);
     }
     if !bin.join("python").exists() {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(python).args(["-m", "venv"]).arg(venv))?;
     }
     run(Command::new(bin.join("python"))
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements))?;
+        .arg(requirements))?;
     std::fs::write(&stamp, wanted).map_err(|e| format!("writing {stamp:?}: {e}"))?;
     Ok(bin)
 }

@@ -624,27 +624,11 @@ fn arm64_zip_sizes(root: &Path, target_dir: &Path, packages: &[&str]) -> anyhow:
     Ok(sizes)
 }
 
-/// The baseline's interpreter: `.venv-baseline`, made from `infra/baseline/requirements.txt` when it is
-/// missing or the requirements changed.
+/// The baseline's interpreter, in `.venv-baseline` (`cargo xtask setup-baseline` installs the pinned
+/// `infra/baseline/requirements.txt`, again when it changes).
 fn baseline_python(root: &Path) -> anyhow::Result<PathBuf> {
-    let venv = root.join(".venv-baseline");
-    let requirements = root.join("infra/baseline/requirements.txt");
-    let stamp = venv.join(".requirements");
-    let wanted = std::fs::read_to_string(&requirements)?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        eprintln!("installing the Python baseline into .venv-baseline ...");
-        let run = |program: &Path, args: &[&str]| -> anyhow::Result<()> {
-            let status = std::process::Command::new(program).args(args).current_dir(root).status()?;
-            if !status.success() {
-                bail!("{program:?} {args:?} failed ({status})");
-            }
-            Ok(())
-        };
-        run(Path::new("python3"), &["-m", "venv", ".venv-baseline"])?;
-        run(&venv.join("bin/pip"), &["install", "--quiet", "-r", "infra/baseline/requirements.txt"])?;
-        std::fs::write(&stamp, wanted)?;
-    }
-    Ok(venv.join("bin/python"))
+    crate::dev::xtask(root, "setup-baseline")?;
+    Ok(root.join(".venv-baseline/bin/python"))
 }
 
 /// Targets from issue #7, reported as met or not.
