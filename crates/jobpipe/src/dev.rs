@@ -458,18 +458,24 @@ fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 
 /// Builds the template's function binaries (debug profile).
 pub fn build(root: &Path, functions: &[FunctionSpec], release: bool) -> anyhow::Result<()> {
+    let packages: Vec<&str> = functions.iter().map(|f| f.binary.as_str()).collect();
+    build_packages(root, &packages, release)
+}
+
+/// `cargo build` of these packages (debug, or release as deployed).
+pub fn build_packages(root: &Path, packages: &[&str], release: bool) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(root).arg("build").arg("--quiet");
     if release {
         command.arg("--release");
     }
-    for function in functions {
-        command.args(["-p", &function.binary]);
+    for package in packages {
+        command.args(["-p", package]);
     }
     let status = command.status().context("running cargo build")?;
     if !status.success() {
-        bail!("building the functions failed ({status})");
+        bail!("building {packages:?} failed ({status})");
     }
     Ok(())
 }

@@ -99,7 +99,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut packages: Vec<&str> = FUNCTIONS.iter().map(|(package, _)| *package).collect();
     packages.push(FLOOR);
     eprintln!("building the release binaries ...");
-    cargo(root, "build", &["--release", "--quiet"], &packages)?;
+    crate::dev::build_packages(root, &packages, true)?;
     let zips = if options.zips { arm64_zip_sizes(root, &target_dir, &packages)? } else { BTreeMap::new() };
     let python = if options.baseline { Some(baseline_python(root)?) } else { None };
 
@@ -570,19 +570,6 @@ async fn moto_write_rate(local: &LocalAws, table: &str) -> anyhow::Result<f64> {
         writes += task.await??;
     }
     Ok(writes as f64 / started.elapsed().as_secs_f64())
-}
-
-fn cargo(root: &Path, verb: &str, args: &[&str], packages: &[&str]) -> anyhow::Result<()> {
-    let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(root).arg(verb).args(args);
-    for package in packages {
-        command.args(["-p", package]);
-    }
-    let status = command.status().with_context(|| format!("running cargo {verb}"))?;
-    if !status.success() {
-        bail!("cargo {verb} failed ({status})");
-    }
-    Ok(())
 }
 
 /// `cargo lambda build --release --arm64 --output-format zip` (from the venv `cargo xtask setup` made),

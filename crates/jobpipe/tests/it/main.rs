@@ -592,12 +592,7 @@ async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
 /// print; nothing here depends on how fast this machine is.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_environment_times_init_and_reads_usage() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args(["build", "--quiet", "-p", "lambda-floor"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    jobpipe::dev::build_packages(&root(), &["lambda-floor"], false).expect("building the floor");
     let launch = jobpipe::bench::Launch {
         program: DevOptions::new(root()).binaries.join("lambda-floor"),
         args: vec![],
