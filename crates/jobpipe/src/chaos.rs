@@ -5,7 +5,9 @@
 //! dead-letter queue holds exactly the poison that was sent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,17 +29,18 @@ pub struct ChaosOptions {
     pub permanent_rate: f64,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
-    /// How often the queue processor's processes are killed (SIGKILL) while jobs are being submitted, if
-    /// at all. Killing stops with the load, so the run can reach quiescence.
-    pub kill_every: Option<Duration>,
+    /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
+    /// (0: never). Counted in jobs, not seconds, so a slower machine sees the same number of kills.
+    pub kill_every_jobs: usize,
     /// Fraction of AWS calls that fail (half before, half after taking effect).
     pub aws_fault_rate: f64,
     /// Fraction of SendMessage calls that fail after the job was written.
     pub send_fault_rate: f64,
     /// Submissions in flight at once.
     pub concurrency: usize,
-    /// Give up waiting for quiescence after this long.
-    pub deadline: Duration,
+    /// Give up when no accepted job has changed (status, attempts, lease) and no queue has moved for this
+    /// long: progress stopped. A slow machine makes the run longer, not red.
+    pub stall: Duration,
 }
 
 impl Default for ChaosOptions {
@@ -48,14 +51,27 @@ impl Default for ChaosOptions {
             retryable_rate: 0.1,
             permanent_rate: 0.05,
             poison: 20,
-            kill_every: Some(Duration::from_secs(7)),
+            kill_every_jobs: 60,
             aws_fault_rate: 0.02,
             send_fault_rate: 0.05,
             concurrency: 8,
-            deadline: Duration::from_secs(600),
+            stall: Duration::from_secs(120),
         }
     }
 }
+
+/// What a job was submitted to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Design {
+    /// Complete (possibly after failing retryably once or twice).
+    Complete,
+    /// Fail permanently (`echo_failed`).
+    FailPermanently,
+}
+
+/// Failure reasons that disruption explains: attempts used up by killed workers or failed calls, and
+/// messages dead-lettered after too many deliveries.
+const DISRUPTION_REASONS: [&str; 2] = ["max_attempts_exceeded", "dead_lettered"];
 
 #[derive(Debug, Default, Clone)]
 pub struct ChaosReport {
@@ -67,6 +83,13 @@ pub struct ChaosReport {
     pub cancelled: usize,
     pub not_terminal: usize,
     pub not_terminal_by_status: BTreeMap<String, usize>,
+    /// Jobs that ended other than as designed because of disruption (`DISRUPTION_REASONS`).
+    pub disrupted: usize,
+    /// Jobs that ended in a way the run cannot explain (a job designed to complete failing with its
+    /// own deadline, say), by outcome.
+    pub unexplained: BTreeMap<String, usize>,
+    /// Whether waiting stopped because nothing moved for `ChaosOptions::stall`.
+    pub stalled: bool,
     pub completed_more_than_once: usize,
     pub written_after_end: usize,
     pub duplicates_sent: usize,
@@ -93,6 +116,13 @@ impl ChaosReport {
         if self.written_after_end > 0 {
             problems.push(format!("{} write(s) changed a job after it ended (a stale worker)", self.written_after_end));
         }
+        let unexplained: usize = self.unexplained.values().sum();
+        if unexplained > 0 {
+            problems.push(format!(
+                "{unexplained} job(s) ended in a way no injected fault explains: {:?}",
+                self.unexplained
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -111,6 +141,11 @@ impl ChaosReport {
         }
         rows.extend([
             ("cancelled", self.cancelled.to_string()),
+            ("ended otherwise by disruption", self.disrupted.to_string()),
+            (
+                "ended unexplained (must be 0)",
+                format!("{} {:?}", self.unexplained.values().sum::<usize>(), self.unexplained),
+            ),
             ("still not terminal (must be 0)", format!("{} {:?}", self.not_terminal, self.not_terminal_by_status)),
             ("completed more than once (0)", self.completed_more_than_once.to_string()),
             ("written after it ended (0)", self.written_after_end.to_string()),
@@ -121,7 +156,10 @@ impl ChaosReport {
             ("poison messages sent", self.poison_sent.to_string()),
             ("messages in the DLQ (= poison)", self.dead_letters.to_string()),
             ("messages left in the job queue", self.left_in_job_queue.to_string()),
-            ("time", format!("{:.1} s", self.elapsed.as_secs_f64())),
+            (
+                "time",
+                format!("{:.1} s{}", self.elapsed.as_secs_f64(), if self.stalled { " (progress stopped)" } else { "" }),
+            ),
         ]);
         rows.iter().map(|(k, v)| format!("  {k:<34} {v}\n")).collect()
     }
@@ -150,8 +188,10 @@ pub async fn run(
     dev.build = build;
     dev.endpoint = Some(proxy_url);
     dev.prefix = format!("chaos{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    // Short timeouts so killed work comes back in seconds, not minutes; the reconciler runs often.
-    dev.function_timeout = Some(Duration::from_secs(5));
+    // Short timeouts so killed work comes back in seconds, not minutes (a lease ends 5 s after its
+    // invocation's deadline); still far above what a batch of echo jobs needs, so no job depends on how
+    // fast the machine is. The reconciler runs often.
+    dev.function_timeout = Some(Duration::from_secs(10));
     dev.queue_visibility = Some(Duration::from_secs(20));
     dev.schedule_override = Some(Duration::from_secs(2));
     for (name, value) in
@@ -175,36 +215,28 @@ pub async fn run(
     let queue_url = stack.created.queues["JobsQueue"].0.clone();
     let dlq_url = stack.created.queues["JobsDeadLetterQueue"].0.clone();
 
-    proxy.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.enabled.store(true, Ordering::SeqCst);
     let mut report = ChaosReport::default();
 
-    let kill_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let killer = options.kill_every.map(|every| {
-        let processor = stack.functions["QueueProcessorFunction"].clone();
-        let kills = kill_count.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                processor.kill_all();
-                kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        })
-    });
-
-    // Submissions.
+    // Submissions; every `kill_every_jobs`-th accepted one kills the queue processor's processes.
+    let processor = stack.functions["QueueProcessorFunction"].clone();
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let kill_count = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
     let token = stack.token("chaos");
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = Vec::new();
     for n in 0..options.jobs {
         let (http, token, permits, base) = (http.clone(), token.clone(), permits.clone(), stack.base_url());
+        let (processor, accepted_count, kill_count) = (processor.clone(), accepted_count.clone(), kill_count.clone());
+        let kill_every = options.kill_every_jobs;
         let roll = (n as f64 + 0.5) / options.jobs as f64; // spread kinds of jobs evenly
-        let input = if roll < options.permanent_rate {
-            json!({"n": n, "failPermanently": true})
+        let (design, input) = if roll < options.permanent_rate {
+            (Design::FailPermanently, json!({"n": n, "failPermanently": true}))
         } else if roll < options.permanent_rate + options.retryable_rate {
-            json!({"n": n, "failTimes": 1 + n % 2})
+            (Design::Complete, json!({"n": n, "failTimes": 1 + n % 2}))
         } else {
-            json!({"n": n, "sleepMs": (n * 37) % 120})
+            (Design::Complete, json!({"n": n, "sleepMs": (n * 37) % 120}))
         };
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("open");
@@ -214,22 +246,32 @@ pub async fn run(
                 .json(&json!({"kind": "echo", "input": input}))
                 .send()
                 .await;
-            match reply {
+            let id = match reply {
                 Ok(r) if r.status() == 202 => {
                     r.json::<Value>().await.ok().and_then(|v| v["jobId"].as_str().map(String::from))
                 }
                 _ => None,
+            }?;
+            if kill_every > 0 && (accepted_count.fetch_add(1, Ordering::SeqCst) + 1) % kill_every == 0 {
+                processor.kill_all();
+                kill_count.fetch_add(1, Ordering::SeqCst);
             }
+            Some((id, design))
         }));
     }
+    let mut designs = HashMap::new();
     let mut accepted = Vec::new();
     for task in tasks {
         match task.await? {
-            Some(id) => accepted.push(id),
+            Some((id, design)) => {
+                designs.insert(id.clone(), design);
+                accepted.push(id);
+            }
             None => report.rejected += 1,
         }
     }
     report.accepted = accepted.len();
+    report.kills = kill_count.load(Ordering::SeqCst);
 
     // Duplicate deliveries: the same message twice more, at once.
     let duplicates = (accepted.len() as f64 * options.duplicate_rate).round() as usize;
@@ -252,13 +294,11 @@ pub async fn run(
         report.poison_sent += 1;
     }
 
-    if let Some(killer) = killer {
-        killer.abort();
-    }
-
-    // Quiescence: every accepted job ended, and the poison sits in the DLQ.
+    // Quiescence: every accepted job ended, and the poison sits in the DLQ. Or progress stopped.
     let accepted_set: HashSet<String> = accepted.iter().cloned().collect();
     let mut statuses = HashMap::new();
+    let mut last_seen: Option<u64> = None;
+    let mut last_change = Instant::now();
     loop {
         statuses = scan_statuses(&dynamodb, &table).await.unwrap_or(statuses);
         let open = accepted_set
@@ -271,23 +311,44 @@ pub async fn run(
             })
             .count();
         let dead = queue_depth(&sqs, &dlq_url).await;
-        if (open == 0 && dead >= report.poison_sent) || started.elapsed() > options.deadline {
+        if open == 0 && dead >= report.poison_sent {
+            break;
+        }
+        // Anything that moves is progress: a job's status, attempts, lease or error; a queue's depth.
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut seen: Vec<_> = statuses.iter().filter(|(id, _)| accepted_set.contains(*id)).collect();
+        seen.sort();
+        (seen, dead, queue_depth(&sqs, &queue_url).await).hash(&mut hasher);
+        let signature = hasher.finish();
+        if last_seen != Some(signature) {
+            last_seen = Some(signature);
+            last_change = Instant::now();
+        } else if last_change.elapsed() > options.stall {
+            report.stalled = true;
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    report.kills = kill_count.load(std::sync::atomic::Ordering::SeqCst);
-    proxy.enabled.store(false, std::sync::atomic::Ordering::SeqCst);
+    proxy.enabled.store(false, Ordering::SeqCst);
     // Let in-flight work settle before reading the history.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     for id in &accepted_set {
-        match statuses.get(id) {
-            Some((status, _)) if status == "completed" => report.completed += 1,
-            Some((status, code)) if status == "failed" => {
-                *report.failed_by_reason.entry(code.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1
+        let design = designs[id];
+        let outcome = match statuses.get(id) {
+            Some((status, _)) if status == "completed" => {
+                report.completed += 1;
+                "completed".to_string()
             }
-            Some((status, _)) if status == "cancelled" => report.cancelled += 1,
+            Some((status, code)) if status == "failed" => {
+                let code = code.clone().unwrap_or_else(|| "unknown".into());
+                *report.failed_by_reason.entry(code.clone()).or_default() += 1;
+                format!("failed ({code})")
+            }
+            Some((status, _)) if status == "cancelled" => {
+                report.cancelled += 1;
+                "cancelled".to_string()
+            }
             other => {
                 report.not_terminal += 1;
                 if report.not_terminal <= 3 {
@@ -295,7 +356,15 @@ pub async fn run(
                 }
                 let status = other.map(|(s, _)| s.clone()).unwrap_or_else(|| "missing".into());
                 *report.not_terminal_by_status.entry(status).or_default() += 1;
+                continue;
             }
+        };
+        match (design, outcome.as_str()) {
+            (Design::Complete, "completed") | (Design::FailPermanently, "failed (echo_failed)") => {}
+            _ if DISRUPTION_REASONS.iter().any(|reason| outcome == format!("failed ({reason})")) => {
+                report.disrupted += 1
+            }
+            _ => *report.unexplained.entry(format!("{design:?} -> {outcome}")).or_default() += 1,
         }
     }
     let stream_arn = stack.created.stream_arns["JobsTable"].clone();
@@ -304,9 +373,8 @@ pub async fn run(
     report.written_after_end = after_end;
     report.dead_letters = queue_depth(&sqs, &dlq_url).await;
     report.left_in_job_queue = queue_depth(&sqs, &queue_url).await;
-    report.faults_injected = proxy.counts.before.load(std::sync::atomic::Ordering::SeqCst)
-        + proxy.counts.after.load(std::sync::atomic::Ordering::SeqCst);
-    report.send_faults_injected = proxy.counts.send_message.load(std::sync::atomic::Ordering::SeqCst);
+    report.faults_injected = proxy.counts.before.load(Ordering::SeqCst) + proxy.counts.after.load(Ordering::SeqCst);
+    report.send_faults_injected = proxy.counts.send_message.load(Ordering::SeqCst);
     report.elapsed = started.elapsed();
 
     stack.stop().await;

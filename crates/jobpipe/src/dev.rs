@@ -262,7 +262,7 @@ impl DevStack {
                             batching_window,
                             report_failures,
                         };
-                        tasks.push(tokio::spawn(mapping.run(function.clone(), max_concurrency.min(4))));
+                        tasks.push(tokio::spawn(mapping.run(function.clone(), local_sqs_concurrency(max_concurrency))));
                     }
                     EventSpec::DynamoDb { table, batch_size, report_failures, max_retries } => {
                         let stream_arn =
@@ -383,18 +383,29 @@ pub fn dev_token(sub: &str) -> String {
     jobpipe_core::auth::issue_hs256(DEV_JWT_SECRET.as_bytes(), &claims)
 }
 
-/// How many execution environments a function gets locally.
+/// How many execution environments a function gets locally: as many as its event sources invoke it at
+/// once (each SQS mapping's concurrency, one per stream or schedule, a few for the HTTP API), so an
+/// invocation never waits behind another, as on Lambda, which starts environments as they are needed.
 fn instances(spec: &FunctionSpec) -> usize {
-    spec.events
-        .iter()
-        .map(|event| match event {
-            EventSpec::Sqs { max_concurrency, .. } => (*max_concurrency).clamp(1, 4),
-            EventSpec::HttpApi { .. } => 4,
-            _ => 1,
-        })
-        .max()
-        .unwrap_or(2)
-        .max(if spec.events.is_empty() { 2 } else { 1 })
+    let mut total = 0;
+    let mut http = false;
+    for event in &spec.events {
+        match event {
+            EventSpec::Sqs { max_concurrency, .. } => total += local_sqs_concurrency(*max_concurrency),
+            EventSpec::HttpApi { .. } => http = true,
+            EventSpec::DynamoDb { .. } | EventSpec::Schedule { .. } => total += 1,
+        }
+    }
+    if http {
+        total += 4;
+    }
+    // Functions without event sources (WebSocket routes) get two.
+    total.max(2)
+}
+
+/// An SQS mapping's batches in flight locally: its `MaximumConcurrency`, at most 4 on a small machine.
+fn local_sqs_concurrency(max_concurrency: usize) -> usize {
+    max_concurrency.clamp(1, 4)
 }
 
 /// The function's environment as the template sets it, resolved to local resources, plus what makes

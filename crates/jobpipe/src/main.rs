@@ -120,16 +120,16 @@ enum Commands {
         jobs: usize,
         #[arg(long, default_value_t = 20)]
         poison: usize,
-        /// Seconds between kills of the queue processor (0: never).
-        #[arg(long, default_value_t = 7)]
-        kill_every: u64,
+        /// Kill the queue processor's processes after every this many accepted jobs (0: never).
+        #[arg(long, default_value_t = 60)]
+        kill_every_jobs: usize,
         #[arg(long, default_value_t = 0.02)]
         aws_fault_rate: f64,
         #[arg(long, default_value_t = 0.05)]
         send_fault_rate: f64,
-        /// Seconds to wait for quiescence before reporting.
-        #[arg(long, default_value_t = 600)]
-        deadline: u64,
+        /// Report when nothing has moved for this many seconds (progress stopped).
+        #[arg(long, default_value_t = 120)]
+        stall: u64,
         #[arg(long)]
         no_build: bool,
         #[arg(long, default_value = ".")]
@@ -264,14 +264,14 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Chaos { jobs, poison, kill_every, aws_fault_rate, send_fault_rate, deadline, no_build, root } => {
+        Commands::Chaos { jobs, poison, kill_every_jobs, aws_fault_rate, send_fault_rate, stall, no_build, root } => {
             let options = jobpipe::chaos::ChaosOptions {
                 jobs,
                 poison,
-                kill_every: (kill_every > 0).then(|| std::time::Duration::from_secs(kill_every)),
+                kill_every_jobs,
                 aws_fault_rate,
                 send_fault_rate,
-                deadline: std::time::Duration::from_secs(deadline),
+                stall: std::time::Duration::from_secs(stall),
                 ..Default::default()
             };
             let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();

@@ -19,12 +19,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 /// Where the Lambda Runtime API lives on its endpoint.
 pub const RUNTIME_API: &str = "/2018-06-01/runtime";
-/// Time an invocation may wait for a process to start polling, on top of the function's timeout.
-const INIT_ALLOWANCE: Duration = Duration::from_secs(10);
+/// How long an invocation may wait for an execution environment to take it: environments may be busy
+/// or (re)starting. Lambda limits an environment's init phase to 10 s; this leaves room for a slow machine.
+const START_ALLOWANCE: Duration = Duration::from_secs(60);
 
 /// Why an invocation did not produce a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum InvokeError {
     Timeout { function: String, timeout: Duration },
     #[error("{function}'s process exited during the invocation ({status})")]
     Crashed { function: String, status: String },
+    /// No execution environment took the invocation (all busy, or none could start), as Lambda throttles.
+    #[error("no execution environment of {function} took the invocation within {waited:?}")]
+    NotStarted { function: String, waited: Duration },
     #[error("{function} is stopped")]
     Stopped { function: String },
 }
@@ -43,14 +47,24 @@ pub enum InvokeError {
 /// Where an invocation's outcome goes.
 type Reply = oneshot::Sender<Result<Bytes, InvokeError>>;
 
+/// An invocation waiting for an execution environment. Its deadline is set when an environment takes it,
+/// as Lambda's is: time spent waiting for an environment never counts against the function's timeout.
 struct Invocation {
     request_id: String,
     payload: Bytes,
-    deadline_ms: u64,
+    /// Told when an environment takes the invocation.
+    taken: oneshot::Sender<()>,
     reply: Reply,
 }
 
-/// How to start a function's process.
+impl Invocation {
+    /// Whether the caller stopped waiting (then nobody may run it).
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// How to start a function's processes.
 #[derive(Debug, Clone)]
 pub struct FunctionProcess {
     pub name: String,
@@ -58,7 +72,8 @@ pub struct FunctionProcess {
     pub environment: BTreeMap<String, String>,
     pub timeout: Duration,
     pub memory_mb: u64,
-    /// Execution environments (processes) kept running.
+    /// Execution environments (processes) kept running: as many as the function's event sources invoke
+    /// it at once, so an invocation never waits for another to finish.
     pub instances: usize,
 }
 
@@ -79,12 +94,17 @@ impl std::fmt::Debug for Function {
     }
 }
 
-/// One execution environment's state, shared with its Runtime API endpoint.
+/// One process of an execution environment, as its Runtime API endpoint sees it. Each process gets an
+/// endpoint of its own, closed when the process exits, so a `next` the dead process left pending can
+/// never take an invocation.
 struct Instance {
     function: String,
+    timeout: Duration,
     incoming: Arc<Mutex<mpsc::Receiver<Invocation>>>,
     /// The invocation this process is handling, if any.
     current: Mutex<Option<(String, Reply)>>,
+    /// Set (while `current` is locked) once the process has exited.
+    closed: watch::Sender<bool>,
     /// Fires when the process takes an invocation, with its deadline, so the supervisor can time it out.
     started: mpsc::UnboundedSender<(String, Duration)>,
     /// Notified whenever an invocation is answered.
@@ -102,6 +122,38 @@ impl Instance {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// The next invocation its caller still waits for; `None` once the process has exited or the
+    /// function stops.
+    async fn take(&self) -> Option<Invocation> {
+        let mut closed = self.closed.subscribe();
+        let closing = async move {
+            let _ = closed.wait_for(|closed| *closed).await;
+        };
+        tokio::pin!(closing);
+        let mut incoming = tokio::select! {
+            incoming = self.incoming.lock() => incoming,
+            () = &mut closing => return None,
+        };
+        loop {
+            let invocation = tokio::select! {
+                invocation = incoming.recv() => invocation?,
+                () = &mut closing => return None,
+            };
+            if !invocation.abandoned() {
+                return Some(invocation);
+            }
+        }
+    }
+
+    /// Marks the process exited and fails the invocation it was handling, if any.
+    async fn close(&self, status: &str) {
+        let mut current = self.current.lock().await;
+        self.closed.send_replace(true);
+        if let Some((_, reply)) = current.take() {
+            let _ = reply.send(Err(InvokeError::Crashed { function: self.function.clone(), status: status.into() }));
         }
     }
 }
@@ -122,7 +174,7 @@ impl Function {
             restarts: Arc::new(AtomicU64::new(0)),
         };
         for index in 0..function.spec.instances.max(1) {
-            function.supervise(index, incoming.clone(), log.clone()).await?;
+            function.supervise(index, incoming.clone(), log.clone());
         }
         Ok(function)
     }
@@ -131,24 +183,30 @@ impl Function {
         &self.spec.name
     }
 
-    /// Invokes the function and waits for its response.
+    /// Invokes the function and waits for its response. The function's timeout runs from when an
+    /// execution environment takes the invocation; the supervisor of that environment enforces it.
     pub async fn invoke(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
         let (reply, response) = oneshot::channel();
-        let deadline = SystemTime::now() + self.spec.timeout;
-        let invocation = Invocation {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            payload,
-            deadline_ms: deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-            reply,
-        };
+        let (taken, started) = oneshot::channel();
+        let invocation = Invocation { request_id: uuid::Uuid::new_v4().to_string(), payload, taken, reply };
         let stopped = || InvokeError::Stopped { function: self.spec.name.clone() };
         self.queue.send(invocation).await.map_err(|_| stopped())?;
-        // Normally the supervisor times an invocation out; this bound also covers a function that never
-        // starts to poll (it fails to initialize), which Lambda reports as a timeout too.
-        match tokio::time::timeout(self.spec.timeout + INIT_ALLOWANCE, response).await {
-            Ok(result) => result.map_err(|_| stopped())?,
-            Err(_) => Err(InvokeError::Timeout { function: self.spec.name.clone(), timeout: self.spec.timeout }),
+        match tokio::time::timeout(START_ALLOWANCE, started).await {
+            Ok(Ok(())) => {}
+            // Dropped untaken: the function is stopping, or the environment that took it exited first.
+            Ok(Err(_)) if self.stopping.load(Ordering::SeqCst) => return Err(stopped()),
+            Ok(Err(_)) => {
+                return Err(InvokeError::Crashed {
+                    function: self.spec.name.clone(),
+                    status: "exited as it took the invocation".into(),
+                });
+            }
+            // Dropping `response` marks the invocation abandoned; no environment runs it later.
+            Err(_) => {
+                return Err(InvokeError::NotStarted { function: self.spec.name.clone(), waited: START_ALLOWANCE });
+            }
         }
+        response.await.map_err(|_| stopped())?
     }
 
     /// Kills every process of the function at once, as a crash or an out-of-memory kill would; each is
@@ -169,33 +227,14 @@ impl Function {
         let _ = self.kill.send(());
     }
 
-    /// Serves one instance's Runtime API and keeps its process running.
-    async fn supervise(
+    /// Keeps one execution environment running: starts its process behind a Runtime API endpoint of its
+    /// own, enforces the timeout of each invocation it takes, and starts a new one when it exits.
+    fn supervise(
         &self,
         index: usize,
         incoming: Arc<Mutex<mpsc::Receiver<Invocation>>>,
         log: mpsc::UnboundedSender<(String, String)>,
-    ) -> std::io::Result<()> {
-        let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-        let instance = Arc::new(Instance {
-            function: self.spec.name.clone(),
-            incoming,
-            current: Mutex::new(None),
-            started: started_tx,
-            finished: tokio::sync::Notify::new(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let app = Router::new()
-            .route(&format!("{RUNTIME_API}/invocation/next"), get(next))
-            .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
-            .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
-            .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
-            .with_state(instance.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-
+    ) {
         let function = self.clone();
         let mut kills = self.kill.subscribe();
         tokio::spawn(async move {
@@ -211,8 +250,22 @@ impl Function {
                 }
                 first = false;
                 let started_at = Instant::now();
-                let mut child = match function.spawn(address, &label, &log) {
-                    Ok(child) => child,
+                let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+                let instance = Arc::new(Instance {
+                    function: function.spec.name.clone(),
+                    timeout: function.spec.timeout,
+                    incoming: incoming.clone(),
+                    current: Mutex::new(None),
+                    closed: watch::channel(false).0,
+                    started: started_tx,
+                    finished: tokio::sync::Notify::new(),
+                });
+                let launched = match serve_runtime_api(instance.clone()).await {
+                    Ok((address, endpoint)) => function.spawn(address, &label, &log).map(|child| (child, endpoint)),
+                    Err(error) => Err(error),
+                };
+                let (mut child, endpoint) = match launched {
+                    Ok(launched) => launched,
                     Err(error) => {
                         let _ =
                             log.send((label.clone(), format!("could not start {:?}: {error}", function.spec.binary)));
@@ -249,12 +302,9 @@ impl Function {
                         }
                     }
                 };
-                if let Some((_, reply)) = instance.current.lock().await.take() {
-                    let _ = reply.send(Err(InvokeError::Crashed {
-                        function: function.spec.name.clone(),
-                        status: status.clone(),
-                    }));
-                }
+                // The endpoint goes with its process: a `next` it left pending takes nothing more.
+                instance.close(&status).await;
+                endpoint.abort();
                 if function.stopping.load(Ordering::SeqCst) {
                     break;
                 }
@@ -266,7 +316,6 @@ impl Function {
                 }
             }
         });
-        Ok(())
     }
 
     fn spawn(
@@ -309,26 +358,52 @@ impl Function {
     }
 }
 
+/// Serves a process's Runtime API on a free port until the returned task is aborted.
+async fn serve_runtime_api(instance: Arc<Instance>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let app = Router::new()
+        .route(&format!("{RUNTIME_API}/invocation/next"), get(next))
+        .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
+        .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
+        .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
+        .with_state(instance);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((address, task))
+}
+
 async fn next(State(instance): State<Arc<Instance>>) -> Response {
-    let invocation = {
-        let mut incoming = instance.incoming.lock().await;
-        incoming.recv().await
+    let Some(invocation) = instance.take().await else {
+        return (StatusCode::GONE, "the local stack is stopping, or this execution environment exited").into_response();
     };
-    let Some(invocation) = invocation else {
-        return (StatusCode::GONE, "the local stack is stopping").into_response();
-    };
+    let Invocation { request_id, payload, taken, reply } = invocation;
+    // The deadline counts from now, when this environment takes the invocation.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let budget = Duration::from_millis(invocation.deadline_ms.saturating_sub(now));
-    *instance.current.lock().await = Some((invocation.request_id.clone(), invocation.reply));
-    let _ = instance.started.send((invocation.request_id.clone(), budget));
+    let deadline_ms = now + instance.timeout.as_millis() as u64;
+    {
+        let mut current = instance.current.lock().await;
+        if *instance.closed.borrow() {
+            // The process exited while this request was pending: the invocation fails as a crash would.
+            let _ = reply.send(Err(InvokeError::Crashed {
+                function: instance.function.clone(),
+                status: "exited as it took the invocation".into(),
+            }));
+            return (StatusCode::GONE, "this execution environment has exited").into_response();
+        }
+        *current = Some((request_id.clone(), reply));
+    }
+    let _ = taken.send(());
+    let _ = instance.started.send((request_id.clone(), instance.timeout));
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     };
-    set("lambda-runtime-aws-request-id", invocation.request_id);
-    set("lambda-runtime-deadline-ms", invocation.deadline_ms.to_string());
+    set("lambda-runtime-aws-request-id", request_id);
+    set("lambda-runtime-deadline-ms", deadline_ms.to_string());
     set(
         "lambda-runtime-invoked-function-arn",
         format!(
@@ -340,7 +415,7 @@ async fn next(State(instance): State<Arc<Instance>>) -> Response {
     );
     set("lambda-runtime-trace-id", format!("Root=1-{:08x}-{}", now / 1000, uuid::Uuid::new_v4().simple()));
     set("content-type", "application/json".into());
-    (StatusCode::OK, headers, invocation.payload).into_response()
+    (StatusCode::OK, headers, payload).into_response()
 }
 
 async fn finish(instance: &Instance, id: &str, result: Result<Bytes, InvokeError>) -> StatusCode {

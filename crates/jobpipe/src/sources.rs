@@ -370,6 +370,8 @@ pub fn scheduled_event(rule: &str) -> Value {
 /// Invokes `function` with a scheduled event every `every`.
 pub async fn run_schedule(function: Function, rule: String, every: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A tick missed while an invocation ran is not made up in a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Err(error) = function.invoke_json(&scheduled_event(&rule)).await {

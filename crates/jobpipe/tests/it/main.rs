@@ -433,22 +433,78 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
     let _ = std::fs::remove_file(env_file);
 }
 
+/// A Runtime API client in Python standing in for a function: it answers each invocation, after
+/// sleeping `sleepMs`, with the time its deadline left it when it took the invocation.
+const DEADLINE_REPORTER: &str = r#"
+import json, os, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        request_id = r.headers["lambda-runtime-aws-request-id"]
+        left = int(r.headers["lambda-runtime-deadline-ms"]) - int(time.time() * 1000)
+        event = json.loads(r.read())
+    time.sleep(event["sleepMs"] / 1000)
+    body = json.dumps({"leftAtStart": left}).encode()
+    urllib.request.urlopen(urllib.request.Request(api + request_id + "/response", data=body, method="POST")).read()
+"#;
+
+/// Waiting for an execution environment never counts against the function's timeout: an invocation's
+/// deadline is set when an environment takes it, as Lambda's is, even when invocations queue behind each
+/// other. (The local runtime once set it when the invocation was queued, so queued batches of the fault
+/// run started with their time nearly gone and failed as `deadline_exceeded`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_gets_its_whole_timeout_from_when_an_environment_takes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let python = std::env::var("JOBPIPE_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
+    let dir = std::env::temp_dir().join(unique("jobpipe-runtime-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("bootstrap");
+    std::fs::write(&binary, format!("#!{}\n{DEADLINE_REPORTER}", python.display())).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let timeout = Duration::from_secs(3);
+    let work_ms = 2_000;
+    let process = jobpipe::runtime::FunctionProcess {
+        name: "DeadlineReporter".into(),
+        binary,
+        environment: Default::default(),
+        timeout,
+        memory_mb: 128,
+        instances: 1,
+    };
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let function = jobpipe::runtime::Function::start(process, log).await.unwrap();
+    // Three at once on one environment: the second and third wait for the ones before them.
+    let event = json!({"sleepMs": work_ms});
+    let invocations = (0..3).map(|_| function.invoke_json(&event));
+    let answers = futures_util::future::join_all(invocations).await;
+    function.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    for answer in answers {
+        let answer = answer.expect("every invocation ran within its timeout");
+        let left = answer["leftAtStart"].as_i64().unwrap();
+        assert!(left > work_ms, "an invocation started with {left} ms of its {timeout:?} left: {answer}");
+    }
+}
+
+/// The fault-injection run, sized for the test command. Its disruption is counted in jobs (a kill of
+/// every queue-processor process after every 25 accepted submissions), and it waits for progress to stop
+/// rather than for a deadline, so a slower machine makes it slower, never red.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_job_is_lost_or_completed_twice_under_faults() {
     build_functions();
-    let options = jobpipe::chaos::ChaosOptions {
-        jobs: 300,
-        poison: 6,
-        kill_every: Some(Duration::from_secs(2)),
-        deadline: Duration::from_secs(240),
-        ..Default::default()
-    };
+    let options = jobpipe::chaos::ChaosOptions { jobs: 300, poison: 6, kill_every_jobs: 25, ..Default::default() };
     let report = jobpipe::chaos::run(&root(), &options, None, false).await.expect("the run");
     println!("{}", report.table());
     assert_eq!(report.violations(), Vec::<String>::new(), "\n{}", report.table());
-    assert!(report.accepted > 250 && report.completed > 200, "\n{}", report.table());
+    assert!(!report.stalled, "progress stopped\n{}", report.table());
+    // Refusals come only from injected faults outlasting the SDK's retries: a few at most.
+    assert!(report.accepted > 250, "\n{}", report.table());
+    // A job ends other than as designed only when killed workers or failed calls used up its attempts;
+    // each kill costs the jobs in flight one attempt, so this stays far below the number of kills.
+    assert!(report.disrupted <= report.kills, "\n{}", report.table());
     assert!(
-        report.kills > 0 && report.faults_injected > 0 && report.duplicates_sent > 0,
+        report.kills == report.accepted / 25 && report.faults_injected > 0 && report.duplicates_sent > 0,
         "faults were injected\n{}",
         report.table()
     );
