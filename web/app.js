@@ -3,6 +3,12 @@
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STORAGE_KEY = "jobpipe.session";
+// Polling paces. FAST while the socket is down. SLOW while a job is followed over the socket: its first
+// read confirms the state a subscription answered (the notifier finds subscribers through an eventually
+// consistent index, so a change just after subscribing may never be pushed), later ones make sure a
+// missed push never leaves a job waiting forever.
+const FAST_POLL = { first: 1000, max: 15000 };
+const SLOW_POLL = { first: 2000, max: 60000 };
 
 const $ = (id) => document.getElementById(id);
 
@@ -306,8 +312,22 @@ async function loadJobs() {
   for (const job of jobs) if (!TERMINAL.has(job.status)) follow(job.jobId);
 }
 
+/** Whether `update` is older than the job's state already held: pushes can arrive out of order and a
+ * read can race a push (compared by `updatedAt`), and a job that ended never goes back. */
+function isStale(previous, update) {
+  if (!previous.status) return false;
+  if (TERMINAL.has(previous.status) && update.status && !TERMINAL.has(update.status)) return true;
+  const held = Date.parse(previous.updatedAt);
+  const incoming = Date.parse(update.updatedAt);
+  return Number.isFinite(held) && Number.isFinite(incoming) && incoming < held;
+}
+
 function upsert(update) {
   const previous = state.jobs.get(update.jobId) || {};
+  if (isStale(previous, update)) {
+    console.debug(`ignored an update of job ${update.jobId} older than the one shown`);
+    return;
+  }
   const job = { ...previous, ...update };
   state.jobs.set(job.jobId, job);
   render(job);
@@ -401,8 +421,10 @@ async function cancel(jobId) {
 function follow(jobId) {
   if (state.socket && state.socket.readyState === WebSocket.OPEN) {
     state.socket.send(JSON.stringify({ action: "subscribe", jobId }));
+    // Also the slow poll, so a subscription that fails or a push that never comes cannot strand the job.
+    startPolling(jobId, SLOW_POLL);
   } else {
-    startPolling(jobId);
+    startPolling(jobId, FAST_POLL);
   }
 }
 
@@ -421,23 +443,27 @@ function connectSocket() {
     state.socketBackoff = 1000;
     setLive("live");
     for (const job of state.jobs.values()) {
-      if (!TERMINAL.has(job.status)) {
-        stopPolling(job.jobId);
-        socket.send(JSON.stringify({ action: "subscribe", jobId: job.jobId }));
-      }
+      if (!TERMINAL.has(job.status)) follow(job.jobId);
     }
   };
   socket.onmessage = (event) => {
     const message = safeJson(event.data);
     if (!message) return;
     if (message.type === "job") upsert(message);
-    else if (message.type === "subscribed" && message.job) upsert(message.job);
+    else if (message.type === "subscribed" && message.job) {
+      upsert(message.job);
+      // Confirm a state that has not ended with a read made once the subscription surely exists.
+      if (!TERMINAL.has(message.job.status)) {
+        stopPolling(message.jobId);
+        startPolling(message.jobId, SLOW_POLL);
+      }
+    }
   };
   socket.onclose = () => {
     if (state.socket !== socket) return;
     state.socket = null;
     setLive("polling");
-    for (const job of state.jobs.values()) if (!TERMINAL.has(job.status)) startPolling(job.jobId);
+    for (const job of state.jobs.values()) if (!TERMINAL.has(job.status)) startPolling(job.jobId, FAST_POLL);
     scheduleReconnect();
   };
 }
@@ -448,19 +474,21 @@ function scheduleReconnect() {
   setTimeout(connectSocket, delay + Math.random() * 250);
 }
 
-function startPolling(jobId) {
-  if (state.polling.has(jobId)) return;
-  const entry = { delay: 1000, timer: null };
+function startPolling(jobId, pace) {
+  const existing = state.polling.get(jobId);
+  if (existing && existing.pace === pace) return;
+  if (existing) clearTimeout(existing.timer);
+  const entry = { delay: pace.first, timer: null, pace };
   state.polling.set(jobId, entry);
   const poll = async () => {
-    if (!state.polling.has(jobId) || !state.session) return;
+    if (state.polling.get(jobId) !== entry || !state.session) return;
     try {
       upsert(await api(`/jobs/${jobId}`));
     } catch {
       // Keep trying with backoff; an expired session signs out in api().
     }
-    if (!state.polling.has(jobId)) return;
-    entry.delay = Math.min(entry.delay * 2, 15000);
+    if (state.polling.get(jobId) !== entry) return;
+    entry.delay = Math.min(entry.delay * 2, pace.max);
     entry.timer = setTimeout(poll, entry.delay);
   };
   entry.timer = setTimeout(poll, entry.delay);

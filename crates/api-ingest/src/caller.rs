@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jobpipe_core::auth::Caller;
@@ -22,8 +23,13 @@ impl FromRequestParts<Arc<Api>> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Self::Rejection> {
         let authorizer_sub = parts.extensions.get::<RequestContext>().and_then(authorizer_sub);
         let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        api.auth.authenticate(authorizer_sub.as_deref(), authorization).map(Authenticated).map_err(|reason| {
+        api.auth.authenticate(authorizer_sub.as_deref(), authorization).await.map(Authenticated).map_err(|reason| {
             // The reason is logged; the token never is.
+            if reason.is_retryable() {
+                // The token may be fine: the issuer's keys could not be fetched.
+                tracing::warn!(%reason, "request not authenticated");
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", reason.to_string());
+            }
             tracing::info!(%reason, "request not authenticated");
             ApiError::unauthorized(reason.to_string())
         })

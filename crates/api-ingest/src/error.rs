@@ -70,13 +70,30 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// A `401`: from API Gateway's authorizer, or from the function.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its OpenAPI description is used.
+pub enum UnauthorizedBody {
+    Api(ErrorBody),
+    Gateway(GatewayMessage),
+}
+
+/// API Gateway's own answer, before the function runs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GatewayMessage {
+    pub message: String,
+}
+
 /// Error answers every operation may give.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only its OpenAPI description is used: `ApiError` writes these bodies.
 pub enum CommonErrors {
-    /// The token is missing, malformed, expired or not ours (`WWW-Authenticate: Bearer`).
+    /// The token is missing, malformed, expired or not ours. API Gateway's JWT authorizer answers most
+    /// of these itself, in its own shape (`{"message": "Unauthorized"}`); the function answers the rest
+    /// in the API's (`WWW-Authenticate: Bearer`).
     #[response(status = 401)]
-    Unauthorized(ErrorBody),
+    Unauthorized(UnauthorizedBody),
     /// A backing service is throttling or unavailable; retry after `Retry-After` seconds.
     #[response(status = 503)]
     Unavailable(ErrorBody),

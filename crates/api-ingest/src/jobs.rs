@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
+use jobpipe_core::job::{Job, JobId, JobStatus, JobView, Payload};
 use jobpipe_core::payload::{NO_SUCH_KEY, result_prefix};
 use jobpipe_core::store::{CancelOutcome, PageToken};
 use serde::Serialize;
@@ -23,6 +23,7 @@ const MAX_PAGE: usize = 100;
 #[utoipa::path(
     get,
     path = "/jobs/{jobId}",
+    operation_id = "getJob",
     tag = "jobs",
     params(("jobId" = String, Path, description = "The id `POST /jobs` answered.")),
     responses(
@@ -40,13 +41,14 @@ pub async fn get(
     let job = api.store.get(&job_id).await.map_err(|e| ApiError::store(&e))?;
     // Another owner's job answers exactly like a missing one.
     let job = job.filter(|j| j.owner == caller.sub).ok_or_else(ApiError::not_found)?;
-    Ok(Json(view(&api, &job).await?))
+    Ok(Json(view(&api, &job, Payloads::Fetched).await?))
 }
 
 /// Your jobs, newest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/jobs",
+    operation_id = "listJobs",
     tag = "jobs",
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs in this status."),
@@ -90,7 +92,7 @@ pub async fn list(
         api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await.map_err(|e| ApiError::store(&e))?;
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        views.push(view(&api, job).await?);
+        views.push(view(&api, job, Payloads::Omitted).await?);
     }
     Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
 }
@@ -111,7 +113,13 @@ pub struct KindList {
 }
 
 /// The job kinds this deployment offers, so a client can build its form.
-#[utoipa::path(get, path = "/kinds", tag = "jobs", responses((status = 200, body = KindList), CommonErrors))]
+#[utoipa::path(
+    get,
+    path = "/kinds",
+    operation_id = "listKinds",
+    tag = "jobs",
+    responses((status = 200, body = KindList), CommonErrors)
+)]
 pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Json<KindList> {
     Json(KindList { kinds: api.kinds.names().collect() })
 }
@@ -120,6 +128,7 @@ pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated)
 #[utoipa::path(
     delete,
     path = "/jobs/{jobId}",
+    operation_id = "cancelJob",
     tag = "jobs",
     params(("jobId" = String, Path, description = "The id `POST /jobs` answered.")),
     responses(
@@ -139,7 +148,7 @@ pub async fn cancel(
     match api.store.cancel(&job_id, &caller.sub, now).await.map_err(|e| ApiError::store(&e))? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %job.job_id, "job cancelled");
-            Ok(Json(view(&api, &job).await?))
+            Ok(Json(view(&api, &job, Payloads::Fetched).await?))
         }
         CancelOutcome::NotCancellable(job) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -150,19 +159,41 @@ pub async fn cancel(
     }
 }
 
-/// The job as the API shows it, with payloads stored in S3 fetched. A payload the bucket's lifecycle
-/// rule already removed shows as `null`.
-pub async fn view(api: &Api, job: &Job) -> Result<JobView, ApiError> {
-    let fetch = |payload| async move {
-        match api.payloads.resolve(payload).await {
-            Ok(value) => Ok(value),
-            Err(e) if e.code == NO_SUCH_KEY => Ok(Value::Null),
-            Err(e) => Err(ApiError::store(&e)),
-        }
-    };
-    let input = fetch(&job.input).await?;
+/// What a view does with inputs and results stored in S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payloads {
+    /// Fetched (one job): a payload the bucket's lifecycle rule already removed shows as `null`.
+    Fetched,
+    /// Shown as `null` and named in `omitted` (list pages: a hundred 1 MiB inputs would exceed Lambda's
+    /// 6 MB response, and one unreadable object must not fail a whole page).
+    Omitted,
+}
+
+/// An input or result as a view shows it (see `Payloads`).
+async fn payload_value(
+    api: &Api,
+    name: &str,
+    payload: &Payload,
+    payloads: Payloads,
+    omitted: &mut Vec<String>,
+) -> Result<Value, ApiError> {
+    if payloads == Payloads::Omitted && matches!(payload, Payload::S3 { .. }) {
+        omitted.push(name.to_string());
+        return Ok(Value::Null);
+    }
+    match api.payloads.resolve(payload).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.code == NO_SUCH_KEY => Ok(Value::Null),
+        Err(e) => Err(ApiError::store(&e)),
+    }
+}
+
+/// The job as the API shows it.
+pub async fn view(api: &Api, job: &Job, payloads: Payloads) -> Result<JobView, ApiError> {
+    let mut omitted = Vec::new();
+    let input = payload_value(api, "input", &job.input, payloads, &mut omitted).await?;
     let mut result = match &job.result {
-        Some(payload) => Some(fetch(payload).await?),
+        Some(payload) => Some(payload_value(api, "result", payload, payloads, &mut omitted).await?),
         None => None,
     };
     // A result file is handed out as a short-lived link; only keys under the job's own prefix qualify.
@@ -174,5 +205,7 @@ pub async fn view(api: &Api, job: &Job) -> Result<JobView, ApiError> {
         fields.insert("url".into(), Value::String(url));
         fields.insert("urlExpiresInSeconds".into(), json!(api.result_url_ttl.as_secs()));
     }
-    Ok(job.view(input, result))
+    let mut view = job.view(input, result);
+    view.omitted = omitted;
+    Ok(view)
 }

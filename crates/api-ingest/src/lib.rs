@@ -88,6 +88,7 @@ pub fn router(api: Arc<Api>) -> Router {
         })
         // Size is checked by the handler against `max_body_bytes`, with our own error shape.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(answer_preflight))
         .layer(middleware::from_fn_with_state(api.clone(), correlate))
         .with_state(api)
 }
@@ -127,6 +128,16 @@ async fn correlate(State(_api): State<Arc<Api>>, mut request: Request, next: Nex
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);
     }
     response.into_response()
+}
+
+/// Answers CORS preflights (`OPTIONS` on any path, the template's unauthenticated preflight route) with
+/// `204`: API Gateway adds the CORS headers of the API's `CorsConfiguration` to it, and ignores any the
+/// function would set.
+async fn answer_preflight(request: Request, next: Next) -> Response {
+    if request.method() == Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    next.run(request).await
 }
 
 /// Client-chosen ids end up in logs and message attributes: keep them short and plain.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::caller::Authenticated;
 use crate::error::{ApiError, CommonErrors, ErrorBody};
-use crate::jobs::view;
+use crate::jobs::{Payloads, view};
 use crate::{Api, CorrelationId};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -32,6 +32,7 @@ struct Submission {
 #[utoipa::path(
     post,
     path = "/jobs",
+    operation_id = "submitJob",
     tag = "jobs",
     request_body(content = serde_json::Value, content_type = "application/json"),
     params(
@@ -106,7 +107,7 @@ pub async fn submit(
     }
 
     let location = format!("/jobs/{}", job.job_id);
-    let mut response = (StatusCode::ACCEPTED, axum::Json(view(&api, &job).await?)).into_response();
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view(&api, &job, Payloads::Fetched).await?)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }

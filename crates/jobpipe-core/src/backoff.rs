@@ -34,9 +34,26 @@ impl Backoff {
     }
 }
 
+/// How long a throttled job waits before it runs again: at least `window` (a quota's period, a minute
+/// for Bedrock's per-minute quotas), plus up to half a window of jitter so throttled jobs do not return
+/// together.
+pub fn throttled_delay(window: Duration) -> Duration {
+    let window = window.as_millis() as u64;
+    Duration::from_millis(window + rand::random_range(0..=window / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_job_waits_the_window_out_with_jitter() {
+        let window = Duration::from_secs(60);
+        for _ in 0..200 {
+            let delay = throttled_delay(window);
+            assert!((window..=window * 3 / 2).contains(&delay), "{delay:?}");
+        }
+    }
 
     #[test]
     fn grows_exponentially_then_caps() {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::auth::{Authenticator, JwtVerifier, VerificationKey};
+use crate::auth::{Authenticator, JwtSettings, JwtSettingsError, JwtVerifier};
 use crate::backoff::Backoff;
 use crate::dispatch::QueueRoutes;
 use crate::kinds::KindsConfig;
@@ -35,6 +35,8 @@ pub struct Config {
     /// Attempts (claims) a job gets before it fails with its last error.
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// How long a throttled job waits before it runs again, at least (Bedrock's quotas are per minute).
+    pub throttle_window: Duration,
     /// Records of one SQS batch processed at the same time.
     pub batch_concurrency: usize,
     /// `POST /jobs` bodies above this answer 413.
@@ -43,6 +45,11 @@ pub struct Config {
     pub inline_payload_max_bytes: usize,
     /// How long after creation an undispatched job is re-sent by the reconciler.
     pub dispatch_grace: Duration,
+    /// How often the reconciler looks at a job that has not finished: it sends its message again when
+    /// the last one is this old (SQS deletes messages after the queue's retention, without dead-lettering).
+    pub dispatch_recheck: Duration,
+    /// A job not finished this long after it was accepted fails as `expired`.
+    pub job_max_age: Duration,
     /// Lease used when the invocation has no deadline (tests, local invoke).
     pub default_lease: Duration,
     /// How long finished jobs are kept (DynamoDB TTL).
@@ -101,20 +108,22 @@ impl Config {
             None => None,
             Some("apigateway") => Some(Authenticator::ApiGatewayAuthorizer),
             Some("jwt") => {
-                let key = match (get("JWT_HS256_SECRET"), get("JWT_RS256_PUBLIC_KEY")) {
-                    (Some(secret), None) => VerificationKey::Hs256(secret.into_bytes()),
-                    (None, Some(pem)) => VerificationKey::Rs256Pem(pem),
-                    _ => {
-                        return Err(ConfigError {
-                            variable: "JWT_HS256_SECRET",
-                            problem: "AUTH_MODE=jwt needs exactly one of JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY"
-                                .into(),
-                        });
-                    }
+                // As API Gateway's JWT authorizer is configured: an issuer and its audiences (a comma-separated
+                // list); the keys come from the issuer's JWKS.
+                let settings = JwtSettings {
+                    issuer: required("JWT_ISSUER")?,
+                    audiences: required("JWT_AUDIENCE")?.split(',').map(String::from).collect(),
+                    jwks_url: get("JWT_JWKS_URL"),
                 };
-                let verifier = JwtVerifier::new(&key, &required("JWT_ISSUER")?, &required("JWT_AUDIENCE")?)
-                    .map_err(|problem| ConfigError { variable: "JWT_RS256_PUBLIC_KEY", problem })?;
-                Some(Authenticator::Jwt(Box::new(verifier)))
+                let verifier = JwtVerifier::new(settings).map_err(|error| {
+                    let variable = match error {
+                        JwtSettingsError::Issuer(_) => "JWT_ISSUER",
+                        JwtSettingsError::Audience(_) => "JWT_AUDIENCE",
+                        JwtSettingsError::JwksUrl(_) => "JWT_JWKS_URL",
+                    };
+                    ConfigError { variable, problem: error.to_string() }
+                })?;
+                Some(Authenticator::Jwt(verifier))
             }
             Some(other) => {
                 return Err(ConfigError {
@@ -154,10 +163,14 @@ impl Config {
                 base: Duration::from_secs(number("RETRY_BASE_SECONDS", 2)?),
                 max: Duration::from_secs(number("RETRY_MAX_SECONDS", 900)?),
             },
+            throttle_window: Duration::from_secs(number("THROTTLE_WINDOW_SECONDS", 60)?),
             batch_concurrency: number("BATCH_CONCURRENCY", 10)?.max(1) as usize,
             max_body_bytes: number("MAX_BODY_BYTES", 1024 * 1024)? as usize,
             inline_payload_max_bytes: number("INLINE_PAYLOAD_MAX_BYTES", 16 * 1024)? as usize,
             dispatch_grace: Duration::from_secs(number("DISPATCH_GRACE_SECONDS", 60)?),
+            // A day: the newest message of an unfinished job always has 3 of the queue's 4 days left.
+            dispatch_recheck: Duration::from_secs(number("DISPATCH_RECHECK_SECONDS", 24 * 60 * 60)?.max(1)),
+            job_max_age: Duration::from_secs(number("JOB_MAX_AGE_SECONDS", 3 * 24 * 60 * 60)?.max(1)),
             default_lease: Duration::from_secs(number("DEFAULT_LEASE_SECONDS", 900)?),
             job_retention: Duration::from_secs(number("JOB_RETENTION_DAYS", 7)? * 24 * 60 * 60),
             result_url_ttl: Duration::from_secs(number("RESULT_URL_TTL_SECONDS", 900)?.clamp(1, 7 * 24 * 60 * 60)),
@@ -249,8 +262,7 @@ mod tests {
             ("JOBS_TABLE", "jobs"),
             ("PAYLOAD_BUCKET", "bucket"),
             ("JOBS_QUEUE_URL", "http://q/jobs"),
-            ("JWT_HS256_SECRET", "s"),
-            ("JWT_ISSUER", "i"),
+            ("JWT_ISSUER", "https://issuer.example.com"),
             ("JWT_AUDIENCE", "a"),
         ]
         .into_iter()
@@ -288,9 +300,16 @@ mod tests {
             with(&[("AUTH_MODE", "apigateway")]).unwrap().auth,
             Some(Authenticator::ApiGatewayAuthorizer)
         ));
+        // AUTH_MODE=jwt verifies with the issuer's JWKS; a bad setting names its variable.
+        let jwt = with(&[("AUTH_MODE", "jwt"), ("JWT_AUDIENCE", "web, cli")]).unwrap();
+        let Some(Authenticator::Jwt(verifier)) = jwt.auth else { panic!("{:?}", jwt.auth) };
+        assert_eq!(verifier.jwks_url(), "https://issuer.example.com/.well-known/jwks.json");
+        assert_eq!(variable(&[("AUTH_MODE", "jwt"), ("JWT_ISSUER", "http://issuer.example.com")]), "JWT_ISSUER");
+        assert_eq!(variable(&[("AUTH_MODE", "jwt"), ("JWT_AUDIENCE", ",")]), "JWT_AUDIENCE");
+        assert_eq!(variable(&[("AUTH_MODE", "jwt"), ("JWT_JWKS_URL", "ftp://keys")]), "JWT_JWKS_URL");
         // Functions that serve no caller need no token settings.
         let mut bare = base();
-        for key in ["JWT_HS256_SECRET", "JWT_ISSUER", "JWT_AUDIENCE"] {
+        for key in ["JWT_ISSUER", "JWT_AUDIENCE"] {
             bare.remove(key);
         }
         let config = Config::from_map(&bare).unwrap();

@@ -28,6 +28,15 @@ pub mod attr {
 /// API Gateway closes a WebSocket after two hours at most; rows outlive that by a margin.
 const CONNECTION_TTL_SECS: i64 = 3 * 60 * 60;
 
+/// What became of a connection whose push was answered `GoneException`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneConnection {
+    /// It was registered long enough ago to be really gone: it and its subscriptions are removed.
+    Forgotten,
+    /// It was registered so recently that its `$connect` may not have returned yet: kept.
+    MayStillBeConnecting,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnectionStore {
     client: Client,
@@ -111,27 +120,73 @@ impl ConnectionStore {
         }
     }
 
-    /// Removes a connection and all its subscriptions (`$disconnect`, or a push answered Gone).
+    /// Removes a connection and all its subscriptions (`$disconnect`).
     pub async fn disconnect(&self, connection_id: &str) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#c = :c")
-            .expression_attribute_names("#c", attr::CONNECTION_ID)
-            .expression_attribute_values(":c", s(connection_id))
-            .projection_expression("#c, #j")
-            .expression_attribute_names("#j", attr::JOB_ID)
-            .send()
-            .await
-            .map_err(|e| StoreError::from_sdk("Query (items of a connection)", e))?;
-        let deletes: Vec<WriteRequest> = out
-            .items()
+        let items = self.items_of(connection_id).await?;
+        self.delete(items).await
+    }
+
+    /// Handles a push that API Gateway answered `GoneException`. API Gateway answers so both for a
+    /// connection that is gone and for one whose `$connect` has not returned yet, and nothing tells the
+    /// two apart while `$connect` runs (`GetConnection` answers `GoneException` too). A connection
+    /// registered less than `connect_grace` ago may still be connecting, so it is kept; an older one is
+    /// gone, and is removed with all its subscriptions.
+    pub async fn forget_gone(
+        &self,
+        connection_id: &str,
+        now: Millis,
+        connect_grace: Millis,
+    ) -> Result<GoneConnection, StoreError> {
+        let items = self.items_of(connection_id).await?;
+        let connected_at = items
             .iter()
-            .map(|item| {
-                let key: HashMap<String, AttributeValue> = item.clone();
+            .find(|item| {
+                item.get(attr::JOB_ID).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(attr::CONNECTION_ITEM)
+            })
+            .and_then(|item| item.get(attr::CONNECTED_AT)?.as_n().ok()?.parse::<Millis>().ok());
+        if connected_at.is_some_and(|at| now - at < connect_grace) {
+            return Ok(GoneConnection::MayStillBeConnecting);
+        }
+        self.delete(items).await?;
+        Ok(GoneConnection::Forgotten)
+    }
+
+    /// Every item of a connection (its own and its subscriptions), read consistently.
+    async fn items_of(&self, connection_id: &str) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#c = :c")
+                .expression_attribute_names("#c", attr::CONNECTION_ID)
+                .expression_attribute_names("#j", attr::JOB_ID)
+                .expression_attribute_names("#at", attr::CONNECTED_AT)
+                .expression_attribute_values(":c", s(connection_id))
+                .projection_expression("#c, #j, #at")
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| StoreError::from_sdk("Query (items of a connection)", e))?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// Deletes items of the table by their keys.
+    async fn delete(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
+        let deletes: Vec<WriteRequest> = items
+            .into_iter()
+            .map(|mut item| {
+                item.retain(|name, _| name == attr::CONNECTION_ID || name == attr::JOB_ID);
                 WriteRequest::builder()
-                    .delete_request(DeleteRequest::builder().set_key(Some(key)).build().expect("key set"))
+                    .delete_request(DeleteRequest::builder().set_key(Some(item)).build().expect("key set"))
                     .build()
             })
             .collect();

@@ -1,9 +1,13 @@
-//! Getting a job's message into SQS, and making sure it gets there even if the sender dies.
+//! Getting a job's message into SQS, and keeping one there until the job finishes.
 //!
-//! The API writes the job with `dispatchDueAt` set (a sparse GSI), then sends the message, then removes
-//! the mark. If the send fails or the function dies in between, the mark stays; the reconciler
-//! (`sweep_pending`) re-sends every job whose mark is older than the grace period. A duplicate message is
-//! harmless: the state machine runs a job once however often it is delivered.
+//! The API writes the job with `dispatchDueAt` (its place in a sparse GSI) a grace period ahead, sends the
+//! message, then records `dispatchedAt`. Every unfinished job stays in the index; finishing takes it out.
+//! When a job's check falls due, the reconciler (`sweep_due`) looks at it: a job whose message was never
+//! confirmed (the send failed, or the sender died) is sent now; one whose last message is older than the
+//! recheck period is sent again, because SQS deletes messages after the queue's retention (4 days)
+//! without dead-lettering them; a job older than its maximum age fails as `expired`. Each is then
+//! scheduled for its next check. A duplicate message is harmless: the state machine runs a job once
+//! however often it is delivered.
 
 use std::collections::HashMap;
 
@@ -13,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::error::StoreError;
+use crate::job::ErrorInfo;
 use crate::job::JobId;
-use crate::store::JobStore;
+use crate::store::{ForceFailOutcome, JobStore, PendingDispatch};
 
 /// SQS message attribute carrying the request's correlation id.
 pub const CORRELATION_ID_ATTRIBUTE: &str = "correlationId";
@@ -95,6 +100,17 @@ impl Dispatcher {
 
     /// Sends the job's message. On a FIFO queue the job id is both group and deduplication id.
     pub async fn send(&self, job_id: &JobId, kind: &str, correlation_id: &str) -> Result<(), StoreError> {
+        self.send_delayed(job_id, kind, correlation_id, std::time::Duration::ZERO).await
+    }
+
+    /// Sends the job's message, invisible for `delay` (at most 15 minutes; standard queues only).
+    pub async fn send_delayed(
+        &self,
+        job_id: &JobId,
+        kind: &str,
+        correlation_id: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), StoreError> {
         let queue_url = self.routes.queue_for(kind);
         let body = serde_json::to_string(&JobMessage { job_id: job_id.clone() }).expect("a job message serializes");
         let mut request = self
@@ -106,21 +122,24 @@ impl Dispatcher {
             .message_attributes(KIND_ATTRIBUTE, string_attribute(kind));
         if queue_url.ends_with(".fifo") {
             request = request.message_group_id(job_id.as_str()).message_deduplication_id(job_id.as_str());
+        } else if !delay.is_zero() {
+            request = request.delay_seconds(delay.as_secs().min(900) as i32);
         }
         request.send().await.map_err(|e| StoreError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
         Ok(())
     }
 
-    /// Sends the message and clears the job's pending-dispatch mark.
+    /// Sends the message and records that it was sent (`now`).
     pub async fn dispatch(
         &self,
         store: &JobStore,
         job_id: &JobId,
         kind: &str,
         correlation_id: &str,
+        now: Millis,
     ) -> Result<(), StoreError> {
         self.send(job_id, kind, correlation_id).await?;
-        store.mark_dispatched(job_id).await
+        store.confirm_dispatch(job_id, now).await
     }
 }
 
@@ -132,33 +151,86 @@ fn string_attribute(value: &str) -> MessageAttributeValue {
         .expect("data type is set")
 }
 
+/// How the reconciler treats unfinished jobs (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchPolicy {
+    /// A job's message is sent again when the last one is this old.
+    pub recheck: std::time::Duration,
+    /// A job this old that has not finished fails as `expired`.
+    pub max_age: std::time::Duration,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Messages sent for jobs whose message was never confirmed, or may have expired.
     pub redispatched: usize,
+    /// Jobs failed for being older than the maximum age.
+    pub expired: usize,
+    /// Due jobs that only needed their next check scheduled.
+    pub rescheduled: usize,
+    /// Jobs whose handling failed; the next sweep retries them.
     pub failed: usize,
 }
 
-/// Re-sends every job whose message may not have reached SQS (see the module docs).
-pub async fn sweep_pending(
+/// Looks at every unfinished job whose check is due (see the module docs); at most `limit` of them.
+pub async fn sweep_due(
     store: &JobStore,
     dispatcher: &Dispatcher,
+    policy: DispatchPolicy,
     now: Millis,
     limit: usize,
 ) -> Result<SweepReport, StoreError> {
     let mut report = SweepReport::default();
-    for pending in store.due_for_dispatch(now, limit).await? {
-        match dispatcher.dispatch(store, &pending.job_id, &pending.kind, &pending.correlation_id).await {
-            Ok(()) => {
-                tracing::info!(job_id = %pending.job_id, correlation_id = %pending.correlation_id, "re-dispatched job");
-                report.redispatched += 1;
-            }
-            Err(error) => {
-                tracing::warn!(job_id = %pending.job_id, %error, "re-dispatch failed; next sweep retries");
-                report.failed += 1;
-            }
+    for due in store.due_for_dispatch(now, limit).await? {
+        if let Err(error) = sweep_one(store, dispatcher, policy, now, &due, &mut report).await {
+            tracing::warn!(job_id = %due.job_id, %error, retryable = error.is_retryable(), "dispatch check failed; the next sweep retries it");
+            report.failed += 1;
         }
     }
     Ok(report)
+}
+
+async fn sweep_one(
+    store: &JobStore,
+    dispatcher: &Dispatcher,
+    policy: DispatchPolicy,
+    now: Millis,
+    due: &PendingDispatch,
+    report: &mut SweepReport,
+) -> Result<(), StoreError> {
+    let recheck = policy.recheck.as_millis() as Millis;
+    let Some(job) = store.get(&due.job_id).await? else { return Ok(()) };
+    if job.status.is_terminal() {
+        return store.clear_dispatch_check(&job.job_id).await;
+    }
+    if now - job.created_at >= policy.max_age.as_millis() as Millis {
+        let info = ErrorInfo {
+            code: "expired".into(),
+            message: format!("not finished within {} s of being accepted", policy.max_age.as_secs()),
+        };
+        match store.force_fail(&job.job_id, &info, now).await? {
+            ForceFailOutcome::Failed(_) => {
+                tracing::warn!(job_id = %job.job_id, "failed a job older than its maximum age");
+                report.expired += 1;
+                return Ok(());
+            }
+            ForceFailOutcome::AlreadyFinished(_) | ForceFailOutcome::NotFound => return Ok(()),
+            // A worker holds it now; look again after the recheck period.
+            ForceFailOutcome::LeaseLive => {}
+        }
+    }
+    match job.dispatched_at {
+        Some(sent) if now - sent < recheck => {
+            report.rescheduled += 1;
+            store.schedule_dispatch_check(&job.job_id, sent + recheck).await
+        }
+        _ => {
+            dispatcher.dispatch(store, &job.job_id, &due.kind, &due.correlation_id, now).await?;
+            tracing::info!(job_id = %job.job_id, correlation_id = %due.correlation_id, first = job.dispatched_at.is_none(), "re-dispatched job");
+            report.redispatched += 1;
+            store.schedule_dispatch_check(&job.job_id, now + recheck).await
+        }
+    }
 }
 
 #[cfg(test)]

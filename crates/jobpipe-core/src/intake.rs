@@ -71,6 +71,7 @@ impl Intake<'_> {
             request_hash,
             correlation_id: new.correlation_id,
             dispatch_due_at: Some(now + self.dispatch_grace.as_millis() as Millis),
+            dispatched_at: None,
         };
         let (job, accepted) = match self.store.create(&job).await? {
             CreateOutcome::Created(job) => (job.clone(), Accepted::New(job)),
@@ -78,9 +79,10 @@ impl Intake<'_> {
             CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
         };
         // Also for a replay: if the first request died before sending, this sends it now.
-        if job.dispatch_due_at.is_some()
+        if job.dispatched_at.is_none()
             && job.status == JobStatus::Queued
-            && let Err(error) = self.dispatcher.dispatch(self.store, &job.job_id, &job.kind, &job.correlation_id).await
+            && let Err(error) =
+                self.dispatcher.dispatch(self.store, &job.job_id, &job.kind, &job.correlation_id, now).await
         {
             // The job is durable; the reconciler sends it after the grace period, so accepting is
             // still a promise we keep.

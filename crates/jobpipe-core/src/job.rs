@@ -93,15 +93,22 @@ pub struct JobError {
     pub code: String,
     pub message: String,
     pub retryable: bool,
+    /// A quota said "not now" (Bedrock throttling): the job is retried after the quota window without
+    /// spending an attempt, since nothing about the job failed.
+    pub throttled: bool,
 }
 
 impl JobError {
     pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError { code: code.into(), message: message.into(), retryable: false }
+        JobError { code: code.into(), message: message.into(), retryable: false, throttled: false }
     }
 
     pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        JobError { code: code.into(), message: message.into(), retryable: true }
+        JobError { code: code.into(), message: message.into(), retryable: true, throttled: false }
+    }
+
+    pub fn throttled(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError { code: code.into(), message: message.into(), retryable: true, throttled: true }
     }
 
     pub fn info(&self) -> ErrorInfo {
@@ -145,8 +152,10 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     pub request_hash: String,
     pub correlation_id: String,
-    /// Set until the job's message is known to be in SQS (see `dispatch`).
+    /// When the reconciler next looks at the job, while it has not finished (see `dispatch`).
     pub dispatch_due_at: Option<Millis>,
+    /// When its message was last known to be in SQS; `None` until the first send succeeded.
+    pub dispatched_at: Option<Millis>,
 }
 
 impl Job {
@@ -191,6 +200,7 @@ impl Job {
             completed_at: self.completed_at.map(to_rfc3339),
             updated_at: to_rfc3339(self.updated_at),
             duration_ms: self.duration_ms(),
+            omitted: Vec::new(),
         }
     }
 }
@@ -222,6 +232,10 @@ pub struct JobView {
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub duration_ms: Option<i64>,
+    /// Fields shown as `null` here because they are stored apart (inputs and results over 16 KiB): list
+    /// pages never carry them; `GET /jobs/{jobId}` does. Absent when nothing was left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
 }
 
 #[cfg(test)]

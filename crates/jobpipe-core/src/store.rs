@@ -3,6 +3,10 @@
 //! This is the only module that knows DynamoDB attribute names. Each method is a single request whose
 //! condition states exactly when the transition is allowed; when the condition fails, the item as it was
 //! (`ReturnValuesOnConditionCheckFailure::AllOld`) tells the caller why, without a second read.
+//!
+//! A write can take effect while its response is lost; the SDK then retries it, and the retry's condition
+//! fails against the write itself. Every transition therefore recognises its own earlier write in the old
+//! item (its lease token, or the `updatedAt` it wrote) and reports success, never a conflict it caused.
 
 use std::collections::HashMap;
 
@@ -39,6 +43,8 @@ pub mod attr {
     pub const STARTED_AT: &str = "startedAt";
     pub const COMPLETED_AT: &str = "completedAt";
     pub const UPDATED_AT: &str = "updatedAt";
+    /// The lease of the worker holding a `processing` job; on a finished job, the token of the write that
+    /// finished it (a retried write recognises itself by it).
     pub const LEASE_TOKEN: &str = "leaseToken";
     pub const LEASE_EXPIRES_AT: &str = "leaseExpiresAt";
     pub const IDEMPOTENCY_KEY: &str = "idempotencyKey";
@@ -46,12 +52,14 @@ pub mod attr {
     pub const CORRELATION_ID: &str = "correlationId";
     pub const DISPATCH_SHARD: &str = "dispatchShard";
     pub const DISPATCH_DUE_AT: &str = "dispatchDueAt";
+    pub const DISPATCHED_AT: &str = "dispatchedAt";
     /// DynamoDB TTL attribute (epoch seconds): finished jobs expire.
     pub const EXPIRES_AT: &str = "expiresAt";
 
     /// GSI: owner (hash) + createdAt (range), for listing a caller's jobs newest first.
     pub const BY_OWNER_INDEX: &str = "byOwner";
-    /// Sparse GSI: dispatchShard (hash) + dispatchDueAt (range), jobs whose message may not be in SQS.
+    /// Sparse GSI: dispatchShard (hash) + dispatchDueAt (range): every unfinished job, by when the
+    /// reconciler should next look at it.
     pub const PENDING_DISPATCH_INDEX: &str = "pendingDispatch";
 }
 
@@ -179,6 +187,8 @@ impl JobStore {
                     _ => None,
                 });
                 match old {
+                    // Exactly what this request writes: its own write, whose response was lost.
+                    Some(item) if item == to_item(job) => Ok(CreateOutcome::Created(job.clone())),
                     Some(item) => {
                         let existing = from_item(&item)?;
                         if existing.owner == job.owner && existing.request_hash == job.request_hash {
@@ -270,13 +280,15 @@ impl JobStore {
 
     /// queued -> cancelled, only by the owner.
     pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
+        let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
             .condition_expression("#owner = :owner AND #status = :queued")
             .update_expression(
-                "SET #status = :cancelled, completedAt = :now, updatedAt = :now, expiresAt = :ttl \
-                 REMOVE dispatchShard, dispatchDueAt",
+                "SET #status = :cancelled, leaseToken = :writer, completedAt = :now, updatedAt = :now, \
+                 expiresAt = :ttl REMOVE dispatchShard, dispatchDueAt",
             )
+            .expression_attribute_values(":writer", s(&writer))
             .expression_attribute_names("#owner", attr::OWNER)
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_values(":owner", s(owner))
@@ -286,7 +298,8 @@ impl JobStore {
             .expression_attribute_values(":ttl", n(self.expires_at(now)))
             .send()
             .await;
-        Ok(match conditional(result, "UpdateItem (cancel job)")? {
+        let own = finished_by(JobStatus::Cancelled, &writer);
+        Ok(match conditional(result, "UpdateItem (cancel job)", own)? {
             Ok(job) => CancelOutcome::Cancelled(job),
             Err(Some(old)) if old.owner == owner => CancelOutcome::NotCancellable(old),
             Err(_) => CancelOutcome::NotFound,
@@ -309,8 +322,7 @@ impl JobStore {
             )
             .update_expression(
                 "SET #status = :processing, leaseToken = :token, leaseExpiresAt = :expires, \
-                 attempts = attempts + :one, startedAt = if_not_exists(startedAt, :now), updatedAt = :now \
-                 REMOVE dispatchShard, dispatchDueAt",
+                 attempts = attempts + :one, startedAt = if_not_exists(startedAt, :now), updatedAt = :now",
             )
             .expression_attribute_names("#id", attr::JOB_ID)
             .expression_attribute_names("#status", attr::STATUS)
@@ -323,7 +335,10 @@ impl JobStore {
             .expression_attribute_values(":one", n(1))
             .send()
             .await;
-        Ok(match conditional(result, "UpdateItem (claim job)")? {
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str()) && has_s(old, attr::LEASE_TOKEN, &lease.token)
+        };
+        Ok(match conditional(result, "UpdateItem (claim job)", own)? {
             Ok(job) => ClaimOutcome::Claimed(job),
             Err(None) => ClaimOutcome::NotFound,
             Err(Some(old)) if old.status.is_terminal() => ClaimOutcome::AlreadyFinished(old),
@@ -348,8 +363,10 @@ impl JobStore {
         now: Millis,
     ) -> Result<FenceOutcome, StoreError> {
         let (result_attr, result_value) = payload_attr(result, attr::RESULT, attr::RESULT_REF);
+        // The lease token stays on the finished item: it is how a retried write recognises itself.
         let expression = "SET #status = :completed, #result = :result, progress = :hundred, completedAt = :now, \
-                          updatedAt = :now, expiresAt = :ttl REMOVE leaseToken, leaseExpiresAt, lastErrorCode, lastErrorMessage";
+                          updatedAt = :now, expiresAt = :ttl \
+                          REMOVE leaseExpiresAt, lastErrorCode, lastErrorMessage, dispatchShard, dispatchDueAt";
         let result = self
             .fenced(job_id, token)
             .update_expression(expression)
@@ -361,7 +378,7 @@ impl JobStore {
             .expression_attribute_values(":ttl", n(self.expires_at(now)))
             .send()
             .await;
-        fence_outcome(conditional(result, "UpdateItem (complete job)")?)
+        fence_outcome(conditional(result, "UpdateItem (complete job)", finished_by(JobStatus::Completed, token))?)
     }
 
     /// processing -> failed, only for the holder of `token`.
@@ -376,7 +393,8 @@ impl JobStore {
             .fenced(job_id, token)
             .update_expression(
                 "SET #status = :failed, errorCode = :code, errorMessage = :message, completedAt = :now, \
-                 updatedAt = :now, expiresAt = :ttl REMOVE leaseToken, leaseExpiresAt, lastErrorCode, lastErrorMessage",
+                 updatedAt = :now, expiresAt = :ttl \
+                 REMOVE leaseExpiresAt, lastErrorCode, lastErrorMessage, dispatchShard, dispatchDueAt",
             )
             .expression_attribute_values(":failed", s(JobStatus::Failed.as_str()))
             .expression_attribute_values(":code", s(&error.code))
@@ -385,11 +403,12 @@ impl JobStore {
             .expression_attribute_values(":ttl", n(self.expires_at(now)))
             .send()
             .await;
-        fence_outcome(conditional(result, "UpdateItem (fail job)")?)
+        fence_outcome(conditional(result, "UpdateItem (fail job)", finished_by(JobStatus::Failed, token))?)
     }
 
     /// Gives the lease up after a retryable error: the job stays `processing`, records the error, and the
-    /// next delivery may claim it at once.
+    /// next delivery may claim it at once. A released lease keeps its token with expiry 0, which no
+    /// fenced write accepts.
     pub async fn release_for_retry(
         &self,
         job_id: &JobId,
@@ -400,16 +419,48 @@ impl JobStore {
         let result = self
             .fenced(job_id, token)
             .update_expression(
-                "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :zero, updatedAt = :now \
-                 REMOVE leaseToken",
+                "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :released, updatedAt = :now",
             )
             .expression_attribute_values(":code", s(&error.code))
             .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        fence_outcome(conditional(result, "UpdateItem (release job for retry)")?)
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
+                && has_s(old, attr::LEASE_TOKEN, token)
+                && has_n(old, attr::LEASE_EXPIRES_AT, RELEASED)
+        };
+        fence_outcome(conditional(result, "UpdateItem (release job for retry)", own)?)
+    }
+
+    /// Gives the lease up after the job was throttled (a quota said "not now"): like `release_for_retry`,
+    /// and the attempt is given back, since nothing about the job failed.
+    pub async fn release_throttled(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+    ) -> Result<FenceOutcome, StoreError> {
+        let result = self
+            .fenced(job_id, token)
+            .update_expression(
+                "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :released, \
+                 attempts = attempts - :one, updatedAt = :now",
+            )
+            .expression_attribute_values(":code", s(&error.code))
+            .expression_attribute_values(":message", s(&error.message))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
+                && has_s(old, attr::LEASE_TOKEN, token)
+                && has_n(old, attr::LEASE_EXPIRES_AT, RELEASED)
+        };
+        fence_outcome(conditional(result, "UpdateItem (release throttled job)", own)?)
     }
 
     /// Records progress (0-100) for the lease holder. Returns false when the lease is gone.
@@ -427,7 +478,12 @@ impl JobStore {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        Ok(conditional(result, "UpdateItem (job progress)")?.is_ok())
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
+                && has_s(old, attr::LEASE_TOKEN, token)
+                && has_n(old, attr::PROGRESS, progress.min(100))
+        };
+        Ok(conditional(result, "UpdateItem (job progress)", own)?.is_ok())
     }
 
     /// Fails a job that is not finished and that no worker holds a live lease on: used when its message
@@ -438,16 +494,18 @@ impl JobStore {
         error: &ErrorInfo,
         now: Millis,
     ) -> Result<ForceFailOutcome, StoreError> {
+        let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
             .condition_expression(
                 "#status IN (:queued, :processing) AND (attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",
             )
             .update_expression(
-                "SET #status = :failed, errorCode = :code, errorMessage = :message, completedAt = :now, \
-                 updatedAt = :now, expiresAt = :ttl \
-                 REMOVE leaseToken, leaseExpiresAt, dispatchShard, dispatchDueAt, lastErrorCode, lastErrorMessage",
+                "SET #status = :failed, leaseToken = :writer, errorCode = :code, errorMessage = :message, \
+                 completedAt = :now, updatedAt = :now, expiresAt = :ttl \
+                 REMOVE leaseExpiresAt, dispatchShard, dispatchDueAt, lastErrorCode, lastErrorMessage",
             )
+            .expression_attribute_values(":writer", s(&writer))
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
             .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
@@ -458,7 +516,7 @@ impl JobStore {
             .expression_attribute_values(":ttl", n(self.expires_at(now)))
             .send()
             .await;
-        Ok(match conditional(result, "UpdateItem (force-fail job)")? {
+        Ok(match conditional(result, "UpdateItem (force-fail job)", finished_by(JobStatus::Failed, &writer))? {
             Ok(job) => ForceFailOutcome::Failed(job),
             Err(None) => ForceFailOutcome::NotFound,
             Err(Some(old)) if old.status.is_terminal() => ForceFailOutcome::AlreadyFinished(old),
@@ -466,8 +524,36 @@ impl JobStore {
         })
     }
 
-    /// The job's message is in SQS: take it out of the pending-dispatch index.
-    pub async fn mark_dispatched(&self, job_id: &JobId) -> Result<(), StoreError> {
+    /// The job's message is in SQS as of `now`. Only `dispatchedAt` changes, which the pending-dispatch
+    /// index does not project: no index write. A finished job is left alone.
+    pub async fn confirm_dispatch(&self, job_id: &JobId, now: Millis) -> Result<(), StoreError> {
+        let result = self
+            .unfinished(job_id)
+            .update_expression("SET dispatchedAt = :now")
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::None)
+            .send()
+            .await;
+        // A condition failure means the job finished or is gone: nothing left to dispatch.
+        conditional(result, "UpdateItem (confirm dispatch)", |_| false).map(|_| ())
+    }
+
+    /// When the reconciler should next look at this unfinished job (its place in the pending-dispatch
+    /// index). A finished job is left alone.
+    pub async fn schedule_dispatch_check(&self, job_id: &JobId, due: Millis) -> Result<(), StoreError> {
+        let result = self
+            .unfinished(job_id)
+            .update_expression("SET dispatchShard = :shard, dispatchDueAt = :due")
+            .expression_attribute_values(":shard", s(shard_of(job_id)))
+            .expression_attribute_values(":due", n(due))
+            .return_values(ReturnValue::None)
+            .send()
+            .await;
+        conditional(result, "UpdateItem (schedule dispatch check)", |_| false).map(|_| ())
+    }
+
+    /// Takes a finished job out of the pending-dispatch index (a mark left by an older version).
+    pub async fn clear_dispatch_check(&self, job_id: &JobId) -> Result<(), StoreError> {
         let result = self
             .update(job_id)
             .condition_expression("attribute_exists(#id)")
@@ -476,11 +562,20 @@ impl JobStore {
             .return_values(ReturnValue::None)
             .send()
             .await;
-        // A condition failure means the job is gone (expired): nothing left to dispatch.
-        conditional(result, "UpdateItem (mark dispatched)").map(|_| ())
+        conditional(result, "UpdateItem (clear dispatch check)", |_| false).map(|_| ())
     }
 
-    /// Jobs whose dispatch deadline passed without their message being confirmed in SQS.
+    /// An update of a job that exists and has not finished.
+    fn unfinished(&self, job_id: &JobId) -> UpdateItemFluentBuilder {
+        self.update(job_id)
+            .condition_expression("attribute_exists(#id) AND #status IN (:queued, :processing)")
+            .expression_attribute_names("#id", attr::JOB_ID)
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
+            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
+    }
+
+    /// Unfinished jobs the reconciler should look at by `now` (their dispatch check is due).
     pub async fn due_for_dispatch(&self, now: Millis, limit: usize) -> Result<Vec<PendingDispatch>, StoreError> {
         let mut due = Vec::new();
         for shard in 0..DISPATCH_SHARDS {
@@ -531,20 +626,24 @@ impl JobStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
 
-    /// An update that only the current lease holder may make.
+    /// An update that only the current lease holder may make (a released lease holds nothing).
     fn fenced(&self, job_id: &JobId, token: &str) -> UpdateItemFluentBuilder {
         self.update(job_id)
-            .condition_expression("#status = :processing AND leaseToken = :token")
+            .condition_expression("#status = :processing AND leaseToken = :token AND leaseExpiresAt > :released")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
             .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":released", n(RELEASED))
     }
 }
 
 /// Turns an UpdateItem result into `Ok(new job)` or, when the condition failed, `Err(old job if any)`.
+/// A failed condition whose old item `own` recognises as this very write (it took effect, its response
+/// was lost, and the SDK's retry met it) is the write's success.
 fn conditional(
     result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
     operation: &str,
+    own: impl Fn(&Item) -> bool,
 ) -> Result<Result<Job, Option<Job>>, StoreError> {
     match result {
         Ok(out) => match out.attributes() {
@@ -553,12 +652,34 @@ fn conditional(
         },
         Err(err) => match err.as_service_error() {
             Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                Some(item) if !item.is_empty() && own(item) => {
+                    tracing::info!(operation, "a retried write found its own earlier write: done");
+                    Ok(Ok(from_item(item)?))
+                }
                 Some(item) if !item.is_empty() => Ok(Err(Some(from_item(item)?))),
                 _ => Ok(Err(None)),
             },
             _ => Err(StoreError::from_sdk(operation, err)),
         },
     }
+}
+
+/// The `leaseExpiresAt` of a released lease: no fenced write accepts it, and any claim may take the job.
+const RELEASED: Millis = 0;
+
+/// Recognises a finishing write by its token (a lease holder's, or a cancel's or force-fail's own): the
+/// job in `status`, carrying the token.
+fn finished_by(status: JobStatus, token: &str) -> impl Fn(&Item) -> bool + '_ {
+    move |old| has_s(old, attr::STATUS, status.as_str()) && has_s(old, attr::LEASE_TOKEN, token)
+}
+
+fn has_s(item: &Item, name: &str, value: &str) -> bool {
+    matches!(item.get(name), Some(AttributeValue::S(v)) if v == value)
+}
+
+fn has_n(item: &Item, name: &str, value: impl Into<i64>) -> bool {
+    let value = value.into();
+    matches!(item.get(name), Some(AttributeValue::N(v)) if v.parse::<i64>().ok() == Some(value))
 }
 
 fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, StoreError> {
@@ -638,6 +759,9 @@ fn to_item(job: &Job) -> Item {
     if let Some(due) = job.dispatch_due_at {
         put(attr::DISPATCH_SHARD, s(shard_of(&job.job_id)));
         put(attr::DISPATCH_DUE_AT, n(due));
+    }
+    if let Some(at) = job.dispatched_at {
+        put(attr::DISPATCHED_AT, n(at));
     }
     item
 }
@@ -732,9 +856,13 @@ fn opt_error(item: &Item, code: &str, message: &str) -> Result<Option<ErrorInfo>
 fn from_item(item: &Item) -> Result<Job, StoreError> {
     let job_id = get_s(item, attr::JOB_ID)?;
     let status = get_s(item, attr::STATUS)?;
+    let status = JobStatus::parse(&status)
+        .ok_or_else(|| StoreError::corrupt("reading job item", format!("unknown status {status:?}")))?;
+    // A finished job keeps its last lease's token (see `complete`), but holds no lease.
     let lease = match (opt_s(item, attr::LEASE_TOKEN)?, opt_n(item, attr::LEASE_EXPIRES_AT)?) {
+        _ if status.is_terminal() => None,
         (Some(token), Some(expires_at)) => Some(Lease { token, expires_at }),
-        // A released lease keeps only its (past) expiry, so a new claim may take the job at once.
+        // A lease released before tokens were kept: only its (past) expiry.
         (None, Some(expires_at)) => Some(Lease { token: String::new(), expires_at }),
         _ => None,
     };
@@ -743,8 +871,7 @@ fn from_item(item: &Item) -> Result<Job, StoreError> {
             .ok_or_else(|| StoreError::corrupt("reading job item", format!("job id {job_id:?} is not a UUID")))?,
         owner: get_s(item, attr::OWNER)?,
         kind: get_s(item, attr::KIND)?,
-        status: JobStatus::parse(&status)
-            .ok_or_else(|| StoreError::corrupt("reading job item", format!("unknown status {status:?}")))?,
+        status,
         input: opt_payload(item, attr::INPUT, attr::INPUT_REF)?.unwrap_or(Payload::Inline(Value::Null)),
         result: opt_payload(item, attr::RESULT, attr::RESULT_REF)?,
         error: opt_error(item, attr::ERROR_CODE, attr::ERROR_MESSAGE)?,
@@ -760,6 +887,7 @@ fn from_item(item: &Item) -> Result<Job, StoreError> {
         request_hash: opt_s(item, attr::REQUEST_HASH)?.unwrap_or_default(),
         correlation_id: opt_s(item, attr::CORRELATION_ID)?.unwrap_or_default(),
         dispatch_due_at: opt_n(item, attr::DISPATCH_DUE_AT)?,
+        dispatched_at: opt_n(item, attr::DISPATCHED_AT)?,
     })
 }
 
@@ -818,6 +946,7 @@ mod tests {
             request_hash: "h".into(),
             correlation_id: "c".into(),
             dispatch_due_at: Some(5),
+            dispatched_at: Some(4),
         };
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         assert!(to_item(&job).contains_key(attr::DISPATCH_SHARD));

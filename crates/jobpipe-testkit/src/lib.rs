@@ -1,6 +1,6 @@
 //! Test harness: one moto server per test process, fresh AWS resources per test (created from
-//! template.yaml), signed tokens, and a small stand-in for the SQS event source mapping (receive a batch,
-//! delete what the handler acknowledged).
+//! template.yaml), tokens signed by a test issuer that publishes its JWKS, and a small stand-in for the
+//! SQS event source mapping (receive a batch, delete what the handler acknowledged).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -10,14 +10,13 @@ use std::sync::OnceLock;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+pub use jobpipe::faults::{FaultProxy, ScriptedFault};
 use jobpipe::resources;
 use jobpipe::sources::sqs_record;
 use jobpipe::template::{Resolver, Template};
-use jobpipe_core::auth::{Claims, issue_hs256};
 use jobpipe_core::config::{AwsClients, Config};
 
-pub const TEST_JWT_SECRET: &str = "jobpipe-test-secret";
-pub const TEST_ISSUER: &str = "https://jobpipe.test/issuer";
+/// The app client id test tokens are for (`aud`, or `client_id` in Cognito-style access tokens).
 pub const TEST_AUDIENCE: &str = "jobpipe-test";
 
 struct Moto {
@@ -66,30 +65,73 @@ pub fn moto_endpoint() -> &'static str {
 
 /// SDK configuration pointing at moto with dummy credentials.
 pub fn sdk_config() -> aws_config::SdkConfig {
+    sdk_config_at(moto_endpoint())
+}
+
+/// A fault proxy in front of moto, and clients that reach moto through it: script a fault on one call
+/// (`FaultProxy::script`) to see what the code under test makes of it. It serves until the test ends.
+pub async fn through_fault_proxy() -> (std::sync::Arc<FaultProxy>, AwsClients) {
+    let proxy = FaultProxy::new(moto_endpoint(), 0.0, 0.0);
+    let (url, _serving) = proxy.serve().await.expect("serving the fault proxy");
+    (proxy, AwsClients::from_sdk_config(&sdk_config_at(&url)))
+}
+
+/// SDK configuration pointing at `endpoint` (a `FaultProxy` in front of moto, say) with dummy credentials.
+pub fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
             aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "jobpipe-testkit"),
         ))
         .build()
 }
 
-/// A signed token for `sub`, valid for ten minutes, trusted by `TestStack::config`.
-pub fn token(sub: &str) -> String {
-    token_with(Claims {
-        sub: sub.into(),
-        iss: TEST_ISSUER.into(),
-        aud: TEST_AUDIENCE.into(),
-        exp: now_secs() + 600,
-        nbf: None,
-        iat: Some(now_secs()),
+/// The issuer `TestStack::config` trusts: a server of this process that publishes the signing key's
+/// JWKS at `{issuer}/.well-known/jwks.json`, as Cognito does, so tests verify tokens the deployed way.
+/// It runs on a thread of its own, so it outlives each test's runtime.
+pub fn test_issuer() -> &'static str {
+    static ISSUER: OnceLock<String> = OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the test issuer");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let issuer = format!("http://{}/issuer", listener.local_addr().expect("the test issuer's address"));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                let jwks = jobpipe::dev::dev_jwks();
+                let app = axum::Router::new().route(
+                    "/issuer/.well-known/jwks.json",
+                    axum::routing::get(move || async move { axum::Json(jwks) }),
+                );
+                axum::serve(listener, app).await.expect("serving the test issuer's JWKS");
+            })
+        });
+        issuer
     })
 }
 
-pub fn token_with(claims: Claims) -> String {
-    issue_hs256(TEST_JWT_SECRET.as_bytes(), &claims)
+/// What `token` signs for `sub`: an ID-token shape (`aud`), valid for ten minutes. Tests edit it.
+pub fn claims(sub: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sub": sub,
+        "iss": test_issuer(),
+        "aud": TEST_AUDIENCE,
+        "iat": now_secs(),
+        "exp": now_secs() + 600,
+    })
+}
+
+/// A token for `sub`, trusted by `TestStack::config`.
+pub fn token(sub: &str) -> String {
+    token_with(&claims(sub))
+}
+
+/// A token carrying exactly these claims, signed by the test issuer's key (the local stack's dev key).
+pub fn token_with(claims: &serde_json::Value) -> String {
+    jobpipe::dev::dev_signer().sign(claims)
 }
 
 pub fn now_secs() -> i64 {
@@ -182,8 +224,7 @@ impl TestStack {
             ("CONNECTIONS_TABLE", &self.connections_table),
             ("KIND_QUEUE_URLS", &format!("image={}", self.image_queue_url)),
             ("AUTH_MODE", "jwt"),
-            ("JWT_HS256_SECRET", TEST_JWT_SECRET),
-            ("JWT_ISSUER", TEST_ISSUER),
+            ("JWT_ISSUER", test_issuer()),
             ("JWT_AUDIENCE", TEST_AUDIENCE),
             ("ECHO_KIND_ENABLED", "true"),
             ("RETRY_BASE_SECONDS", "0"),
@@ -266,10 +307,15 @@ impl TestStack {
 
     /// Sends a raw message body to the main queue (poison messages, duplicates).
     pub async fn send_raw(&self, body: &str) -> String {
+        self.send_raw_to(&self.queue_url, body).await
+    }
+
+    /// Sends `body` as is to `queue_url`.
+    pub async fn send_raw_to(&self, queue_url: &str, body: &str) -> String {
         self.clients
             .sqs
             .send_message()
-            .queue_url(&self.queue_url)
+            .queue_url(queue_url)
             .message_body(body)
             .send()
             .await
@@ -278,7 +324,7 @@ impl TestStack {
             .unwrap_or_default()
     }
 
-    /// Messages waiting in a queue (visible plus in flight).
+    /// Messages waiting in a queue (visible, in flight, and delayed).
     pub async fn queue_depth(&self, queue_url: &str) -> u64 {
         let out = self
             .clients
@@ -287,6 +333,7 @@ impl TestStack {
             .queue_url(queue_url)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
             .expect("reading queue attributes");

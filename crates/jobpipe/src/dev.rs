@@ -7,23 +7,32 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
+use jobpipe_core::auth::RsaSigner;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::gateway::{DevHelpers, Gateway, HttpRoute, SocketRoute};
+use crate::gateway::{Cors, DevHelpers, Gateway, HttpRoute, SocketRoute};
 use crate::resources::{self, Clients, Created, REGION};
 use crate::runtime::{Function, FunctionProcess};
 use crate::sources::{SqsMapping, StreamMapping, run_schedule};
 use crate::template::{EventSpec, FunctionSpec, Resolver, Template};
 
-/// The key the local stack signs dev tokens with; the functions are configured to trust it.
-pub const DEV_JWT_SECRET: &str = "jobpipe-local-dev-secret-not-for-production";
+/// The RSA key the local stack signs dev tokens with. It is committed on purpose and is NOT FOR
+/// PRODUCTION: anyone can read it, so anyone can sign tokens with it. Only the local stack trusts it,
+/// through the JWKS it serves at `DEV_JWKS_PATH`; a deployed stack trusts its `JwtIssuer`'s keys only.
+const DEV_JWT_KEY_PEM: &str = include_str!("dev-jwt-key.NOT-FOR-PRODUCTION.pem");
+/// The dev key's `kid`, which says what it is in every dev token's header.
+pub const DEV_JWT_KID: &str = "jobpipe-local-dev-NOT-FOR-PRODUCTION";
+/// The `iss` of dev tokens. Fixed, not the gateway's URL, so the tokens in `events/` stay valid on any
+/// port; the functions are pointed at the dev JWKS with `JWT_JWKS_URL`.
 pub const DEV_ISSUER: &str = "https://jobpipe.local/dev";
 pub const DEV_AUDIENCE: &str = "jobpipe-local";
+/// Where the gateway (or, without one, `DevKeyServer`) serves the dev key's JWKS.
+pub const DEV_JWKS_PATH: &str = "/dev/jwks.json";
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -51,6 +60,8 @@ pub struct DevOptions {
     pub queue_visibility: Option<std::time::Duration>,
     /// Also receives every line the functions log, as printed (`[Function#n] line`): tests read it.
     pub log_tap: Option<mpsc::UnboundedSender<String>>,
+    /// Template parameters to set (`CorsAllowedOrigin`, say), over the local defaults.
+    pub parameters: BTreeMap<String, String>,
 }
 
 impl DevOptions {
@@ -76,6 +87,7 @@ impl DevOptions {
             function_timeout: None,
             queue_visibility: None,
             log_tap: None,
+            parameters: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +100,11 @@ pub struct LocalAws {
     pub clients: Clients,
     pub resolver: Resolver,
     pub created: Created,
+    /// The dev key's JWKS, which the functions that verify tokens fetch: the gateway's in `jobpipe dev`,
+    /// otherwise (`invoke`, the bench) `dev_keys`'s.
+    pub jwks_url: String,
+    /// Held so the key server keeps serving for as long as this stack lives.
+    _dev_keys: Option<DevKeyServer>,
 }
 
 impl LocalAws {
@@ -116,7 +133,6 @@ impl LocalAws {
         let parameters = HashMap::from([
             ("JwtIssuer".to_string(), DEV_ISSUER.to_string()),
             ("JwtAudience".to_string(), DEV_AUDIENCE.to_string()),
-            ("JwtPublicKeyPem".to_string(), String::new()),
             ("Stage".to_string(), "local".to_string()),
             ("EchoKindEnabled".to_string(), "true".to_string()),
         ]);
@@ -133,7 +149,17 @@ impl LocalAws {
                 }
             }
         }
-        Ok(LocalAws { endpoint, moto, shared, clients, resolver, created })
+        let dev_keys = DevKeyServer::start().await?;
+        Ok(LocalAws {
+            endpoint,
+            moto,
+            shared,
+            clients,
+            resolver,
+            created,
+            jwks_url: dev_keys.url.clone(),
+            _dev_keys: Some(dev_keys),
+        })
     }
 
     /// The process description of one of the template's functions, environment resolved locally.
@@ -147,7 +173,7 @@ impl LocalAws {
         let process = FunctionProcess {
             name: spec.logical_id.clone(),
             binary: binaries.join(&spec.binary),
-            environment: environment(spec, &self.resolver, &self.endpoint, base_url, extra_env)?,
+            environment: environment(spec, &self.resolver, &self.endpoint, base_url, &self.jwks_url, extra_env)?,
             timeout: spec.timeout,
             memory_mb: spec.memory_mb,
             instances: instances(spec),
@@ -201,8 +227,13 @@ impl DevStack {
             .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
         let address = listener.local_addr()?;
         let base_url = format!("http://{address}");
-        let LocalAws { endpoint, moto, shared, clients, resolver, created } =
+        // The gateway serves the dev JWKS here, so the key server of its own is dropped.
+        let LocalAws { endpoint, moto, shared, clients, mut resolver, created, .. } =
             LocalAws::start(&options.root, &template, options.endpoint.clone(), &options.prefix).await?;
+        for (name, value) in &options.parameters {
+            resolver.set(name, value);
+        }
+        let cors = template.http_api_cors().map(|spec| cors(&spec, &resolver)).transpose()?;
 
         let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
         let tap = options.log_tap.clone();
@@ -233,8 +264,16 @@ impl DevStack {
                 }
             }
         }
-        let local =
-            LocalAws { endpoint: endpoint.clone(), moto: None, shared: shared.clone(), clients, resolver, created };
+        let local = LocalAws {
+            endpoint: endpoint.clone(),
+            moto: None,
+            shared: shared.clone(),
+            clients,
+            resolver,
+            created,
+            jwks_url: format!("{base_url}{DEV_JWKS_PATH}"),
+            _dev_keys: None,
+        };
         let mut running = HashMap::new();
         for spec in &functions {
             let process = local.function_process(spec, &options.binaries, &base_url, &options.extra_env)?;
@@ -248,8 +287,8 @@ impl DevStack {
             let function = running[&spec.logical_id].clone();
             for event in &spec.events {
                 match event.clone() {
-                    EventSpec::HttpApi { method, path } => {
-                        http_routes.push(HttpRoute { method, path, function: function.clone() })
+                    EventSpec::HttpApi { method, path, authorized } => {
+                        http_routes.push(HttpRoute { method, path, function: function.clone(), authorized })
                     }
                     EventSpec::Sqs { queue, batch_size, batching_window, max_concurrency, report_failures } => {
                         let (url, arn) =
@@ -303,7 +342,7 @@ impl DevStack {
             created: created.clone(),
             functions: functions.iter().map(|f| f.logical_id.clone()).collect(),
         });
-        let gateway = Gateway::new(http_routes, socket_routes, options.root.join("web"), dev);
+        let gateway = Gateway::new(http_routes, cors, socket_routes, options.root.join("web"), dev);
         let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
@@ -369,18 +408,79 @@ impl DevHelpers for LocalDev {
     }
 }
 
-pub fn dev_token(sub: &str) -> String {
+/// The dev key, which signs the local stack's tokens.
+pub fn dev_signer() -> &'static RsaSigner {
+    static SIGNER: OnceLock<RsaSigner> = OnceLock::new();
+    SIGNER.get_or_init(|| RsaSigner::from_pem(DEV_JWT_KID, DEV_JWT_KEY_PEM.as_bytes()).expect("the dev key is valid"))
+}
+
+/// The JWKS the local functions verify dev tokens with.
+pub fn dev_jwks() -> Value {
+    jobpipe_core::auth::jwks(&[dev_signer()])
+}
+
+/// What `POST /dev/token` hands out for `sub`: shaped like a Cognito access token (`client_id` and
+/// `token_use`, no `aud`), the tokens users of a deployed stack have, valid for 12 hours.
+pub fn dev_claims(sub: &str) -> Value {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let claims = jobpipe_core::auth::Claims {
-        sub: sub.to_string(),
-        iss: DEV_ISSUER.into(),
-        aud: DEV_AUDIENCE.into(),
-        exp: now + 12 * 60 * 60,
-        nbf: None,
-        iat: Some(now),
-    };
-    jobpipe_core::auth::issue_hs256(DEV_JWT_SECRET.as_bytes(), &claims)
+    json!({
+        "sub": sub,
+        "iss": DEV_ISSUER,
+        "client_id": DEV_AUDIENCE,
+        "token_use": "access",
+        "scope": "openid",
+        "iat": now,
+        "exp": now + 12 * 60 * 60,
+    })
+}
+
+pub fn dev_token(sub: &str) -> String {
+    dev_signer().sign(&dev_claims(sub))
+}
+
+/// Serves the dev key's JWKS at `DEV_JWKS_PATH` on a port of its own, for functions run without the
+/// gateway (`jobpipe invoke`, the bench, a `cargo lambda watch` environment). Stops when dropped.
+pub struct DevKeyServer {
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl DevKeyServer {
+    pub async fn start() -> anyhow::Result<DevKeyServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("binding the dev key server")?;
+        let url = format!("http://{}{DEV_JWKS_PATH}", listener.local_addr()?);
+        let app = axum::Router::new().route(DEV_JWKS_PATH, axum::routing::get(|| async { axum::Json(dev_jwks()) }));
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the dev key server stopped");
+            }
+        });
+        Ok(DevKeyServer { url, task })
+    }
+}
+
+impl Drop for DevKeyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The HTTP API's CORS configuration with its parameters resolved.
+fn cors(spec: &crate::template::CorsSpec, resolver: &Resolver) -> anyhow::Result<Cors> {
+    Ok(Cors {
+        allow_origins: spec
+            .allow_origins
+            .iter()
+            .map(|origin| resolver.resolve(origin))
+            .collect::<Result<_, _>>()
+            .context("resolving the HTTP API's CorsConfiguration.AllowOrigins")?,
+        allow_methods: spec.allow_methods.clone(),
+        allow_headers: spec.allow_headers.clone(),
+        expose_headers: spec.expose_headers.clone(),
+        max_age: spec.max_age,
+        allow_credentials: spec.allow_credentials,
+    })
 }
 
 /// How many execution environments a function gets locally: as many as its event sources invoke it at
@@ -409,12 +509,13 @@ fn local_sqs_concurrency(max_concurrency: usize) -> usize {
 }
 
 /// The function's environment as the template sets it, resolved to local resources, plus what makes
-/// it work locally: the endpoint, dummy credentials, and the dev token key.
+/// it work locally: the endpoint, dummy credentials, and the dev key's JWKS.
 fn environment(
     spec: &FunctionSpec,
     resolver: &Resolver,
     endpoint: &str,
     base_url: &str,
+    jwks_url: &str,
     extra: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
@@ -437,14 +538,14 @@ fn environment(
         env.insert(name.to_string(), value.to_string());
     }
     // Locally no API Gateway authorizer runs: the functions that authenticate callers verify tokens
-    // against the dev key. Functions the template gives no AUTH_MODE get none here either.
+    // as websocket-connect does when deployed, with the keys of a JWKS (the dev key's). Functions the
+    // template gives no AUTH_MODE get none here either.
     if env.contains_key("AUTH_MODE") {
         for (name, value) in [
             ("AUTH_MODE", "jwt"),
-            ("JWT_HS256_SECRET", DEV_JWT_SECRET),
-            ("JWT_RS256_PUBLIC_KEY", ""),
             ("JWT_ISSUER", DEV_ISSUER),
             ("JWT_AUDIENCE", DEV_AUDIENCE),
+            ("JWT_JWKS_URL", jwks_url),
         ] {
             env.insert(name.to_string(), value.to_string());
         }

@@ -1,9 +1,10 @@
 //! A fault-injecting proxy in front of the local AWS endpoint: a fraction of DynamoDB, SQS and S3 calls
 //! answer throttling or 5xx, either before reaching moto (the call did not happen) or after (it happened,
-//! but the caller is told it failed: the ambiguous case). Used by the fault-injection run.
+//! but the caller is told it failed: the ambiguous case). Used by the fault-injection run, and by tests
+//! that script one fault on one named call (`FaultProxy::script`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -19,8 +20,28 @@ pub struct FaultCounts {
     pub forwarded: AtomicU64,
 }
 
+/// One fault on purpose: the next `times` calls whose description contains `target` and whose body
+/// contains `body_contains` fail, `after_effect` or before. A call's description is its `X-Amz-Target`
+/// (`DynamoDB_20120810.UpdateItem`) for JSON-protocol services, `METHOD /path` otherwise (S3:
+/// `GET /bucket/key`).
+#[derive(Debug, Clone)]
+pub struct ScriptedFault {
+    pub target: String,
+    pub body_contains: String,
+    pub after_effect: bool,
+    pub times: u32,
+}
+
+impl ScriptedFault {
+    /// The call takes effect upstream, and its caller is told it failed (a lost response).
+    pub fn lost_response(target: &str, body_contains: &str) -> ScriptedFault {
+        ScriptedFault { target: target.into(), body_contains: body_contains.into(), after_effect: true, times: 1 }
+    }
+}
+
 pub struct FaultProxy {
     upstream: String,
+    scripted: Mutex<Vec<ScriptedFault>>,
     client: reqwest::Client,
     /// Fraction of calls that fail (half before, half after reaching the upstream).
     pub rate: f64,
@@ -34,12 +55,35 @@ impl FaultProxy {
     pub fn new(upstream: &str, rate: f64, send_message_rate: f64) -> Arc<FaultProxy> {
         Arc::new(FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
+            scripted: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
             rate,
             send_message_rate,
             enabled: AtomicBool::new(false),
             counts: FaultCounts::default(),
         })
+    }
+
+    /// Adds a fault for the next matching calls, whether or not random faults are `enabled`.
+    pub fn script(&self, fault: ScriptedFault) {
+        self.scripted.lock().expect("not poisoned").push(fault);
+    }
+
+    /// How many scripted faults have not happened yet.
+    pub fn scripted_pending(&self) -> u32 {
+        self.scripted.lock().expect("not poisoned").iter().map(|f| f.times).sum()
+    }
+
+    /// Takes one scripted fault for this call, if one matches: `Some(after_effect)`.
+    fn scripted_for(&self, call: &str, body: &[u8]) -> Option<bool> {
+        let mut scripted = self.scripted.lock().expect("not poisoned");
+        let fault = scripted.iter_mut().find(|f| {
+            f.times > 0
+                && call.contains(f.target.as_str())
+                && String::from_utf8_lossy(body).contains(f.body_contains.as_str())
+        })?;
+        fault.times -= 1;
+        Some(fault.after_effect)
     }
 
     /// Serves the proxy on a free port; returns its URL.
@@ -93,6 +137,13 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
     } else {
         Service::S3
     };
+    let (parts, body) = request.into_parts();
+    let body: Bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(body) => body,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let call = if target.is_empty() { format!("{} {}", parts.method, parts.uri.path()) } else { target.clone() };
+    let scripted = proxy.scripted_for(&call, &body);
     let enabled = proxy.enabled.load(Ordering::SeqCst);
     // Long polls are left alone: failing them only slows the run without testing anything.
     let long_poll = target.ends_with("ReceiveMessage");
@@ -100,18 +151,16 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         proxy.counts.send_message.fetch_add(1, Ordering::SeqCst);
         return injected(service);
     }
-    let roll = enabled && !long_poll && rand_below(proxy.rate);
-    let fail_before = roll && rand_below(0.5);
+    let roll = scripted.is_some() || (enabled && !long_poll && rand_below(proxy.rate));
+    let fail_before = match scripted {
+        Some(after_effect) => !after_effect,
+        None => roll && rand_below(0.5),
+    };
     if fail_before {
         proxy.counts.before.fetch_add(1, Ordering::SeqCst);
         return injected(service);
     }
 
-    let (parts, body) = request.into_parts();
-    let body: Bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
-        Ok(body) => body,
-        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
-    };
     let url = format!("{}{}", proxy.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut upstream = proxy.client.request(parts.method.clone(), url).body(body);
     for (name, value) in &parts.headers {

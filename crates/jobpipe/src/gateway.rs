@@ -35,6 +35,55 @@ pub struct HttpRoute {
     pub method: String,
     pub path: String,
     pub function: Function,
+    /// Guarded by the API's JWT authorizer: a request without a token is refused before the function.
+    pub authorized: bool,
+}
+
+/// The HTTP API's `CorsConfiguration`, resolved. API Gateway answers preflights no route takes, adds these
+/// headers to what the integration answers, and drops any CORS headers the integration sets.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    fn allows(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+    }
+
+    /// Replaces the response's CORS headers with the configured ones, for a request from `origin`.
+    fn apply(&self, origin: Option<&str>, preflight: bool, headers: &mut HeaderMap) {
+        let names: Vec<_> =
+            headers.keys().filter(|name| name.as_str().starts_with("access-control-")).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+        let Some(origin) = origin.filter(|origin| self.allows(origin)) else { return };
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        let any_origin = self.allow_origins.iter().any(|o| o == "*") && !self.allow_credentials;
+        set("access-control-allow-origin", if any_origin { "*".into() } else { origin.to_string() });
+        if self.allow_credentials {
+            set("access-control-allow-credentials", "true".into());
+        }
+        if preflight {
+            set("access-control-allow-methods", self.allow_methods.join(","));
+            set("access-control-allow-headers", self.allow_headers.join(","));
+            if let Some(max_age) = self.max_age {
+                set("access-control-max-age", max_age.to_string());
+            }
+        } else if !self.expose_headers.is_empty() {
+            set("access-control-expose-headers", self.expose_headers.join(","));
+        }
+    }
 }
 
 /// A WebSocket route key and its function; `replies` when the route sends the function's answer back.
@@ -53,6 +102,8 @@ pub trait DevHelpers: Send + Sync {
 
 pub struct Gateway {
     pub http_routes: Vec<HttpRoute>,
+    /// The HTTP API's CORS configuration, if the template gives one.
+    pub cors: Option<Cors>,
     pub socket_routes: Vec<SocketRoute>,
     pub web_dir: PathBuf,
     pub dev: Arc<dyn DevHelpers>,
@@ -70,12 +121,14 @@ struct Connection {
 impl Gateway {
     pub fn new(
         http_routes: Vec<HttpRoute>,
+        cors: Option<Cors>,
         socket_routes: Vec<SocketRoute>,
         web_dir: PathBuf,
         dev: Arc<dyn DevHelpers>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             http_routes,
+            cors,
             socket_routes,
             web_dir,
             dev,
@@ -89,6 +142,7 @@ impl Gateway {
             .route("/ws", get(websocket))
             .route("/@connections/{id}", post(push).get(connection_info).delete(close_connection))
             .route("/dev/token", post(dev_token))
+            .route(crate::dev::DEV_JWKS_PATH, get(dev_jwks))
             .route("/dev/resources", get(dev_resources))
             .fallback(http_api)
             .with_state(self.clone())
@@ -145,6 +199,10 @@ pub fn match_path(template: &str, path: &str) -> Option<HashMap<String, String>>
 async fn http_api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
+    let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(String::from);
+    let preflight = parts.method == Method::OPTIONS
+        && origin.is_some()
+        && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let route = gateway.http_routes.iter().filter(|route| route.path != DEFAULT_ROUTE).find_map(|route| {
         let method_matches = route.method == "ANY" || route.method == parts.method.as_str();
         let parameters = match_path(&route.path, &path)?;
@@ -161,11 +219,24 @@ async fn http_api(State(gateway): State<Arc<Gateway>>, request: Request) -> Resp
             }
             match gateway.http_routes.iter().find(|route| route.path == DEFAULT_ROUTE) {
                 Some(route) => (route, HashMap::new()),
+                // With CORS configured, API Gateway answers a preflight no route takes by itself.
+                None if preflight && gateway.cors.is_some() => {
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    if let Some(cors) = &gateway.cors {
+                        cors.apply(origin.as_deref(), true, response.headers_mut());
+                    }
+                    return response;
+                }
                 None => return gateway_error(StatusCode::NOT_FOUND, "Not Found"),
             }
         }
     };
     let (route, path_parameters) = route;
+    // The JWT authorizer's identity source is the Authorization header: without it API Gateway answers
+    // 401 itself, before the function and without CORS headers (so a browser sees a CORS failure).
+    if route.authorized && !parts.headers.contains_key(header::AUTHORIZATION) {
+        return gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
     let body = match axum::body::to_bytes(body, MAX_HTTP_BODY).await {
         Ok(body) => body,
         Err(_) => return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"),
@@ -175,13 +246,17 @@ async fn http_api(State(gateway): State<Arc<Gateway>>, request: Request) -> Resp
         .map(|ConnectInfo(a)| a.ip().to_string())
         .unwrap_or_else(|_| "127.0.0.1".into());
     let event = http_event(&parts, &route.method, &route.path, path_parameters, &body, &source_ip);
-    match route.function.invoke_json(&event).await {
+    let mut response = match route.function.invoke_json(&event).await {
         Ok(response) => http_response(response),
         Err(error) => {
             tracing::warn!(%error, "HTTP API integration failed");
             gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
         }
+    };
+    if let Some(cors) = &gateway.cors {
+        cors.apply(origin.as_deref(), preflight, response.headers_mut());
     }
+    response
 }
 
 /// The API Gateway HTTP API (payload format 2.0) event for a request.
@@ -329,7 +404,8 @@ fn http_response(response: Value) -> Response {
     builder.body(Body::from(body)).unwrap_or_else(|_| gateway_error(StatusCode::BAD_GATEWAY, "Bad Gateway"))
 }
 
-async fn static_file(web_dir: &std::path::Path, path: &str) -> Option<Response> {
+/// A file of the web UI, as a static host serves it (`/` is `index.html`); `None` when there is none.
+pub async fn static_file(web_dir: &std::path::Path, path: &str) -> Option<Response> {
     let relative = path.trim_start_matches('/');
     let relative = if relative.is_empty() { "index.html" } else { relative };
     if relative.split('/').any(|part| part == ".." || part.starts_with('.')) {
@@ -389,13 +465,6 @@ async fn websocket(
     };
     let connection_id = new_connection_id();
     let connected_at = now_ms();
-    // Registered before $connect runs, so a push that races the handshake is queued, not lost.
-    let (outgoing, queued) = mpsc::unbounded_channel();
-    gateway
-        .connections
-        .lock()
-        .await
-        .insert(connection_id.clone(), Connection { outgoing, connected_at, last_active_at: connected_at });
     let mut event = socket_event(&connection_id, "$connect", "CONNECT", connected_at);
     if !query.is_empty() {
         event["queryStringParameters"] = json!(query);
@@ -409,14 +478,26 @@ async fn websocket(
         Err(_) => 500,
     };
     if !(200..300).contains(&status) {
-        gateway.connections.lock().await.remove(&connection_id);
         let body =
             answer.ok().and_then(|r| r.get("body").and_then(Value::as_str).map(String::from)).unwrap_or_default();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
         return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
+    // Registered only now that $connect has returned, as API Gateway does: until then `@connections`
+    // answers GoneException, which is what the notifier sees on AWS for a push racing the handshake.
+    let (outgoing, queued) = mpsc::unbounded_channel();
+    gateway
+        .connections
+        .lock()
+        .await
+        .insert(connection_id.clone(), Connection { outgoing, connected_at, last_active_at: connected_at });
+    let failed = (gateway.clone(), connection_id.clone());
     upgrade
         .max_message_size(MAX_WS_MESSAGE)
+        .on_failed_upgrade(move |error| {
+            tracing::warn!(%error, "WebSocket upgrade failed after $connect");
+            tokio::spawn(async move { close_socket(&failed.0, &failed.1, connected_at).await });
+        })
         .on_upgrade(move |socket| serve_socket(gateway, connection_id, connected_at, socket, queued))
 }
 
@@ -475,10 +556,15 @@ async fn serve_socket(
             }
         });
     }
-    gateway.connections.lock().await.remove(&connection_id);
     writer.abort();
+    close_socket(&gateway, &connection_id, connected_at).await;
+}
+
+/// Forgets a connection and runs `$disconnect` for it.
+async fn close_socket(gateway: &Gateway, connection_id: &str, connected_at: u64) {
+    gateway.connections.lock().await.remove(connection_id);
     if let Some(disconnect) = gateway.socket_route("$disconnect").cloned() {
-        let event = socket_event(&connection_id, "$disconnect", "DISCONNECT", connected_at);
+        let event = socket_event(connection_id, "$disconnect", "DISCONNECT", connected_at);
         if let Err(error) = disconnect.function.invoke_json(&event).await {
             tracing::warn!(%error, "$disconnect failed");
         }
@@ -486,6 +572,8 @@ async fn serve_socket(
 }
 
 // ---- @connections management API ------------------------------------------------------------------
+// A connection exists here from when its `$connect` returned until it closed; before and after, every
+// call answers GoneException, as API Gateway's does.
 
 fn gone(connection_id: &str) -> Response {
     let mut response = (
@@ -544,6 +632,11 @@ async fn dev_token(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response
         )
             .into_response(),
     }
+}
+
+/// The dev key's JWKS, which the local functions fetch to verify tokens (`JWT_JWKS_URL`).
+async fn dev_jwks() -> Response {
+    axum::Json(crate::dev::dev_jwks()).into_response()
 }
 
 async fn dev_resources(State(gateway): State<Arc<Gateway>>) -> Response {

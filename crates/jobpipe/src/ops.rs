@@ -148,56 +148,82 @@ impl Target {
     }
 
     /// Follows a job until it ends, printing each change (a progress bar on a terminal). Uses the
-    /// WebSocket when it can (plain `ws://`), otherwise polls with backoff.
+    /// WebSocket (`ws://` locally, `wss://` deployed) and falls back to polling with backoff when the
+    /// socket cannot be opened or drops.
     pub async fn watch(&self, job_id: &str, out: &mut impl Write) -> anyhow::Result<Value> {
-        let mut last = (String::new(), u64::MAX);
-        let mut show = |job: &Value, out: &mut dyn Write| -> anyhow::Result<()> {
-            let status = job["status"].as_str().unwrap_or("?").to_string();
-            let progress = job["progress"].as_u64().unwrap_or(0);
-            if (status.clone(), progress) != last {
-                let filled = (progress as usize).min(100) / 5;
-                writeln!(
-                    out,
-                    "{job_id}  {status:<10} [{}{}] {progress:>3}%",
-                    "#".repeat(filled),
-                    ".".repeat(20 - filled)
-                )?;
-                last = (status, progress);
-            }
-            Ok(())
-        };
+        let mut view = WatchedJob::new(job_id);
         let current = self.status(job_id).await?;
-        show(&current, out)?;
+        view.show(&current, out)?;
         if is_terminal(&current) {
             return Ok(current);
         }
-        if self.ws_url.starts_with("ws://") {
-            let url = format!("{}?token={}&jobId={job_id}", self.ws_url, self.token);
-            if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await {
-                while let Some(Ok(message)) = socket.next().await {
-                    let Ok(text) = message.into_text() else { continue };
-                    let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
-                    let job = if message["type"] == "subscribed" { message["job"].clone() } else { message };
-                    if job["jobId"] != job_id {
-                        continue;
-                    }
-                    show(&job, out)?;
-                    if is_terminal(&job) {
-                        let _ = socket.close(None).await;
-                        return self.status(job_id).await;
-                    }
-                }
-            }
+        match self.watch_live(&mut view, out).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => writeln!(out, "{job_id}  (live updates ended; polling)")?,
+            Err(error) => writeln!(out, "{job_id}  (live updates unavailable: {error:#}; polling)")?,
         }
         let mut delay = Duration::from_millis(500);
         loop {
             tokio::time::sleep(delay).await;
             let job = self.status(job_id).await?;
-            show(&job, out)?;
+            view.show(&job, out)?;
             if is_terminal(&job) {
                 return Ok(job);
             }
             delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Follows the job over the WebSocket, subscribed at `$connect`. Answers the finished job, `None`
+    /// when the socket closed before it ended, or why the socket failed.
+    async fn watch_live(&self, view: &mut WatchedJob, out: &mut impl Write) -> anyhow::Result<Option<Value>> {
+        let job_id = view.job_id.clone();
+        if !(self.ws_url.starts_with("ws://") || self.ws_url.starts_with("wss://")) {
+            bail!("no WebSocket URL for this stack ({:?})", self.ws_url);
+        }
+        let url = format!("{}?token={}&jobId={job_id}", self.ws_url, self.token);
+        // TLS (`wss://`) trusts the system's certificate store (`SSL_CERT_FILE`/`SSL_CERT_DIR` are honoured),
+        // as the CLI's HTTPS calls do.
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to {}: {error}", self.ws_url))?;
+        // `$connect` subscribed us before the socket opened. A change made before the subscription
+        // was not pushed to us (and on AWS, one pushed while `$connect` ran was answered Gone), so read
+        // the job once now that the subscription exists.
+        let confirmed = self.status(&job_id).await?;
+        view.show(&confirmed, out)?;
+        if is_terminal(&confirmed) {
+            let _ = socket.close(None).await;
+            return Ok(Some(confirmed));
+        }
+        // The notifier finds subscribers through an eventually consistent index, so a push can still be
+        // missed just after subscribing: a slow poll meanwhile means nothing waits forever.
+        let mut slow_poll = SLOW_POLL_FIRST;
+        loop {
+            let job = tokio::select! {
+                message = socket.next() => match message {
+                    Some(Ok(message)) => {
+                        let Ok(text) = message.into_text() else { continue };
+                        let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                        let job = if message["type"] == "subscribed" { message["job"].clone() } else { message };
+                        if job["jobId"] != job_id.as_str() {
+                            continue;
+                        }
+                        job
+                    }
+                    Some(Err(error)) => bail!("the WebSocket failed: {error}"),
+                    None => return Ok(None),
+                },
+                () = tokio::time::sleep(slow_poll) => {
+                    slow_poll = (slow_poll * 2).min(SLOW_POLL_MAX);
+                    self.status(&job_id).await?
+                }
+            };
+            if view.show(&job, out)? && is_terminal(&job) {
+                let _ = socket.close(None).await;
+                // A push leaves out large results and result links: answer the full view.
+                return self.status(&job_id).await.map(Some);
+            }
         }
     }
 
@@ -287,6 +313,63 @@ async fn receive_dead_letters(
         .await
         .context("reading the dead-letter queue")?;
     Ok(out.messages.unwrap_or_default())
+}
+
+/// While the WebSocket is live, the job is also read after this long, then at doubling intervals.
+const SLOW_POLL_FIRST: Duration = Duration::from_secs(5);
+const SLOW_POLL_MAX: Duration = Duration::from_secs(60);
+
+/// What `watch` has shown of a job: each newer state is printed once; a message older than the state
+/// already held (pushes may arrive out of order, a read may race a push) is ignored.
+struct WatchedJob {
+    job_id: String,
+    printed: Option<(String, u64)>,
+    newest: Option<(time::OffsetDateTime, bool)>,
+}
+
+impl WatchedJob {
+    fn new(job_id: &str) -> WatchedJob {
+        WatchedJob { job_id: job_id.to_string(), printed: None, newest: None }
+    }
+
+    /// Whether `job` is not older than what is held: by `updatedAt`, and a job that ended never goes back.
+    fn is_current(&mut self, job: &Value) -> bool {
+        let updated_at = job["updatedAt"]
+            .as_str()
+            .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok());
+        let terminal = is_terminal(job);
+        match (self.newest, updated_at) {
+            (Some((_, true)), _) if !terminal => false,
+            (Some((newest, _)), Some(at)) if at < newest => false,
+            (_, Some(at)) => {
+                self.newest = Some((at, terminal));
+                true
+            }
+            // Without a time it can only be compared by status.
+            (_, None) => true,
+        }
+    }
+
+    /// Prints the job's status and progress if it is current and changed; answers whether it is current.
+    fn show(&mut self, job: &Value, out: &mut dyn Write) -> anyhow::Result<bool> {
+        if !self.is_current(job) {
+            return Ok(false);
+        }
+        let status = job["status"].as_str().unwrap_or("?").to_string();
+        let progress = job["progress"].as_u64().unwrap_or(0);
+        if self.printed.as_ref() != Some(&(status.clone(), progress)) {
+            let filled = (progress as usize).min(100) / 5;
+            writeln!(
+                out,
+                "{}  {status:<10} [{}{}] {progress:>3}%",
+                self.job_id,
+                "#".repeat(filled),
+                ".".repeat(20 - filled)
+            )?;
+            self.printed = Some((status, progress));
+        }
+        Ok(true)
+    }
 }
 
 fn is_terminal(job: &Value) -> bool {

@@ -43,10 +43,29 @@ pub struct FunctionSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventSpec {
-    HttpApi { method: String, path: String },
-    Sqs { queue: String, batch_size: usize, batching_window: Duration, max_concurrency: usize, report_failures: bool },
-    DynamoDb { table: String, batch_size: usize, report_failures: bool, max_retries: Option<u32> },
-    Schedule { every: Duration },
+    /// An HTTP API route; `authorized` when a JWT authorizer guards it (the API's `DefaultAuthorizer`,
+    /// unless the event says `Auth: { Authorizer: NONE }`).
+    HttpApi {
+        method: String,
+        path: String,
+        authorized: bool,
+    },
+    Sqs {
+        queue: String,
+        batch_size: usize,
+        batching_window: Duration,
+        max_concurrency: usize,
+        report_failures: bool,
+    },
+    DynamoDb {
+        table: String,
+        batch_size: usize,
+        report_failures: bool,
+        max_retries: Option<u32>,
+    },
+    Schedule {
+        every: Duration,
+    },
 }
 
 /// A WebSocket route and the function its integration invokes.
@@ -107,12 +126,14 @@ impl Template {
             let mut events = Vec::new();
             for (name, event) in mapping(get(props, "Events")) {
                 let event_props = get(event, "Properties").unwrap_or(&Yaml::Null);
-                if let Some(spec) = event_spec(get(event, "Type").and_then(Yaml::as_str).unwrap_or(""), event_props)
+                if let Some(spec) = self
+                    .event_spec(get(event, "Type").and_then(Yaml::as_str).unwrap_or(""), event_props)
                     .map_err(|e| invalid(format!("{logical_id} event {name}: {e}")))?
                 {
                     events.push(spec);
                 }
             }
+            events.extend(self.event_source_mappings(&logical_id)?);
             functions.push(FunctionSpec {
                 logical_id,
                 binary,
@@ -160,6 +181,91 @@ impl Template {
 /// The path of the HTTP API's catch-all route.
 pub const DEFAULT_ROUTE: &str = "$default";
 
+/// An HTTP API's `CorsConfiguration`, values still unresolved (`AllowOrigins` may `!Ref` a parameter).
+#[derive(Debug, Clone, Default)]
+pub struct CorsSpec {
+    pub allow_origins: Vec<Yaml>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+impl Template {
+    /// The `CorsConfiguration` of the `AWS::Serverless::HttpApi`, if it has one.
+    pub fn http_api_cors(&self) -> Option<CorsSpec> {
+        let (_, api) = self.resources("AWS::Serverless::HttpApi").into_iter().next()?;
+        let cors = get(api, "CorsConfiguration")?;
+        let texts = |key: &str| -> Vec<String> {
+            get(cors, key).and_then(Yaml::as_sequence).into_iter().flatten().filter_map(scalar).collect()
+        };
+        Some(CorsSpec {
+            allow_origins: get(cors, "AllowOrigins").and_then(Yaml::as_sequence).cloned().unwrap_or_default(),
+            allow_methods: texts("AllowMethods"),
+            allow_headers: texts("AllowHeaders"),
+            expose_headers: texts("ExposeHeaders"),
+            max_age: get(cors, "MaxAge").and_then(|v| v.as_u64()),
+            allow_credentials: get(cors, "AllowCredentials").and_then(Yaml::as_bool).unwrap_or(false),
+        })
+    }
+
+    /// The `AWS::Lambda::EventSourceMapping` resources that invoke `function` (declared directly rather
+    /// than as SAM events, so no managed policy with `Resource: "*"` comes with them), as event specs.
+    fn event_source_mappings(&self, function: &str) -> Result<Vec<EventSpec>, TemplateError> {
+        let mut events = Vec::new();
+        for (id, props) in self.resources("AWS::Lambda::EventSourceMapping") {
+            if get(props, "FunctionName").and_then(reference).map(|(name, _)| name).as_deref() != Some(function) {
+                continue;
+            }
+            let source = get(props, "EventSourceArn").ok_or_else(|| invalid(format!("{id}: no EventSourceArn")))?;
+            let (source_id, _) = reference(source)
+                .ok_or_else(|| invalid(format!("{id}: EventSourceArn is not a !GetAtt of this template")))?;
+            // The SAM event of the same kind names its source `Queue` or `Stream`; the rest is alike.
+            let (kind, key) = match self.resource_type(&source_id) {
+                Some("AWS::SQS::Queue") => ("SQS", "Queue"),
+                Some("AWS::DynamoDB::Table") => ("DynamoDB", "Stream"),
+                other => return Err(invalid(format!("{id}: event source {source_id} ({other:?}) is not emulated"))),
+            };
+            let mut as_event = props.as_mapping().cloned().unwrap_or_default();
+            as_event.insert(Yaml::String(key.into()), source.clone());
+            if let Some(spec) =
+                self.event_spec(kind, &Yaml::Mapping(as_event)).map_err(|e| invalid(format!("{id}: {e}")))?
+            {
+                events.push(spec);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Whether an `HttpApi` event's route is guarded by a JWT authorizer: its own `Auth.Authorizer`, else
+    /// the API's `DefaultAuthorizer`, which SAM puts on every method but `OPTIONS`.
+    fn route_authorized(&self, props: &Yaml) -> bool {
+        let auth = get(props, "Auth");
+        if let Some(authorizer) = auth.and_then(|a| get(a, "Authorizer")).and_then(scalar) {
+            return authorizer != "NONE";
+        }
+        if get(props, "Method").and_then(scalar).is_some_and(|method| method.eq_ignore_ascii_case("OPTIONS")) {
+            return false;
+        }
+        let api = get(props, "ApiId").and_then(reference).map(|(id, _)| id);
+        self.resources("AWS::Serverless::HttpApi")
+            .into_iter()
+            .filter(|(id, _)| api.as_ref().is_none_or(|api| api == id))
+            .any(|(_, api)| get(api, "Auth").and_then(|a| get(a, "DefaultAuthorizer")).is_some())
+    }
+
+    fn event_spec(&self, kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
+        let spec = event_spec(kind, props)?;
+        Ok(spec.map(|spec| match spec {
+            EventSpec::HttpApi { method, path, .. } => {
+                EventSpec::HttpApi { method, path, authorized: self.route_authorized(props) }
+            }
+            other => other,
+        }))
+    }
+}
+
 fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
     let number = |key: &str, default: u64| get(props, key).and_then(|v| v.as_u64()).unwrap_or(default);
     let reports = || {
@@ -169,9 +275,9 @@ fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
     };
     Ok(Some(match kind {
         "HttpApi" => match (get(props, "Method").and_then(scalar), get(props, "Path").and_then(scalar)) {
-            (Some(method), Some(path)) => EventSpec::HttpApi { method: method.to_uppercase(), path },
+            (Some(method), Some(path)) => EventSpec::HttpApi { method: method.to_uppercase(), path, authorized: false },
             // Neither: SAM makes it the API's `$default` route, taking what no other route matches.
-            (None, None) => EventSpec::HttpApi { method: "ANY".into(), path: DEFAULT_ROUTE.into() },
+            (None, None) => EventSpec::HttpApi { method: "ANY".into(), path: DEFAULT_ROUTE.into(), authorized: false },
             _ => return Err("an HttpApi event needs both Method and Path, or neither (the $default route)".into()),
         },
         "SQS" => EventSpec::Sqs {
@@ -352,6 +458,40 @@ mod tests {
         Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml")).unwrap()
     }
 
+    /// The processor's role may invoke exactly the models the `image` kind offers: a model offered but
+    /// not granted fails every job as access denied (it happened with inference profiles); one granted
+    /// but not offered is privilege nobody uses.
+    #[test]
+    fn the_role_may_invoke_exactly_the_offered_image_models() {
+        let template = repo_template();
+        let (_, processor) = template
+            .resources("AWS::Serverless::Function")
+            .into_iter()
+            .find(|(id, _)| id == "QueueProcessorFunction")
+            .unwrap();
+        let statements: Vec<&Yaml> = get(processor, "Policies")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(|policy| get(policy, "Statement")?.as_sequence())
+            .flatten()
+            .collect();
+        let invoke = statements.iter().find(|s| get(s, "Sid").and_then(scalar).as_deref() == Some("GenerateImages"));
+        let mut granted: Vec<String> = get(invoke.expect("a GenerateImages statement"), "Resource")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(sub_text)
+            .collect();
+        let mut offered: Vec<String> = jobpipe_core::kinds::image::OFFERED_MODELS
+            .iter()
+            .map(|model| format!("arn:${{AWS::Partition}}:bedrock:${{AWS::Region}}::foundation-model/{}", model.id))
+            .collect();
+        granted.sort();
+        offered.sort();
+        assert_eq!(granted, offered);
+    }
+
     #[test]
     fn reads_the_functions_and_their_event_sources() {
         let template = repo_template();
@@ -359,8 +499,16 @@ mod tests {
         let by_id = |id: &str| functions.iter().find(|f| f.logical_id == id).unwrap_or_else(|| panic!("{id}"));
         let api = by_id("ApiIngestFunction");
         assert_eq!(api.binary, "api-ingest");
-        assert!(api.events.contains(&EventSpec::HttpApi { method: "POST".into(), path: "/jobs".into() }));
-        assert!(api.events.contains(&EventSpec::HttpApi { method: "ANY".into(), path: DEFAULT_ROUTE.into() }));
+        let route = |method: &str, path: &str, authorized: bool| EventSpec::HttpApi {
+            method: method.into(),
+            path: path.into(),
+            authorized,
+        };
+        assert!(api.events.contains(&route("POST", "/jobs", true)));
+        assert!(api.events.contains(&route("GET", "/openapi.json", false)));
+        assert!(api.events.contains(&route("ANY", DEFAULT_ROUTE, true)));
+        // Preflights no other route takes must reach no authorizer (AWS: CORS for HTTP APIs).
+        assert!(api.events.contains(&route("OPTIONS", "/{proxy+}", false)));
         assert!(api.environment.contains_key("JOBS_TABLE"), "globals apply");
         let processor = by_id("QueueProcessorFunction");
         assert_eq!(processor.timeout, Duration::from_secs(150));

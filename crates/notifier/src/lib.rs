@@ -1,12 +1,19 @@
 //! The notifier: reads the jobs table's DynamoDB stream and pushes each change of a job's status or
 //! progress to the WebSocket connections subscribed to that job.
+//!
+//! The records of one item are pushed one after another in stream order, so a client never sees a job's
+//! `completed` before its `processing`; records of different items are pushed concurrently. A record
+//! that can never be pushed (an item that is not a job) is logged and skipped; only a failure that may
+//! pass later is reported, and Lambda retries the shard from the first of those.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use jobpipe_core::StoreError;
-use jobpipe_core::connections::ConnectionStore;
+use jobpipe_core::clock::{Clock, Millis, SystemClock};
+use jobpipe_core::connections::{ConnectionStore, GoneConnection};
 use jobpipe_core::store::job_from_stream_image;
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
@@ -34,6 +41,9 @@ pub struct StreamRecord {
 pub struct StreamChange {
     #[serde(rename = "SequenceNumber", default)]
     pub sequence_number: Option<String>,
+    /// The changed item's key: records with the same key are pushed in stream order.
+    #[serde(rename = "Keys", default)]
+    pub keys: Option<Value>,
     #[serde(rename = "NewImage", default)]
     pub new_image: Option<Value>,
     #[serde(rename = "OldImage", default)]
@@ -53,10 +63,16 @@ pub struct StreamItemFailure {
     pub item_identifier: String,
 }
 
+/// How long after its registration a connection may still be inside `$connect`, where API Gateway
+/// answers `GoneException` to every push: longer than API Gateway's 29-second integration timeout, the
+/// most `$connect` can take, with a margin for clocks. A connection answering Gone within it is kept.
+pub const CONNECT_GRACE_MS: Millis = 60_000;
+
 #[derive(Debug, Clone)]
 pub struct Notifier {
     pub connections: ConnectionStore,
     pub push: aws_sdk_apigatewaymanagement::Client,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What a record asked of us.
@@ -65,13 +81,20 @@ pub struct Delivery {
     pub delivered: usize,
     /// Connections that were gone and are now removed.
     pub gone: usize,
+    /// Connections that answered Gone so soon after connecting that `$connect` may still be running:
+    /// kept (their clients read the job once connected, so the missed push costs nothing).
+    pub connecting: usize,
 }
 
 impl Notifier {
     /// Builds the management API client for `endpoint` (the WebSocket API's `https://.../{stage}` URL).
     pub fn new(shared: &aws_config::SdkConfig, connections: ConnectionStore, endpoint: &str) -> Notifier {
         let config = aws_sdk_apigatewaymanagement::config::Builder::from(shared).endpoint_url(endpoint).build();
-        Notifier { connections, push: aws_sdk_apigatewaymanagement::Client::from_conf(config) }
+        Notifier {
+            connections,
+            push: aws_sdk_apigatewaymanagement::Client::from_conf(config),
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Pushes one stream record's change, if it is one a client cares about.
@@ -96,9 +119,17 @@ impl Notifier {
             match result {
                 Ok(_) => delivery.delivered += 1,
                 Err(err) if matches!(err.as_service_error(), Some(PostToConnectionError::GoneException(_))) => {
-                    tracing::info!(%connection_id, "connection gone; removing it");
-                    self.connections.disconnect(&connection_id).await?;
-                    delivery.gone += 1;
+                    let now = self.clock.now_ms();
+                    match self.connections.forget_gone(&connection_id, now, CONNECT_GRACE_MS).await? {
+                        GoneConnection::Forgotten => {
+                            tracing::info!(%connection_id, "connection gone; removed it");
+                            delivery.gone += 1;
+                        }
+                        GoneConnection::MayStillBeConnecting => {
+                            tracing::info!(%connection_id, "connection answered Gone while it may still be connecting; kept it");
+                            delivery.connecting += 1;
+                        }
+                    }
                 }
                 Err(err) => {
                     let error = StoreError::from_sdk(format!("PostToConnection {connection_id}"), err);
@@ -134,31 +165,43 @@ pub fn push_message(record: &StreamRecord) -> Result<Option<Value>, StoreError> 
     Ok(Some(new.status_message()))
 }
 
-/// The Lambda handler: records whose push may succeed later are reported failed; Lambda retries from
-/// the first of them.
+/// The Lambda handler. The records of one item are pushed in stream order (a record waits for the one
+/// before it), different items concurrently. A record whose push may succeed later is reported failed,
+/// and the item's later records wait for the retry, which Lambda starts from the first failed record; a
+/// record that can never succeed is logged and skipped, so it never holds up the shard.
 pub async fn handle(
     notifier: Arc<Notifier>,
     event: LambdaEvent<StreamEvent>,
 ) -> Result<StreamBatchResponse, lambda_runtime::Error> {
-    let mut tasks = JoinSet::new();
+    let mut items: Vec<Vec<(usize, StreamRecord)>> = Vec::new();
+    let mut item_of_key: HashMap<String, usize> = HashMap::new();
     for (index, record) in event.payload.records.into_iter().enumerate() {
+        // A record without a key cannot be related to others: it goes alone.
+        let key = record.dynamodb.keys.as_ref().map_or_else(|| format!("record {index}"), Value::to_string);
+        let item = *item_of_key.entry(key).or_insert_with(|| {
+            items.push(Vec::new());
+            items.len() - 1
+        });
+        items[item].push((index, record));
+    }
+    let mut tasks = JoinSet::new();
+    for records in items {
         let notifier = notifier.clone();
-        tasks.spawn(async move { (index, record.dynamodb.sequence_number.clone(), notifier.notify(&record).await) });
+        tasks.spawn(async move { push_in_order(&notifier, records).await });
     }
     let mut first_failure: Option<(usize, Option<String>)> = None;
     while let Some(joined) = tasks.join_next().await {
-        let (index, sequence, result) = match joined {
-            Ok(done) => done,
+        let failed = match joined {
+            Ok(failed) => failed,
             Err(panic) => {
                 tracing::error!(error = %panic, "a record's push panicked");
                 return Err("a stream record's handler panicked; retrying the batch".into());
             }
         };
-        if let Err(error) = result {
-            tracing::warn!(%error, sequence = sequence.as_deref().unwrap_or_default(), "stream record failed");
-            if first_failure.as_ref().is_none_or(|(i, _)| index < *i) {
-                first_failure = Some((index, sequence));
-            }
+        if let Some((index, sequence)) = failed
+            && first_failure.as_ref().is_none_or(|(first, _)| index < *first)
+        {
+            first_failure = Some((index, sequence));
         }
     }
     let mut response = StreamBatchResponse::default();
@@ -167,6 +210,27 @@ pub async fn handle(
         response.batch_item_failures.push(StreamItemFailure { item_identifier: sequence });
     }
     Ok(response)
+}
+
+/// Pushes one item's records in stream order. Stops at the first record that may succeed later and
+/// answers its batch index and sequence number; the records after it are pushed when Lambda retries.
+async fn push_in_order(notifier: &Notifier, records: Vec<(usize, StreamRecord)>) -> Option<(usize, Option<String>)> {
+    for (index, record) in records {
+        let sequence = record.dynamodb.sequence_number.clone();
+        let Err(error) = notifier.notify(&record).await else { continue };
+        let sequence_text = sequence.as_deref().unwrap_or_default();
+        if error.is_retryable() {
+            tracing::warn!(%error, sequence = sequence_text, "stream record failed; Lambda retries from it");
+            return Some((index, sequence));
+        }
+        tracing::error!(
+            %error,
+            sequence = sequence_text,
+            event_id = record.event_id.as_deref().unwrap_or_default(),
+            "skipping a stream record that can never be pushed"
+        );
+    }
+    None
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use jobpipe_core::backoff::Backoff;
 use jobpipe_core::batch::{BatchError, RecordFailed, process_batch};
 use jobpipe_core::clock::{Clock, Millis};
 use jobpipe_core::config::{AwsClients, Config};
-use jobpipe_core::dispatch::Dispatcher;
+use jobpipe_core::dispatch::{DispatchPolicy, Dispatcher};
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::payload::PayloadStore;
@@ -42,13 +42,15 @@ pub struct Processor {
 pub struct Settings {
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// A throttled job waits at least this long, without spending an attempt.
+    pub throttle_window: Duration,
     pub batch_concurrency: usize,
     pub default_lease: Duration,
     pub dead_letter_queue_url: Option<String>,
     /// The SQS endpoint override, to build queue URLs from ARNs locally.
     pub endpoint_url: Option<String>,
-    /// How many dead letters one reconcile run inspects at most.
-    pub dead_letter_scan_limit: usize,
+    /// What the reconciler does with unfinished jobs whose check is due.
+    pub dispatch_policy: DispatchPolicy,
 }
 
 impl Processor {
@@ -64,11 +66,12 @@ impl Processor {
             settings: Settings {
                 max_attempts: config.max_attempts,
                 backoff: config.backoff,
+                throttle_window: config.throttle_window,
                 batch_concurrency: config.batch_concurrency,
                 default_lease: config.default_lease,
                 dead_letter_queue_url: config.dead_letter_queue_url.clone(),
                 endpoint_url: clients.endpoint_url.clone(),
-                dead_letter_scan_limit: 100,
+                dispatch_policy: DispatchPolicy { recheck: config.dispatch_recheck, max_age: config.job_max_age },
             },
         }
     }
@@ -88,7 +91,7 @@ pub async fn handle_event(
         return Ok(serde_json::to_value(response)?);
     }
     if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-        let report = processor.reconcile().await?;
+        let report = processor.reconcile(deadline).await?;
         return Ok(serde_json::to_value(report)?);
     }
     Err("queue-processor accepts SQS events and scheduled events only".into())

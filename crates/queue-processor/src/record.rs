@@ -5,9 +5,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsMessage;
+use jobpipe_core::backoff::throttled_delay;
 use jobpipe_core::clock::Millis;
 use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage};
-use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, Lease};
+use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease};
 use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
 use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore};
 use jobpipe_core::{Clock, StoreError};
@@ -34,6 +35,16 @@ pub enum RecordOutcome {
         attempt: u32,
         delay: Duration,
     },
+    /// Throttled (a quota said "not now"): released with its attempt given back, and sent again with a
+    /// delay of `delay` as a new message, so the retry counts against neither `MAX_ATTEMPTS` nor the
+    /// queue's `maxReceiveCount`. This message is acknowledged.
+    Requeued {
+        delay: Duration,
+    },
+    /// Throttled, but the delayed message could not be sent: this message comes back after `delay`.
+    Throttled {
+        delay: Duration,
+    },
     /// Finished before (a duplicate delivery): nothing ran.
     AlreadyFinished(Job),
     /// Another delivery holds a live lease: retried after it expires, never dropped.
@@ -51,7 +62,13 @@ pub enum RecordOutcome {
 impl RecordOutcome {
     /// Whether the message may be deleted. Everything else is reported as a batch item failure.
     pub fn acknowledges(&self) -> bool {
-        matches!(self, RecordOutcome::Completed(_) | RecordOutcome::Failed(_) | RecordOutcome::AlreadyFinished(_))
+        matches!(
+            self,
+            RecordOutcome::Completed(_)
+                | RecordOutcome::Failed(_)
+                | RecordOutcome::AlreadyFinished(_)
+                | RecordOutcome::Requeued { .. }
+        )
     }
 }
 
@@ -79,6 +96,9 @@ impl Processor {
         };
         if let RecordOutcome::Poison(reason) = &outcome {
             tracing::error!(%message_id, %job_id, %correlation_id, %reason, "poison message; leaving it for the dead-letter queue");
+        }
+        if let RecordOutcome::Completed(job) | RecordOutcome::Failed(job) = &outcome {
+            job_ended_metrics(job);
         }
         self.after(record, &outcome).await;
         outcome
@@ -119,6 +139,12 @@ impl Processor {
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
             }
+            Err(error) if error.throttled => {
+                match self.store.release_throttled(&job.job_id, &lease.token, &error.info(), now).await? {
+                    FenceOutcome::Done(job) => self.requeue(&job, throttled_delay(self.settings.throttle_window)).await,
+                    FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+                }
+            }
             Err(error) if !error.retryable || job.attempts >= self.settings.max_attempts => {
                 let info = if error.retryable {
                     ErrorInfo {
@@ -153,6 +179,25 @@ impl Processor {
             _ => {}
         }
         Ok(outcome)
+    }
+
+    /// Sends the job's message again, delayed (SQS delays stop at 15 minutes), so this delivery can be
+    /// acknowledged; if that send fails, this message carries the retry instead.
+    async fn requeue(&self, job: &Job, delay: Duration) -> RecordOutcome {
+        let delay = delay.min(Duration::from_secs(900));
+        match self.dispatcher.send_delayed(&job.job_id, &job.kind, &job.correlation_id, delay).await {
+            Ok(()) => {
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "throttled; sent again after the quota window, no attempt spent"
+                );
+                RecordOutcome::Requeued { delay }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "throttled, and could not send the delayed message; this one is retried instead");
+                RecordOutcome::Throttled { delay }
+            }
+        }
     }
 
     /// Earlier workers claimed the job and died every time: fail it rather than run it again.
@@ -223,7 +268,7 @@ impl Processor {
     /// other worker's lease ends, or at once for poison (it reaches the dead-letter queue sooner).
     async fn after(&self, record: &SqsMessage, outcome: &RecordOutcome) {
         let visibility = match outcome {
-            RecordOutcome::RetryScheduled { delay, .. } => delay.as_secs(),
+            RecordOutcome::RetryScheduled { delay, .. } | RecordOutcome::Throttled { delay } => delay.as_secs(),
             RecordOutcome::HeldElsewhere { expires_at } => {
                 ((expires_at - self.clock.now_ms()).max(0) as u64).div_ceil(1000) + 1
             }
@@ -247,6 +292,23 @@ impl Processor {
             let error = StoreError::from_sdk("ChangeMessageVisibility", error);
             tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
         }
+    }
+}
+
+/// `JobsCompleted` or `JobsFailed` (by kind and error code), and `JobDuration` (by kind), for a job that
+/// just ended here.
+pub(crate) fn job_ended_metrics(job: &Job) {
+    let kind = job.kind.as_str();
+    match (job.status, &job.error) {
+        (JobStatus::Completed, _) => metrics::emit(SERVICE, "JobsCompleted", Unit::Count, 1.0, &[("Kind", kind)]),
+        (JobStatus::Failed, error) => {
+            let code = error.as_ref().map(|e| e.code.as_str()).unwrap_or("unknown");
+            metrics::emit(SERVICE, "JobsFailed", Unit::Count, 1.0, &[("Kind", kind), ("ErrorCode", code)])
+        }
+        _ => return,
+    }
+    if let Some(duration) = job.duration_ms() {
+        metrics::emit(SERVICE, "JobDuration", Unit::Milliseconds, duration as f64, &[("Kind", kind)]);
     }
 }
 

@@ -139,7 +139,7 @@ impl Sockets {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Ok(Reply::error(401, "unauthorized", "missing token query parameter"));
         };
-        let caller = match self.auth.authenticate_token(token) {
+        let caller = match self.auth.authenticate_token(token).await {
             Ok(caller) => caller,
             Err(reason) => {
                 tracing::info!(%reason, "websocket connection refused");
@@ -185,15 +185,23 @@ impl Sockets {
         }
     }
 
-    /// Subscribes and answers with the job's current state, so a client never misses a change that
-    /// happened before it subscribed.
+    /// Subscribes and answers with the job's current state, read after the subscription is written:
+    /// a change made before that read is in the answer, and the notifier pushes any change made after it
+    /// (it finds the subscription). Ownership is checked first, so a subscription to another tenant's
+    /// job is never written and never receives a push.
     async fn subscribe(&self, connection_id: &str, owner: &str, job_id: &str) -> Result<Reply, StoreError> {
         let not_found = || Reply::error(404, "not_found", "no such job");
         let Some(job_id) = JobId::parse(job_id) else { return Ok(not_found()) };
-        let Some(job) = self.jobs.get(&job_id).await?.filter(|job| job.owner == owner) else {
+        let owned = self.jobs.get(&job_id).await?.is_some_and(|job| job.owner == owner);
+        if !owned {
+            return Ok(not_found());
+        }
+        self.connections.subscribe(connection_id, owner, &job_id, self.clock.now_ms()).await?;
+        let Some(job) = self.jobs.get(&job_id).await? else {
+            // Expired (TTL) between the two reads: nothing will change any more.
+            self.connections.unsubscribe(connection_id, &job_id).await?;
             return Ok(not_found());
         };
-        self.connections.subscribe(connection_id, owner, &job_id, self.clock.now_ms()).await?;
         Ok(Reply::ok(json!({"type": "subscribed", "jobId": job_id, "job": job.status_message()})))
     }
 }

@@ -1,7 +1,7 @@
-//! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv` and the browser
-//! test's tools (`setup-python` only the first, `setup-baseline` the benchmark's Python baseline into
-//! `.venv-baseline`); `cargo xtask test` is the one command that checks everything (formatting, lints,
-//! the template, every test).
+//! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv`, the browser
+//! test's tools and the generated-clients test's TypeScript generator (`setup-python` only the first,
+//! `setup-baseline` the benchmark's Python baseline into `.venv-baseline`); `cargo xtask test` is the one
+//! command that checks everything (formatting, lints, the template, every test).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ type Result<T> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup().and_then(|_| setup_browser()),
+        Some("setup") => setup().and_then(|_| setup_browser()).and_then(|_| setup_clients()),
         Some("setup-python") => setup().map(|_| ()),
         Some("setup-baseline") => {
             let root = repo_root();
@@ -77,12 +77,23 @@ fn setup_browser() -> Result<()> {
             .args(["install", "-y", "-qq", "chromium"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    let browser = root.join("tests/browser");
-    let lock = std::fs::read_to_string(browser.join("package-lock.json"))
-        .map_err(|e| format!("reading package-lock.json: {e}"))?;
-    let stamp = browser.join("node_modules/.installed-lock.json");
+    npm_ci(&root.join("tests/browser"))
+}
+
+/// The generated-clients test's TypeScript tools (@hey-api/openapi-ts, typescript) from the lock in
+/// `tests/clients`; its Python generator (openapi-python-client) is pinned in `infra/requirements.txt`.
+fn setup_clients() -> Result<()> {
+    npm_ci(&repo_root().join("tests/clients"))
+}
+
+/// `npm ci` in `dir` from its `package-lock.json`, again whenever the lock changed (a stamp in
+/// `node_modules` remembers what was installed).
+fn npm_ci(dir: &Path) -> Result<()> {
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .map_err(|e| format!("reading {:?}: {e}", dir.join("package-lock.json")))?;
+    let stamp = dir.join("node_modules/.installed-lock.json");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
-        run(Command::new("npm").current_dir(&browser).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+        run(Command::new("npm").current_dir(dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
         std::fs::write(&stamp, lock).map_err(|e| format!("writing {stamp:?}: {e}"))?;
     }
     Ok(())
@@ -121,6 +132,7 @@ fn test(extra: &[String]) -> Result<()> {
     let root = repo_root();
     let bin = setup()?;
     setup_browser()?;
+    setup_clients()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
 
     run(Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]))?;
@@ -139,6 +151,8 @@ fn test(extra: &[String]) -> Result<()> {
         .env("SAM_CLI_TELEMETRY", "0")
         .env("__SAM_CLI_APP_DIR", root.join(".sam-cli")))?;
     run(Command::new(bin.join("python")).current_dir(&root).args(["infra/check_template.py", "template.yaml"]))?;
+    // Each template rule refuses the defect it was written for.
+    run(Command::new(bin.join("python")).current_dir(&root).args(["-m", "unittest", "infra/test_check_template.py"]))?;
     lambda_builds(&root, &bin, &cargo)?;
 
     let moto = Moto::start(&bin)?;

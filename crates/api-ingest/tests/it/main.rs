@@ -9,10 +9,11 @@ use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use jobpipe_core::auth::Claims;
 use jobpipe_core::clock::ManualClock;
 use jobpipe_core::dispatch::{Dispatcher, QueueRoutes};
-use jobpipe_testkit::{BedrockServer, TEST_AUDIENCE, TEST_ISSUER, TestStack, now_secs, token, token_with};
+use jobpipe_testkit::{
+    BedrockServer, ScriptedFault, TEST_AUDIENCE, TestStack, claims, now_secs, through_fault_proxy, token, token_with,
+};
 use queue_processor::{Processor, handle_sqs};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -214,7 +215,7 @@ async fn a_job_whose_message_failed_to_send_still_completes() {
     assert_eq!(app.queued_messages().await, 0);
 
     app.clock.advance_ms(61_000);
-    let report = app.processor.reconcile().await.unwrap();
+    let report = app.processor.reconcile(None).await.unwrap();
     assert_eq!(report.redispatched, 1);
     app.process_queue().await;
     assert_eq!(app.get("alice", &path).await.body["status"], "completed");
@@ -254,7 +255,7 @@ async fn a_client_retry_after_a_failed_send_sends_the_message_at_once() {
     );
     // Once sent, the reconciler has nothing to re-send.
     app.clock.advance_ms(120_000);
-    assert_eq!(app.processor.reconcile().await.unwrap().redispatched, 0);
+    assert_eq!(app.processor.reconcile(None).await.unwrap().redispatched, 0);
 }
 
 #[tokio::test]
@@ -285,22 +286,27 @@ async fn cancelling_works_only_on_queued_jobs() {
 #[tokio::test]
 async fn requests_without_a_valid_token_get_401() {
     let app = spawn_app().await;
-    let claims = || Claims {
-        sub: "alice".into(),
-        iss: TEST_ISSUER.into(),
-        aud: TEST_AUDIENCE.into(),
-        exp: now_secs() + 600,
-        nbf: None,
-        iat: None,
+    let with = |changes: Value| {
+        let mut claims = claims("alice");
+        for (name, value) in changes.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        format!("Bearer {}", token_with(&claims))
     };
+    // Alice's token with Mallory's name in it: the signature no longer matches.
+    let valid = token("alice");
+    let [header, _, signature] = <[&str; 3]>::try_from(valid.split('.').collect::<Vec<_>>()).unwrap();
+    let mallory =
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims("mallory").to_string());
     let cases: Vec<(Option<String>, &str)> = vec![
         (None, "missing bearer token"),
         (Some("Bearer".into()), "not a bearer token"),
         (Some("Bearer garbage".into()), "malformed token"),
-        (Some(format!("Bearer {}", token_with(Claims { exp: now_secs() - 3600, ..claims() }))), "token expired"),
-        (Some(format!("Bearer {}", token_with(Claims { aud: "someone-else".into(), ..claims() }))), "wrong audience"),
-        (Some(format!("Bearer {}", token_with(Claims { iss: "https://evil".into(), ..claims() }))), "wrong issuer"),
-        (Some(format!("Bearer {}", jobpipe_core::auth::issue_hs256(b"not-our-secret", &claims()))), "bad signature"),
+        (Some(with(json!({"exp": now_secs() - 3600}))), "token expired"),
+        (Some(with(json!({"aud": "someone-else"}))), "wrong audience"),
+        (Some(with(json!({"aud": ["someone-else"], "client_id": TEST_AUDIENCE}))), "wrong audience"),
+        (Some(with(json!({"iss": "https://evil.example"}))), "wrong issuer"),
+        (Some(format!("Bearer {header}.{mallory}.{signature}")), "bad signature"),
     ];
     for (authorization, reason) in cases {
         for (method, path) in [(Method::GET, "/jobs"), (Method::POST, "/jobs"), (Method::GET, "/jobs/x")] {
@@ -318,6 +324,31 @@ async fn requests_without_a_valid_token_get_401() {
         }
     }
     assert_eq!(app.queued_messages().await, 0);
+}
+
+/// Verified where no authorizer runs (locally) as API Gateway's JWT authorizer verifies them deployed.
+#[tokio::test]
+async fn tokens_users_have_are_accepted_and_an_unreachable_issuer_is_a_503() {
+    let app = spawn_app().await;
+    let cognito_access_token = json!({
+        "sub": "alice", "iss": jobpipe_testkit::test_issuer(), "client_id": TEST_AUDIENCE, "token_use": "access",
+        "scope": "openid", "iat": now_secs(), "exp": now_secs() + 600,
+    });
+    let mut aud_array = claims("alice");
+    aud_array["aud"] = json!(["another-api", TEST_AUDIENCE]);
+    for claims in [cognito_access_token, aud_array] {
+        let request = Request::get("/jobs").header("authorization", format!("Bearer {}", token_with(&claims)));
+        let reply = app.call(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{claims}: {}", reply.body);
+    }
+
+    // The keys cannot be fetched: the token may be fine, so the client is told to retry.
+    let config = app.stack.config_with(&[("JWT_JWKS_URL", "http://127.0.0.1:9/jwks.json")]);
+    let down = router(Arc::new(Api::new(&config, &app.stack.clients, Arc::new(app.clock.clone())).unwrap()));
+    let request = Request::get("/jobs").header("authorization", format!("Bearer {}", token("alice")));
+    let reply = down.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers()["retry-after"], "1");
 }
 
 #[tokio::test]
@@ -436,6 +467,25 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!((reply.status, error_code(&reply)), (StatusCode::NOT_FOUND, "not_found"));
     let reply = app.send(Method::PUT, "/jobs", Some("alice"), None).await;
     assert_eq!((reply.status, error_code(&reply)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+}
+
+/// The template's preflight route sends browsers' `OPTIONS` here without a token; a `204` lets API
+/// Gateway answer with the CORS headers (it was a `405`, which fails every cross-origin call).
+#[tokio::test]
+async fn cors_preflights_are_answered_without_a_token() {
+    let app = spawn_app().await;
+    for path in ["/jobs", "/jobs/3b0c4a3e-0000-4000-8000-000000000000", "/kinds", "/anything"] {
+        let request = Request::builder()
+            .method(Method::OPTIONS)
+            .uri(path)
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .body(Body::empty())
+            .unwrap();
+        let reply = app.call(request).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{path}: {:?}", reply.body);
+    }
 }
 
 #[tokio::test]
@@ -593,4 +643,82 @@ async fn real_kinds_validate_their_input_before_anything_is_queued() {
         assert_eq!((error_code(&reply), error_field(&reply)), ("invalid_input", Some(field)), "{kind} {input}");
     }
     assert_eq!(app.queued_messages().await + app.stack.queue_depth(&app.stack.image_queue_url).await, 0);
+}
+
+/// The API over the same resources, reaching moto through a fault proxy, and the proxy.
+async fn through_proxy(app: &App) -> (Router, std::sync::Arc<jobpipe_testkit::FaultProxy>) {
+    let (proxy, clients) = through_fault_proxy().await;
+    let api = Api::new(&app.stack.config(), &clients, Arc::new(app.clock.clone())).unwrap();
+    (router(Arc::new(api)), proxy)
+}
+
+/// A keyed submission whose `PutItem` took effect but whose response was lost: the SDK's retry meets the
+/// job this very request wrote. It is a new job (`202`), not a replay of an earlier one.
+#[tokio::test]
+async fn a_submission_whose_write_response_was_lost_is_accepted_not_replayed() {
+    let app = spawn_app().await;
+    let (api, proxy) = through_proxy(&app).await;
+    proxy.script(ScriptedFault::lost_response("DynamoDB_20120810.PutItem", "attribute_not_exists"));
+    let request = Request::post("/jobs")
+        .header("authorization", format!("Bearer {}", token("alice")))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "lost-response-1")
+        .body(Body::from(json!({"kind": "echo", "input": {"n": 1}}).to_string()))
+        .unwrap();
+    let response = api.oneshot(request).await.unwrap();
+    assert_eq!(proxy.scripted_pending(), 0, "the lost response was injected");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(response.headers().get("idempotent-replayed").is_none(), "{:?}", response.headers());
+    assert_eq!(app.queued_messages().await, 1);
+}
+
+/// A cancel whose `UpdateItem` took effect but whose response was lost cancelled the job: `200`, not a
+/// `409` about the job it just cancelled.
+#[tokio::test]
+async fn a_cancel_whose_write_response_was_lost_still_answers_cancelled() {
+    let app = spawn_app().await;
+    let posted = app.post_job("alice", json!({"kind": "echo"})).await;
+    let job_id = posted.body["jobId"].as_str().unwrap().to_string();
+    let (api, proxy) = through_proxy(&app).await;
+    proxy.script(ScriptedFault::lost_response("DynamoDB_20120810.UpdateItem", ":cancelled"));
+    let request = Request::delete(format!("/jobs/{job_id}"))
+        .header("authorization", format!("Bearer {}", token("alice")))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.oneshot(request).await.unwrap();
+    assert_eq!(proxy.scripted_pending(), 0, "the lost response was injected");
+    let status = response.status();
+    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{body}");
+}
+
+/// A list page never reads payloads stored in S3: each is `null` and named in `omitted` (`GET
+/// /jobs/{id}` has it). Before, every large input was fetched, so one unreadable object (an expired one
+/// answers 403 without s3:ListBucket) made the whole page a 500, and a hundred 1 MiB inputs exceeded
+/// Lambda's 6 MB response limit.
+#[tokio::test]
+async fn a_list_page_never_reads_payloads_stored_apart() {
+    let app = spawn_app().await;
+    let big = app.post_job("alice", json!({"kind": "echo", "input": {"blob": "z".repeat(20_000)}})).await;
+    let small = app.post_job("alice", json!({"kind": "echo", "input": {"n": 1}})).await;
+    let (api, proxy) = through_proxy(&app).await;
+    // Every read of the bucket fails, as many times as the SDK tries.
+    let bucket_reads = format!("GET /{}/", app.stack.bucket);
+    proxy.script(ScriptedFault { times: 3, ..ScriptedFault::lost_response(&bucket_reads, "") });
+    let request = Request::get("/jobs")
+        .header("authorization", format!("Bearer {}", token("alice")))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(proxy.scripted_pending(), 3, "the page read nothing from S3");
+    let shown = |id: &Value| page["jobs"].as_array().unwrap().iter().find(|j| j["jobId"] == *id).unwrap().clone();
+    let (big_view, small_view) = (shown(&big.body["jobId"]), shown(&small.body["jobId"]));
+    assert_eq!((&big_view["input"], &big_view["omitted"]), (&Value::Null, &json!(["input"])));
+    assert_eq!((&small_view["input"], small_view.get("omitted")), (&json!({"n": 1}), None));
+
+    // The job itself still carries its input.
+    let job = app.get("alice", &format!("/jobs/{}", big.body["jobId"].as_str().unwrap())).await;
+    assert_eq!(job.body["input"]["blob"].as_str().map(str::len), Some(20_000));
 }

@@ -1,7 +1,11 @@
 //! `image`: text-to-image on Amazon Bedrock, the PNG stored in S3.
 //!
-//! The model's request and response shapes live behind `ImageModel`, so another family (Titan Image v2
-//! shares Nova Canvas's shape; a Stability model would not) is one more adapter.
+//! The models offered are an allow-list (`OFFERED_MODELS`), each with its family's limits, checked at
+//! `POST /jobs` so a job Bedrock would refuse is a 422 there. The model's request and response shapes live
+//! behind `ImageModel`, so another family (Titan Image v2 shares Nova Canvas's shape; a Stability model
+//! would not) is one more adapter. The template grants `bedrock:InvokeModel` on exactly these models (a
+//! test holds the two together); a cross-Region inference profile, if one is offered, needs its profile
+//! ARN and the foundation-model ARNs of every Region it routes to.
 
 use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
@@ -16,6 +20,73 @@ pub const DEFAULT_MODEL: &str = "amazon.nova-canvas-v1:0";
 const MAX_PROMPT_CHARS: usize = 1024;
 const MAX_PIXELS: u64 = 4_194_304;
 const MAX_SEED: u64 = 858_993_459;
+
+/// What a model family accepts, as Bedrock checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Amazon Nova Canvas: any multiple of 16 from 320 to 4096 a side, at most 4.19 MP, 1:4 to 4:1;
+    /// prompts up to 1024 characters.
+    NovaCanvas,
+    /// Amazon Titan Image Generator v2: one of `TITAN_V2_SIZES`; prompts up to 512 characters.
+    TitanImageV2,
+}
+
+impl Family {
+    fn max_prompt_chars(self) -> usize {
+        match self {
+            Family::NovaCanvas => MAX_PROMPT_CHARS,
+            Family::TitanImageV2 => 512,
+        }
+    }
+}
+
+/// A model the `image` kind offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferedModel {
+    /// The `modelId` callers pass and Bedrock is invoked with.
+    pub id: &'static str,
+    pub family: Family,
+}
+
+/// Every model the kind offers. Bedrock lists no cross-Region inference profile for either, so both
+/// run in the stack's own Region (`samconfig.toml` picks one that has both).
+pub const OFFERED_MODELS: [OfferedModel; 2] = [
+    OfferedModel { id: "amazon.nova-canvas-v1:0", family: Family::NovaCanvas },
+    OfferedModel { id: "amazon.titan-image-generator-v2:0", family: Family::TitanImageV2 },
+];
+
+/// The sizes Titan Image Generator v2 generates (width x height), from its documentation, less 1173x640:
+/// the API's schema promises multiples of 16.
+pub const TITAN_V2_SIZES: [(u32, u32); 24] = [
+    (1024, 1024),
+    (768, 768),
+    (512, 512),
+    (768, 1152),
+    (384, 576),
+    (1152, 768),
+    (576, 384),
+    (768, 1280),
+    (384, 640),
+    (1280, 768),
+    (640, 384),
+    (896, 1152),
+    (448, 576),
+    (1152, 896),
+    (576, 448),
+    (768, 1408),
+    (384, 704),
+    (1408, 768),
+    (704, 384),
+    (640, 1408),
+    (320, 704),
+    (1408, 640),
+    (704, 320),
+    (1152, 640),
+];
+
+pub fn offered_model(id: &str) -> Option<&'static OfferedModel> {
+    OFFERED_MODELS.iter().find(|model| model.id == id)
+}
 
 /// A validated `image` input.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,12 +103,22 @@ pub struct ImageInput {
 
 pub fn parse_input(input: &Value) -> Result<ImageInput, InputError> {
     check_fields(input, &["prompt", "negativePrompt", "width", "height", "quality", "cfgScale", "seed", "model"])?;
+    let model = optional_string(input, "model")?.unwrap_or_else(|| DEFAULT_MODEL.into());
+    let Some(offered) = offered_model(&model) else {
+        let ids: Vec<&str> = OFFERED_MODELS.iter().map(|m| m.id).collect();
+        return Err(InputError::new(
+            "input.model",
+            format!("{model:?} is not offered; choose one of {}", ids.join(", ")),
+        ));
+    };
+    let max_chars = offered.family.max_prompt_chars();
     let text = |field: &str| -> Result<Option<String>, InputError> {
         let value = optional_string(input, field)?;
         match &value {
-            Some(v) if v.trim().is_empty() || v.chars().count() > MAX_PROMPT_CHARS => {
-                Err(InputError::new(format!("input.{field}"), format!("must be 1 to {MAX_PROMPT_CHARS} characters")))
-            }
+            Some(v) if v.trim().is_empty() || v.chars().count() > max_chars => Err(InputError::new(
+                format!("input.{field}"),
+                format!("must be 1 to {max_chars} characters for {model}"),
+            )),
             _ => Ok(value),
         }
     };
@@ -53,13 +134,41 @@ pub fn parse_input(input: &Value) -> Result<ImageInput, InputError> {
             }
         }
     };
-    let (width, height) = (side("width", 1280)?, side("height", 720)?);
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(InputError::new("input.width", format!("width x height must be at most {MAX_PIXELS} pixels")));
-    }
-    if width > 4 * height || height > 4 * width {
-        return Err(InputError::new("input.height", "the aspect ratio must be between 1:4 and 4:1"));
-    }
+    let (width, height) = match offered.family {
+        Family::NovaCanvas => {
+            let (width, height) = (side("width", 1280)?, side("height", 720)?);
+            if u64::from(width) * u64::from(height) > MAX_PIXELS {
+                return Err(InputError::new(
+                    "input.width",
+                    format!("width x height must be at most {MAX_PIXELS} pixels"),
+                ));
+            }
+            if width > 4 * height || height > 4 * width {
+                return Err(InputError::new("input.height", "the aspect ratio must be between 1:4 and 4:1"));
+            }
+            (width, height)
+        }
+        Family::TitanImageV2 => {
+            let size = |field: &str, default: u32| -> Result<u32, InputError> {
+                match input.get(field) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(v) => v
+                        .as_u64()
+                        .map(|n| n as u32)
+                        .ok_or_else(|| InputError::new(format!("input.{field}"), "must be a whole number of pixels")),
+                }
+            };
+            let (width, height) = (size("width", 1024)?, size("height", 1024)?);
+            if !TITAN_V2_SIZES.contains(&(width, height)) {
+                let sizes: Vec<String> = TITAN_V2_SIZES.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+                return Err(InputError::new(
+                    "input.width",
+                    format!("{width}x{height} is not a size {model} generates; one of {}", sizes.join(", ")),
+                ));
+            }
+            (width, height)
+        }
+    };
     let quality = optional_string(input, "quality")?.unwrap_or_else(|| "standard".into());
     if !["standard", "premium"].contains(&quality.as_str()) {
         return Err(InputError::new("input.quality", "must be standard or premium"));
@@ -78,13 +187,6 @@ pub fn parse_input(input: &Value) -> Result<ImageInput, InputError> {
                 InputError::new("input.seed", format!("must be a whole number from 0 to {MAX_SEED}"))
             })?),
         };
-    let model = optional_string(input, "model")?.unwrap_or_else(|| DEFAULT_MODEL.into());
-    if adapter_for(&model).is_none() {
-        return Err(InputError::new(
-            "input.model",
-            format!("no adapter for model {model:?}; supported: {}", SUPPORTED_MODELS.join(", ")),
-        ));
-    }
     Ok(ImageInput { prompt, negative_prompt, width, height, quality, cfg_scale, seed, model })
 }
 
@@ -98,12 +200,11 @@ pub trait ImageModel: Send + Sync {
 /// Amazon Nova Canvas (and Titan Image Generator v2, which shares the shape): `taskType: TEXT_IMAGE`.
 pub struct AmazonTextImage;
 
-const SUPPORTED_MODELS: [&str; 2] = ["amazon.nova-canvas-v1:0", "amazon.titan-image-generator-v2:0"];
-
+/// The adapter of an offered model.
 pub fn adapter_for(model: &str) -> Option<&'static dyn ImageModel> {
-    // Cross-region inference profiles prefix the id (`us.amazon.nova-canvas-v1:0`).
-    let base = model.split_once('.').filter(|(prefix, _)| prefix.len() == 2).map(|(_, rest)| rest).unwrap_or(model);
-    SUPPORTED_MODELS.contains(&base).then_some(&AmazonTextImage)
+    offered_model(model).map(|offered| match offered.family {
+        Family::NovaCanvas | Family::TitanImageV2 => &AmazonTextImage as &'static dyn ImageModel,
+    })
 }
 
 impl ImageModel for AmazonTextImage {
@@ -158,8 +259,9 @@ fn classify(error: aws_sdk_bedrockruntime::error::SdkError<InvokeModelError>) ->
     use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
     let message = error.as_service_error().and_then(|e| e.message()).unwrap_or_default().to_string();
     match error.as_service_error() {
+        // Image quotas are per minute: the job waits the window out, without spending an attempt.
         Some(InvokeModelError::ThrottlingException(_)) | Some(InvokeModelError::ServiceQuotaExceededException(_)) => {
-            JobError::retryable("model_throttled", "Bedrock is throttling requests; retrying with backoff")
+            JobError::throttled("model_throttled", "Bedrock is throttling requests; retrying after the quota window")
         }
         Some(InvokeModelError::ServiceUnavailableException(_))
         | Some(InvokeModelError::InternalServerException(_))
@@ -222,8 +324,10 @@ impl JobKind for Image {
                 "quality": {"type": ["string", "null"], "enum": ["standard", "premium", null], "default": "standard"},
                 "cfgScale": {"type": ["number", "null"], "minimum": 1.1, "maximum": 10, "default": 6.5},
                 "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
-                "model": {"type": ["string", "null"], "enum": [SUPPORTED_MODELS[0], SUPPORTED_MODELS[1], null],
-                    "default": DEFAULT_MODEL}
+                "model": {"type": ["string", "null"], "enum": [OFFERED_MODELS[0].id, OFFERED_MODELS[1].id, null],
+                    "default": DEFAULT_MODEL,
+                    "description": "Titan Image Generator v2 takes prompts up to 512 characters and a fixed list of \
+                        sizes (1024x1024, 768x1152, 1152x768, 512x512, ...)."}
             }
         })
     }
@@ -300,8 +404,22 @@ mod tests {
         );
         check(ok(json!({"width": 320, "height": 1280})), Ok(()));
         check(ok(json!({"width": 2048, "height": 2048})), Ok(()));
-        check(ok(json!({"model": "amazon.titan-image-generator-v2:0"})), Ok(()));
-        check(ok(json!({"model": "us.amazon.nova-canvas-v1:0"})), Ok(()));
+        let titan = |extra: Value| {
+            let mut input = ok(json!({"model": "amazon.titan-image-generator-v2:0"}));
+            input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            input
+        };
+        check(titan(json!({})), Ok(()));
+        check(titan(json!({"width": 1152, "height": 640})), Ok(()));
+        // Titan's own limits: its size list and 512-character prompts (Nova Canvas takes both).
+        check(titan(json!({"width": 1280, "height": 720})), Err("input.width"));
+        check(ok(json!({"width": 1280, "height": 720})), Ok(()));
+        check(titan(json!({"prompt": "x".repeat(513)})), Err("input.prompt"));
+        check(ok(json!({"prompt": "x".repeat(513)})), Ok(()));
+        // Inference profiles the role may not invoke are refused here, not failed at Bedrock.
+        check(ok(json!({"model": "us.amazon.nova-canvas-v1:0"})), Err("input.model"));
+        check(ok(json!({"model": "eu.amazon.titan-image-generator-v2:0"})), Err("input.model"));
+        check(ok(json!({"model": "xx.amazon.nova-canvas-v1:0"})), Err("input.model"));
         check(ok(json!({"cfgScale": 1.1, "seed": 858993459})), Ok(()));
         check(json!({}), Err("input.prompt"));
         check(json!({"prompt": ""}), Err("input.prompt"));

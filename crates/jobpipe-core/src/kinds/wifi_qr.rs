@@ -1,7 +1,8 @@
 //! `wifi-qr`: a QR code that joins a phone to a WiFi network, as a PNG.
 //!
 //! The payload is the de-facto `WIFI:` format phones read: `WIFI:T:WPA;S:<ssid>;P:<password>;H:true;;`, with
-//! `\`, `;`, `,`, `:` and `"` escaped by a backslash in the SSID and password.
+//! `\`, `;`, `,`, `:` and `"` escaped by a backslash in the SSID and password, and a value that could be
+//! read as hex (`CAFE`, `1234`) in double quotes, as the format asks, so a phone takes it as text.
 
 use serde_json::{Value, json};
 
@@ -50,15 +51,25 @@ pub fn parse_input(input: &Value) -> Result<WifiInput, InputError> {
         (Encryption::Wpa, None) | (Encryption::Wep, None) => {
             return Err(InputError::new("input.password", "is required for WPA and WEP networks"));
         }
-        (Encryption::Wpa, Some(p)) if !(8..=63).contains(&p.len()) => {
-            return Err(InputError::new("input.password", "a WPA password has 8 to 63 characters"));
+        // IEEE 802.11i: a passphrase is 8 to 63 printable ASCII characters.
+        (Encryption::Wpa, Some(p)) if !(8..=63).contains(&p.len()) || !p.bytes().all(printable_ascii) => {
+            return Err(InputError::new("input.password", "a WPA password has 8 to 63 printable ASCII characters"));
         }
-        (Encryption::Wep, Some(p)) if ![5, 10, 13, 26].contains(&p.len()) => {
-            return Err(InputError::new("input.password", "a WEP key has 5, 10, 13 or 26 characters"));
+        (Encryption::Wep, Some(p)) if ![5, 10, 13, 26].contains(&p.len()) || !p.bytes().all(printable_ascii) => {
+            return Err(InputError::new("input.password", "a WEP key has 5, 10, 13 or 26 printable ASCII characters"));
         }
         _ => {}
     }
     Ok(WifiInput { ssid, password, encryption, hidden: optional_bool(input, "hidden")?.unwrap_or(false) })
+}
+
+fn printable_ascii(byte: u8) -> bool {
+    (0x20..=0x7e).contains(&byte)
+}
+
+/// A value of the `WIFI:` format: escaped, and quoted when a reader could take it for hex digits.
+pub fn field_value(text: &str) -> String {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit()) { format!("\"{text}\"") } else { escape(text) }
 }
 
 /// Escapes the characters the `WIFI:` format gives meaning to.
@@ -79,9 +90,9 @@ pub fn wifi_payload(input: &WifiInput) -> String {
         Encryption::Wep => "WEP",
         Encryption::None => "nopass",
     };
-    let mut payload = format!("WIFI:T:{kind};S:{};", escape(&input.ssid));
+    let mut payload = format!("WIFI:T:{kind};S:{};", field_value(&input.ssid));
     if let Some(password) = &input.password {
-        payload.push_str(&format!("P:{};", escape(password)));
+        payload.push_str(&format!("P:{};", field_value(password)));
     }
     if input.hidden {
         payload.push_str("H:true;");
@@ -129,7 +140,8 @@ impl JobKind for WifiQr {
             "properties": {
                 "ssid": {"type": "string", "minLength": 1, "maxLength": 32, "description": "1 to 32 bytes of UTF-8."},
                 "encryption": {"type": ["string", "null"], "enum": ["WPA", "WEP", "nopass", null], "default": "WPA"},
-                "password": {"type": ["string", "null"], "minLength": 5, "maxLength": 63},
+                "password": {"type": ["string", "null"], "minLength": 5, "maxLength": 63, "pattern": "^[ -~]*$",
+                    "description": "Printable ASCII."},
                 "hidden": {"type": ["boolean", "null"], "default": false}
             }
         })
@@ -187,6 +199,13 @@ mod tests {
         assert_eq!(raster::png_dimensions(&png).unwrap(), (side, side));
         assert_eq!(decode(&png), payload);
 
+        // Values a phone could read as hex bytes are quoted, so they stay text.
+        let hex = parse_input(&json!({"ssid": "CAFE", "password": "12345678", "encryption": "WPA"})).unwrap();
+        assert_eq!(wifi_payload(&hex), r#"WIFI:T:WPA;S:"CAFE";P:"12345678";;"#);
+        assert_eq!(decode(&render_qr(&wifi_payload(&hex)).unwrap().0), wifi_payload(&hex));
+        let mixed = parse_input(&json!({"ssid": "CAFE 2", "password": "deadbeef!", "encryption": "WPA"})).unwrap();
+        assert_eq!(wifi_payload(&mixed), "WIFI:T:WPA;S:CAFE 2;P:deadbeef!;;");
+
         let open = parse_input(&json!({"ssid": "Open Cafe", "encryption": "nopass"})).unwrap();
         assert_eq!(wifi_payload(&open), "WIFI:T:nopass;S:Open Cafe;;");
         assert_eq!(decode(&render_qr(&wifi_payload(&open)).unwrap().0), "WIFI:T:nopass;S:Open Cafe;;");
@@ -207,6 +226,10 @@ mod tests {
         check(json!({"ssid": "home"}), Err("input.password"));
         check(json!({"ssid": "home", "password": "short"}), Err("input.password"));
         check(json!({"ssid": "home", "password": "x".repeat(64)}), Err("input.password"));
+        // 8 to 63 characters, not bytes, and only printable ASCII: a phone cannot type "pässwörd".
+        check(json!({"ssid": "home", "password": "pässwörd"}), Err("input.password"));
+        check(json!({"ssid": "home", "password": "tab\there!"}), Err("input.password"));
+        check(json!({"ssid": "home", "password": "ééééé", "encryption": "WEP"}), Err("input.password"));
         check(json!({"ssid": "home", "password": "1234", "encryption": "WEP"}), Err("input.password"));
         check(json!({"ssid": "home", "password": "secret123", "encryption": "nopass"}), Err("input.password"));
         check(json!({"ssid": "home", "password": "correct horse", "encryption": "WPA3"}), Err("input.encryption"));

@@ -12,6 +12,8 @@ use jobpipe::invoke::{InvokeOptions, invoke_once};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+mod live_status;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -301,6 +303,60 @@ async fn a_person_submits_a_job_in_the_browser_and_sees_it_complete() {
     stack.stop().await;
 }
 
+/// A static host for the web UI on an origin of its own, as a deployed frontend is.
+async fn serve_frontend() -> (String, tokio::task::JoinHandle<()>) {
+    let web = root().join("web");
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let web = web.clone();
+        async move {
+            use axum::response::IntoResponse;
+            match jobpipe::gateway::static_file(&web, uri.path()).await {
+                Some(file) => file,
+                None => axum::http::StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+/// The UI on another origin than the API, as deployed: preflights (which carry no token) must pass the
+/// gateway's routing and authorizers and come back with the template's CORS headers, for every method.
+/// (The `$default` route's authorizer refused them, and api-ingest answered `OPTIONS` with 405.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_on_another_origin_submits_reads_lists_and_cancels() {
+    let browser_tests = root().join("tests/browser");
+    assert!(browser_tests.join("node_modules/playwright-core").exists(), "run `cargo xtask setup`");
+    let (frontend, frontend_task) = serve_frontend().await;
+    let stack = start_stack_with(|options| {
+        options.parameters.insert("CorsAllowedOrigin".into(), frontend.clone());
+    })
+    .await;
+    let output = tokio::process::Command::new("node")
+        .arg(browser_tests.join("cross-origin.mjs"))
+        .args([&frontend, &stack.base_url(), &stack.websocket_url(), &stack.token("cross-origin")])
+        .arg(root().join("tests/artifacts"))
+        .output()
+        .await
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cross-origin browser test failed:\n{stdout}\n{stderr}");
+
+    // An origin the template does not allow gets no CORS headers, so a browser refuses the answer.
+    let refused = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{}/jobs", stack.base_url()))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    stack.stop().await;
+    frontend_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_submits_watches_lists_and_redrives_dead_letters() {
     use jobpipe::ops::{Target, TargetOptions};
@@ -527,8 +583,9 @@ async fn the_api_matches_its_openapi_document_under_schemathesis() {
         .iter()
         .flat_map(|f| f.events.iter())
         .filter_map(|event| match event {
-            jobpipe::template::EventSpec::HttpApi { method, path }
-                if path != jobpipe::template::DEFAULT_ROUTE && path != "/openapi.json" =>
+            // Not part of the API: the catch-all, the document itself, and the CORS preflight route.
+            jobpipe::template::EventSpec::HttpApi { method, path, .. }
+                if path != jobpipe::template::DEFAULT_ROUTE && path != "/openapi.json" && method != "OPTIONS" =>
             {
                 Some(format!("{method} {path}"))
             }
@@ -581,6 +638,44 @@ async fn until_terminal(stack: &DevStack, token: &str, job_id: &str) -> Value {
 
 /// The functions log why a request was refused, but never a credential: no bearer token (accepted or
 /// refused, over HTTP or in the WebSocket query), no presigned result URL, no WiFi password from a job.
+/// Every metric the template's dashboard plots in the `jobpipe` namespace is emitted by the functions as
+/// jobs run (`JobsCompleted`, `JobsFailed` and `JobDuration` were documented and plotted, never emitted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_on_the_dashboard_is_emitted() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let mut plotted: Vec<String> = template
+        .split("[\"jobpipe\", \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next().map(String::from))
+        .collect();
+    plotted.sort();
+    plotted.dedup();
+    assert!(plotted.len() >= 4, "the dashboard plots jobpipe metrics: {plotted:?}");
+
+    let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stack = start_stack_with(|options| options.log_tap = Some(tap)).await;
+    let token = stack.token("metrics");
+    for input in [json!({"sleepMs": 100}), json!({"failPermanently": true})] {
+        let job = post_job(&stack, &token, input).await;
+        until_terminal(&stack, &token, job["jobId"].as_str().unwrap()).await;
+    }
+    let mut emitted = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while plotted.iter().any(|name| !emitted.contains(name)) {
+        let Ok(Some(line)) = tokio::time::timeout_at(deadline, lines.recv()).await else { break };
+        let Some(document) = line.split_once("] ").and_then(|(_, json)| serde_json::from_str::<Value>(json).ok())
+        else {
+            continue;
+        };
+        for metric in document["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().into_iter().flatten() {
+            emitted.insert(metric["Name"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let missing: Vec<&String> = plotted.iter().filter(|name| !emitted.contains(*name)).collect();
+    assert!(missing.is_empty(), "plotted but never emitted: {missing:?} (emitted: {emitted:?})");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
     let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel();
@@ -588,17 +683,13 @@ async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
     let http = reqwest::Client::new();
     let base = stack.base_url();
     let token = stack.token("alice");
-    let now = jobpipe_testkit::now_secs();
-    let claims = |exp: i64| jobpipe_core::auth::Claims {
-        sub: "alice".into(),
-        iss: jobpipe::dev::DEV_ISSUER.into(),
-        aud: jobpipe::dev::DEV_AUDIENCE.into(),
-        exp,
-        nbf: None,
-        iat: Some(now),
-    };
-    let expired = jobpipe_core::auth::issue_hs256(jobpipe::dev::DEV_JWT_SECRET.as_bytes(), &claims(now - 600));
-    let forged = jobpipe_core::auth::issue_hs256(b"someone-elses-secret-of-enough-length", &claims(now + 600));
+    let mut claims = jobpipe::dev::dev_claims("alice");
+    claims["exp"] = json!(jobpipe_testkit::now_secs() - 600);
+    let expired = jobpipe::dev::dev_signer().sign(&claims);
+    // Alice's token with another name in it: the signature no longer matches.
+    let [header, _, signature] = <[&str; 3]>::try_from(token.split('.').collect::<Vec<_>>()).unwrap();
+    let mallory = jobpipe::dev::dev_token("mallory");
+    let forged = format!("{header}.{}.{signature}", mallory.split('.').nth(1).unwrap());
     let password = "correct-horse-battery-staple";
 
     for refused in [&expired, &forged, &"garbage.token.here".to_string()] {
@@ -670,4 +761,153 @@ async fn the_bench_environment_times_init_and_reads_usage() {
     let error =
         jobpipe::bench::Environment::start(&crashing, "false").await.err().expect("an exit during init is an error");
     assert!(error.to_string().contains("exited during init"), "{error}");
+}
+
+/// Runs one step of a generated-client test (a generator, a compiler, a client program) in
+/// `tests/clients` and answers what it printed; a failure shows all of its output.
+async fn client_step(what: &str, command: &mut tokio::process::Command) -> String {
+    let output = command
+        .current_dir(root().join("tests/clients"))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Checks what a generated client's program (`tests/clients`) printed: the echo and wifi-qr jobs it
+/// submitted completed, the list of completed jobs has them, a missing job's `404` was read as the
+/// document's error body; and the API, asked directly, holds those jobs with the inputs the client sent.
+async fn check_client_report(stack: &DevStack, token: &str, stdout: &str, ssid: &str) {
+    let last = stdout.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("the client's report: {e}:\n{stdout}"));
+    let jobs = report["jobs"].as_array().unwrap_or_else(|| panic!("{report}"));
+    let kinds: Vec<&str> = jobs.iter().filter_map(|job| job["kind"].as_str()).collect();
+    assert_eq!(kinds, ["echo", "wifi-qr"], "{report}");
+    let listed = report["listed"].as_array().unwrap_or_else(|| panic!("{report}"));
+    for job in jobs {
+        assert_eq!(job["status"], "completed", "{report}");
+        assert!(job["completedAt"].is_string(), "the client read completedAt: {report}");
+        assert!(listed.contains(&job["jobId"]), "the client listed {}: {report}", job["jobId"]);
+        let id = job["jobId"].as_str().unwrap();
+        let view =
+            json_of(reqwest::Client::new().get(format!("{}/jobs/{id}", stack.base_url())).bearer_auth(token)).await;
+        assert_eq!(view["status"], "completed", "{view}");
+        match job["kind"].as_str() {
+            Some("echo") => assert_eq!(view["input"], json!({"sleepMs": 10, "failTimes": 0}), "{view}"),
+            _ => assert_eq!(view["input"]["ssid"], ssid, "{view}"),
+        }
+    }
+    assert_eq!(report["missing"], json!({"status": 404, "code": "not_found"}), "{report}");
+}
+
+/// A TypeScript client generated from the served document by @hey-api/openapi-ts type-checks (tsc, strict)
+/// with a program that names each kind's request body and input models, and that program submits, reads
+/// and lists jobs through the local stack. (With each kind's alternative inlined, the models had no names.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typescript_client_generated_from_the_openapi_document_submits_reads_and_lists_jobs() {
+    let clients = root().join("tests/clients");
+    let bin = clients.join("node_modules/.bin");
+    assert!(
+        bin.join("openapi-ts").exists() && bin.join("tsc").exists(),
+        "@hey-api/openapi-ts and typescript are installed by `cargo xtask setup` (tests/clients/package-lock.json)"
+    );
+    let stack = start_stack().await;
+    let document = format!("{}/openapi.json", stack.base_url());
+    client_step(
+        "@hey-api/openapi-ts",
+        tokio::process::Command::new(bin.join("openapi-ts"))
+            .args(["--file", "openapi-ts.config.mjs"])
+            .env("JOBPIPE_OPENAPI_URL", &document),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(clients.join("generated/typescript-js"));
+    client_step("tsc", tokio::process::Command::new(bin.join("tsc")).args(["--project", "tsconfig.json"])).await;
+    let token = stack.token("typescript-client");
+    let stdout = client_step(
+        "the TypeScript client",
+        tokio::process::Command::new("node")
+            .arg("generated/typescript-js/typescript/jobs.js")
+            .arg(stack.base_url())
+            .arg(&token),
+    )
+    .await;
+    check_client_report(&stack, &token, &stdout, "jobpipe-ts").await;
+    stack.stop().await;
+}
+
+/// A Python client generated from the served document by openapi-python-client, with no warning (it used to
+/// make duplicate models from the inlined per-kind alternatives and drop those the submit operation
+/// imports), imports whole, and a program using each kind's named models submits, reads and lists jobs
+/// through the local stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_generated_from_the_openapi_document_submits_reads_and_lists_jobs() {
+    let venv = root().join(".venv/bin");
+    assert!(
+        venv.join("openapi-python-client").exists(),
+        "openapi-python-client is installed by `cargo xtask setup` (infra/requirements.txt)"
+    );
+    let stack = start_stack().await;
+    let document = format!("{}/openapi.json", stack.base_url());
+    client_step(
+        "openapi-python-client",
+        tokio::process::Command::new(venv.join("openapi-python-client"))
+            .args(["generate", "--url", &document, "--meta", "none", "--config", "python/config.yaml"])
+            .args(["--output-path", "generated/python/jobpipe_client", "--overwrite", "--fail-on-warning"]),
+    )
+    .await;
+    let token = stack.token("python-client");
+    let stdout = client_step(
+        "the Python client",
+        tokio::process::Command::new(venv.join("python"))
+            .arg("python/jobs.py")
+            .arg(stack.base_url())
+            .arg(&token)
+            .env("PYTHONPATH", "generated/python")
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+    )
+    .await;
+    check_client_report(&stack, &token, &stdout, "jobpipe-py").await;
+    stack.stop().await;
+}
+
+/// The local stack verifies tokens as a deployed one: through the JWKS it serves for its dev key, with
+/// the tokens users have (a Cognito access token from `/dev/token`, an `aud` array) accepted over HTTP
+/// and on the WebSocket, and a token for another app client refused on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_stack_verifies_tokens_through_the_jwks_it_serves() {
+    let stack = start_stack().await;
+    let http = reqwest::Client::new();
+    let base = stack.base_url();
+    let jwks = json_of(http.get(format!("{base}{}", jobpipe::dev::DEV_JWKS_PATH))).await;
+    let keys = jwks["keys"].as_array().expect("a JWKS");
+    assert_eq!((keys.len(), keys[0]["kid"].as_str()), (1, Some(jobpipe::dev::DEV_JWT_KID)));
+    assert_eq!((keys[0]["kty"].as_str(), keys[0]["use"].as_str()), (Some("RSA"), Some("sig")));
+    assert!(keys[0].get("d").is_none(), "only the public half is published");
+
+    let issued = json_of(http.post(format!("{base}/dev/token")).json(&json!({"sub": "alice"}))).await;
+    let cognito_style = issued["token"].as_str().unwrap().to_string();
+    let mut aud_array = jobpipe::dev::dev_claims("alice");
+    aud_array["aud"] = json!(["another-api", jobpipe::dev::DEV_AUDIENCE]);
+    let aud_array = jobpipe::dev::dev_signer().sign(&aud_array);
+    for token in [&cognito_style, &aud_array] {
+        let listed = http.get(format!("{base}/jobs")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(listed.status(), 200);
+        connect(&stack, &format!("token={token}")).await.expect("the socket takes it too");
+    }
+    let mut other_client = jobpipe::dev::dev_claims("alice");
+    other_client["client_id"] = json!("another-app");
+    let other_client = jobpipe::dev::dev_signer().sign(&other_client);
+    assert_eq!(http.get(format!("{base}/jobs")).bearer_auth(&other_client).send().await.unwrap().status(), 401);
+    match connect(&stack, &format!("token={other_client}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("a token for another app client connected: {:?}", other.map(|_| ())),
+    }
+    stack.stop().await;
 }

@@ -10,7 +10,7 @@ use jobpipe_core::intake::{Accepted, Intake, NewJob};
 use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease, Payload};
 use jobpipe_core::kinds::{BoxFuture, InputError, JobContext, JobKind};
 use jobpipe_core::store::{ClaimOutcome, FenceOutcome};
-use jobpipe_testkit::{BedrockServer, StackOptions, TestStack};
+use jobpipe_testkit::{BedrockServer, FaultProxy, ScriptedFault, StackOptions, TestStack, through_fault_proxy};
 use queue_processor::{Processor, RecordOutcome, handle_event, handle_sqs};
 use serde_json::{Value, json};
 
@@ -34,6 +34,15 @@ async fn harness_with(
     let mut processor = Processor::new(&stack.config_with(overrides), &stack.clients, Arc::new(clock.clone()));
     customize(&mut processor);
     Harness { stack, clock, processor: Arc::new(processor) }
+}
+
+/// A harness whose processor reaches moto through a fault proxy.
+async fn harness_through_proxy() -> (Harness, std::sync::Arc<FaultProxy>) {
+    let stack = TestStack::new().await;
+    let clock = ManualClock::starting_now();
+    let (proxy, clients) = through_fault_proxy().await;
+    let processor = Processor::new(&stack.config(), &clients, Arc::new(clock.clone()));
+    (Harness { stack, clock, processor: Arc::new(processor) }, proxy)
 }
 
 impl Harness {
@@ -313,10 +322,12 @@ async fn poison_messages_go_to_the_dlq_and_stay_there() {
     assert_eq!(h.main_queue_depth().await, 0, "poison left the main queue");
     assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 3);
 
-    let report = h.processor.reconcile().await.unwrap();
+    let report = h.processor.reconcile(None).await.unwrap();
     assert_eq!((report.dead_letters_seen, report.poison_dead_letters), (3, 3));
     assert_eq!(report.jobs_failed_from_dead_letters, 0);
-    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 3, "dead letters are kept for inspection");
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 3, "poison is kept for a person");
+    // Hidden between the reconciler's reads: the next run does not read it again.
+    assert_eq!(h.processor.reconcile(None).await.unwrap().dead_letters_seen, 0);
 }
 
 #[tokio::test]
@@ -332,10 +343,117 @@ async fn a_job_whose_message_is_dead_lettered_ends_failed() {
     assert!(h.stack.receive_batch(1).await.is_empty());
     assert_eq!(h.job(&job.job_id).await.status, JobStatus::Queued);
 
-    let report = h.processor.reconcile().await.unwrap();
+    let report = h.processor.reconcile(None).await.unwrap();
     assert_eq!(report.jobs_failed_from_dead_letters, 1, "{report:?}");
     let failed = h.job(&job.job_id).await;
     assert_eq!((failed.status, failed.error.unwrap().code.as_str()), (JobStatus::Failed, "dead_lettered"));
+    // The job records why it failed; its letter is settled and gone, so no run reads it again.
+    assert_eq!(report.dead_letters_removed, 1, "{report:?}");
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 0);
+}
+
+/// A backlog of dead letters is worked through in one run, not 100 a run re-read forever: every job a
+/// letter names is failed and its letter deleted, poison is kept, and one letter whose job cannot be read
+/// (a corrupt item) is logged and skipped without stopping the run. (Before, a run read at most 100
+/// letters, hid them for less than the schedule's period, kept them all, and one bad item aborted it.)
+#[tokio::test]
+async fn a_backlog_of_dead_letters_is_worked_through_and_a_bad_one_is_skipped() {
+    let h = harness().await;
+    let letters = 250;
+    let mut jobs = Vec::new();
+    for n in 0..letters {
+        let job = h.submit(json!({"n": n})).await;
+        jobs.push(job.job_id.clone());
+    }
+    // Their messages all end up dead-lettered, as SQS's redrive would leave them.
+    let sqs = &h.stack.clients.sqs;
+    loop {
+        let records = h.stack.receive_batch(10).await;
+        if records.is_empty() {
+            break;
+        }
+        for record in &records {
+            sqs.send_message()
+                .queue_url(&h.stack.dlq_url)
+                .message_body(record.body.clone().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        h.stack.settle(&records, &SqsBatchResponse::default()).await;
+    }
+    h.stack.send_raw_to(&h.stack.dlq_url, "poison, not a job").await;
+    // One job's item is unreadable: its status is not one the store knows.
+    let corrupt = &jobs[7];
+    h.stack
+        .clients
+        .dynamodb
+        .update_item()
+        .table_name(&h.stack.table)
+        .key(jobpipe_core::store::attr::JOB_ID, aws_sdk_dynamodb::types::AttributeValue::S(corrupt.to_string()))
+        .update_expression("SET #s = :bad")
+        .expression_attribute_names("#s", jobpipe_core::store::attr::STATUS)
+        .expression_attribute_values(":bad", aws_sdk_dynamodb::types::AttributeValue::S("mangled".into()))
+        .send()
+        .await
+        .unwrap();
+
+    let report = h.processor.reconcile(None).await.unwrap();
+    assert_eq!(report.dead_letters_seen, letters + 1, "{report:?}");
+    assert_eq!(report.jobs_failed_from_dead_letters, letters - 1, "{report:?}");
+    assert_eq!((report.dead_letters_removed, report.poison_dead_letters), (letters - 1, 1), "{report:?}");
+    assert_eq!(report.dead_letters_deferred, 1, "{report:?}");
+    for job_id in jobs.iter().filter(|id| *id != corrupt) {
+        assert_eq!(h.job(job_id).await.status, JobStatus::Failed);
+    }
+    // What is left: the poison and the letter of the unreadable job, hidden until a later run.
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 2);
+    assert_eq!(h.processor.reconcile(None).await.unwrap().dead_letters_seen, 0);
+}
+
+/// SQS deletes a message after the queue's retention (4 days) without dead-lettering it. A job whose
+/// message is gone is found through the pending-dispatch index (no table scan) once its last message is
+/// a recheck period old, and sent again; one older than its maximum age fails as `expired`.
+#[tokio::test]
+async fn a_job_whose_message_expired_is_sent_again_and_an_old_one_expires() {
+    let h = harness().await;
+    let job = h.submit(json!({"n": 1})).await;
+    let stale = h.submit(json!({"n": 2})).await;
+    // Both messages expire unseen (deleted, as retention would).
+    let records = h.stack.receive_batch(10).await;
+    assert_eq!(records.len(), 2);
+    h.stack.settle(&records, &SqsBatchResponse::default()).await;
+    assert_eq!(h.main_queue_depth().await, 0);
+
+    // Within the recheck period nothing is sent: the message is presumed there.
+    h.clock.advance_ms(61_000);
+    let report = h.processor.reconcile(None).await.unwrap();
+    assert_eq!((report.redispatched, report.rescheduled), (0, 2), "{report:?}");
+    assert_eq!(h.main_queue_depth().await, 0);
+
+    // A day after the last send, each unfinished job's message is sent again.
+    h.clock.advance_ms(24 * 60 * 60 * 1000);
+    let report = h.processor.reconcile(None).await.unwrap();
+    assert_eq!(report.redispatched, 2, "{report:?}");
+    assert_eq!(h.processor.reconcile(None).await.unwrap().redispatched, 0, "sent once per recheck period");
+    let records = h.stack.receive_batch(10).await;
+    let first = records.iter().find(|r| r.body.as_deref().is_some_and(|b| b.contains(job.job_id.as_str()))).unwrap();
+    let response = handle_sqs(h.processor.clone(), event(vec![first.clone()]), None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    h.stack.settle(std::slice::from_ref(first), &response).await;
+    assert_eq!(h.job(&job.job_id).await.status, JobStatus::Completed);
+
+    // The other's new message is lost too; past the maximum age (3 days) it fails for good.
+    let rest: Vec<_> = records.iter().filter(|r| r.message_id != first.message_id).cloned().collect();
+    h.stack.settle(&rest, &SqsBatchResponse::default()).await;
+    h.clock.advance_ms(2 * 24 * 60 * 60 * 1000);
+    let report = h.processor.reconcile(None).await.unwrap();
+    assert_eq!(report.expired, 1, "{report:?}");
+    let expired = h.job(&stale.job_id).await;
+    assert_eq!((expired.status, expired.error.unwrap().code.as_str()), (JobStatus::Failed, "expired"));
+    // Finished jobs are out of the index: nothing is due any more.
+    h.clock.advance_ms(7 * 24 * 60 * 60 * 1000);
+    assert_eq!(h.processor.reconcile(None).await.unwrap(), queue_processor::ReconcileReport::default());
 }
 
 #[tokio::test]
@@ -415,11 +533,11 @@ async fn a_job_whose_message_was_never_sent_is_dispatched_by_the_reconciler() {
     assert_eq!(h.main_queue_depth().await, 0);
 
     // Within the grace period nothing is re-sent (the first send may still be in flight).
-    assert_eq!(h.processor.reconcile().await.unwrap().redispatched, 0);
+    assert_eq!(h.processor.reconcile(None).await.unwrap().redispatched, 0);
     h.clock.advance_ms(61_000);
-    let report = h.processor.reconcile().await.unwrap();
+    let report = h.processor.reconcile(None).await.unwrap();
     assert_eq!(report.redispatched, 1, "{report:?}");
-    assert_eq!(h.processor.reconcile().await.unwrap().redispatched, 0, "the mark is cleared once sent");
+    assert_eq!(h.processor.reconcile(None).await.unwrap().redispatched, 0, "once sent, the next check is a day off");
 
     let (_, response) = h.deliver().await;
     assert!(response.batch_item_failures.is_empty());
@@ -563,18 +681,37 @@ async fn an_image_job_stores_the_generated_png_with_its_metadata() {
     assert_eq!(bedrock.stand_in.invocations.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// A throttled image waits out the quota window (a minute and up to half a minute of jitter) as a new,
+/// delayed message, and spends no attempt: throttled more often than `MAX_ATTEMPTS` (or the queue's
+/// `maxReceiveCount`) allows, it still completes, on its first counted attempt. (It was retried after
+/// 1-16 s and each throttle counted, so a burst over the per-minute quota failed jobs in about 30 s.)
 #[tokio::test]
-async fn a_throttled_image_is_retried_and_then_succeeds() {
+async fn throttling_waits_out_the_quota_window_without_spending_attempts() {
     let (h, bedrock) = image_harness(&[]).await;
     bedrock.stand_in.set_faults(1, Duration::ZERO).await;
     let job =
         h.submit_via(&h.processor.dispatcher, "image", json!({"prompt": "a fox", "width": 320, "height": 320})).await;
     let outcome = h.deliver_image().await;
-    assert!(matches!(outcome, RecordOutcome::RetryScheduled { attempt: 1, .. }), "{outcome:?}");
-    assert_eq!(h.job(&job.job_id).await.last_error.unwrap().code, "model_throttled");
+    let RecordOutcome::Requeued { delay } = outcome else { panic!("{outcome:?}") };
+    assert!((Duration::from_secs(60)..=Duration::from_secs(90)).contains(&delay), "{delay:?}");
+    let throttled = h.job(&job.job_id).await;
+    assert_eq!((throttled.attempts, throttled.last_error.unwrap().code.as_str()), (0, "model_throttled"));
+    // The new message waits out the window; the old one is gone.
+    assert!(h.stack.receive_image_batch(1).await.is_empty(), "nothing to receive before the window ends");
+    assert_eq!(h.stack.queue_depth(&h.stack.image_queue_url).await, 1);
+
+    // With a zero window, a job throttled more often than it has attempts still completes.
+    let (h, bedrock) = image_harness(&[("THROTTLE_WINDOW_SECONDS", "0"), ("MAX_ATTEMPTS", "2")]).await;
+    bedrock.stand_in.set_faults(4, Duration::ZERO).await;
+    let job =
+        h.submit_via(&h.processor.dispatcher, "image", json!({"prompt": "a fox", "width": 320, "height": 320})).await;
+    for _ in 0..4 {
+        let outcome = h.deliver_image().await;
+        assert!(matches!(outcome, RecordOutcome::Requeued { .. }), "{outcome:?}");
+    }
     let outcome = h.deliver_image().await;
     assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
-    assert_eq!(h.job(&job.job_id).await.attempts, 2);
+    assert_eq!(h.job(&job.job_id).await.attempts, 1);
 }
 
 #[tokio::test]
@@ -622,4 +759,48 @@ async fn a_wifi_qr_job_stores_a_code_that_decodes_to_the_network() {
     let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, hgt, |x, y| pixels[y * w + x]);
     let grids = image.detect_grids();
     assert_eq!(grids[0].decode().unwrap().1, r"WIFI:T:WPA;S:Lab\;Net;P:p@ss\:w0rd\,\\x;H:true;;");
+}
+
+/// The `UpdateItem` of one transition (matched by its update expression) takes effect, but its response is
+/// lost; the SDK retries it and the retry's condition fails against the write itself. Each transition
+/// must recognise its own write: before, a claim saw its own lease as held elsewhere (and the next claim
+/// spent an attempt), and a complete, fail or release reported the lease lost.
+async fn with_a_lost_update(transition: &str, input: Value) -> (RecordOutcome, Job) {
+    let (h, proxy) = harness_through_proxy().await;
+    let job = h.submit(input).await;
+    proxy.script(ScriptedFault::lost_response("DynamoDB_20120810.UpdateItem", transition));
+    let outcome = h.deliver_one().await;
+    assert_eq!(proxy.scripted_pending(), 0, "the lost response was injected");
+    (outcome, h.job(&job.job_id).await)
+}
+
+#[tokio::test]
+async fn a_claim_whose_response_was_lost_is_still_this_workers_claim() {
+    let (outcome, job) = with_a_lost_update("leaseToken = :token, leaseExpiresAt = :expires", json!({})).await;
+    assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
+    assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1));
+}
+
+#[tokio::test]
+async fn a_completion_whose_response_was_lost_is_still_completed() {
+    let (outcome, job) = with_a_lost_update("#status = :completed", json!({"n": 1})).await;
+    assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
+    assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1));
+}
+
+#[tokio::test]
+async fn a_failure_whose_response_was_lost_is_still_failed() {
+    let (outcome, job) =
+        with_a_lost_update("#status = :failed, errorCode = :code", json!({"failPermanently": true})).await;
+    assert!(matches!(outcome, RecordOutcome::Failed(_)), "{outcome:?}");
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.map(|e| e.code).as_deref(), Some("echo_failed"));
+}
+
+#[tokio::test]
+async fn a_release_whose_response_was_lost_still_schedules_the_retry() {
+    let (outcome, job) = with_a_lost_update("leaseExpiresAt = :released", json!({"failTimes": 1})).await;
+    assert!(matches!(outcome, RecordOutcome::RetryScheduled { attempt: 1, .. }), "{outcome:?}");
+    assert_eq!((job.status, job.attempts), (JobStatus::Processing, 1));
+    assert_eq!(job.last_error.map(|e| e.code).as_deref(), Some("echo_transient"));
 }

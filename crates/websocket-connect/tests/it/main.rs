@@ -6,7 +6,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::apigw::ApiGatewayWebsocketProxyRequest;
 use jobpipe_core::SystemClock;
 use jobpipe_core::job::{Job, JobId, JobStatus, Payload};
-use jobpipe_testkit::{TestStack, token};
+use jobpipe_testkit::{TEST_AUDIENCE, TestStack, claims, now_secs, token, token_with};
 use lambda_runtime::{Context, LambdaEvent};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -69,6 +69,7 @@ async fn job_of(stack: &TestStack, owner: &str) -> JobId {
         request_hash: String::new(),
         correlation_id: "test".into(),
         dispatch_due_at: None,
+        dispatched_at: None,
     };
     jobpipe_core::store::JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600).create(&job).await.unwrap();
     job.job_id
@@ -96,6 +97,27 @@ async fn connect_needs_a_valid_token_and_subscribing_sees_only_your_own_jobs() {
         send(&sockets, "c-alice", &json!({"action": "subscribe", "jobId": JobId::new_random()}).to_string()).await;
     assert_eq!((status, &body), (missing.0, &missing.1), "another user's job answers exactly like a missing one");
     assert_eq!(status, 404);
+}
+
+/// `$connect` takes the tokens users have, as the HTTP API's JWT authorizer does: a Cognito access token
+/// (`client_id`, no `aud`) and an `aud` array; it refuses one for another app client.
+#[tokio::test]
+async fn connect_accepts_cognito_access_tokens_and_aud_arrays() {
+    let stack = TestStack::new().await;
+    let sockets = sockets(&stack).await;
+    let cognito = |client_id: &str| {
+        json!({
+            "sub": "alice", "iss": jobpipe_testkit::test_issuer(), "client_id": client_id, "token_use": "access",
+            "scope": "aws.cognito.signin.user.admin", "iat": now_secs(), "exp": now_secs() + 600,
+        })
+    };
+    let mut aud_array = claims("alice");
+    aud_array["aud"] = json!(["another-api", TEST_AUDIENCE]);
+    assert_eq!(connect(&sockets, "c-cognito", &token_with(&cognito(TEST_AUDIENCE))).await.0, 200);
+    assert_eq!(connect(&sockets, "c-array", &token_with(&aud_array)).await.0, 200);
+    let (status, body) = connect(&sockets, "c-other", &token_with(&cognito("another-app"))).await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"].as_str().unwrap().contains("wrong audience"), "{body}");
 }
 
 /// Frames from a generator (text, JSON of any shape, near-miss actions and ids) all get an answer in the
@@ -140,4 +162,108 @@ async fn any_frame_is_answered_in_the_reply_shape() {
             assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{frame:?}: {body}");
         }
     }
+}
+
+/// A proxy in front of moto that, at each read of a job in the jobs table, looks up (directly in moto,
+/// through the `byJob` index the notifier queries) which connections are subscribed to that job.
+/// Answers the proxy's URL and, per read, the subscribers it found.
+async fn subscribers_at_each_job_read(stack: &TestStack) -> (String, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    use axum::extract::{Request, State};
+    use axum::response::{IntoResponse, Response};
+
+    #[derive(Clone)]
+    struct Proxy {
+        jobs_table: String,
+        subscribers: jobpipe_core::connections::ConnectionStore,
+        reads: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+        http: reqwest::Client,
+    }
+    async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if target.ends_with(".GetItem") {
+            let call: Value = serde_json::from_slice(&body).unwrap();
+            if call["TableName"] == proxy.jobs_table {
+                let job_id = JobId::parse(call["Key"]["jobId"]["S"].as_str().unwrap()).unwrap();
+                let subscribers = proxy.subscribers.subscribers(&job_id).await.unwrap();
+                proxy.reads.lock().unwrap().push(subscribers);
+            }
+        }
+        let url = format!("{}{}", jobpipe_testkit::moto_endpoint(), parts.uri.path_and_query().unwrap());
+        let mut forwarded = proxy.http.request(parts.method, url).body(body);
+        for (name, value) in &parts.headers {
+            if name != "host" && name != "content-length" {
+                forwarded = forwarded.header(name, value);
+            }
+        }
+        let answer = forwarded.send().await.unwrap();
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let mut response = (status, answer.bytes().await.unwrap()).into_response();
+        for (name, value) in &headers {
+            if name != "content-length" && name != "transfer-encoding" {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        response
+    }
+
+    let reads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let proxy = Proxy {
+        jobs_table: stack.table.clone(),
+        subscribers: jobpipe_core::connections::ConnectionStore::new(
+            stack.clients.dynamodb.clone(),
+            &stack.connections_table,
+        ),
+        reads: reads.clone(),
+        http: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, reads)
+}
+
+/// The notifier finds a job's subscribers through the `byJob` index, so a change made after `subscribe`
+/// read the job reaches the client only if the subscription existed at that read. Whether the client
+/// subscribes with a frame or at `$connect` (`?jobId=`), the state the reply carries is read after the
+/// subscription was written.
+#[tokio::test]
+async fn subscribing_writes_the_subscription_before_reading_the_state_it_answers() {
+    let stack = TestStack::new().await;
+    let (proxy_url, reads) = subscribers_at_each_job_read(&stack).await;
+    let clients = jobpipe_core::config::AwsClients::from_sdk_config(
+        &jobpipe_testkit::sdk_config().to_builder().endpoint_url(&proxy_url).build(),
+    );
+    let sockets = Arc::new(Sockets::new(&stack.config(), &clients, Arc::new(SystemClock)).unwrap());
+    let last_read = || reads.lock().unwrap().last().cloned().expect("the job was read");
+
+    assert_eq!(connect(&sockets, "c-frame", &token("alice")).await.0, 200);
+    let job = job_of(&stack, "alice").await;
+    let (status, body) = send(&sockets, "c-frame", &json!({"action": "subscribe", "jobId": job}).to_string()).await;
+    assert_eq!((status, body["job"]["status"].as_str()), (200, Some("queued")), "{body}");
+    assert_eq!(last_read(), ["c-frame"], "the state was read after the subscription was written");
+
+    let query = json!({"token": token("alice"), "jobId": job});
+    let (status, _) =
+        call(&sockets, event("ws-connect.json", "c-at-connect", |e| e["queryStringParameters"] = query)).await;
+    assert_eq!(status, 200);
+    let mut subscribed = last_read();
+    subscribed.sort();
+    assert_eq!(subscribed, ["c-at-connect", "c-frame"], "at $connect too");
+
+    // Another user's job: refused without a subscription ever being written (the notifier would push
+    // that job's changes to it).
+    let theirs = job_of(&stack, "bob").await;
+    let (status, _) = send(&sockets, "c-frame", &json!({"action": "subscribe", "jobId": theirs}).to_string()).await;
+    assert_eq!(status, 404);
+    assert_eq!(last_read(), Vec::<String>::new());
+    let subscribers =
+        jobpipe_core::connections::ConnectionStore::new(stack.clients.dynamodb.clone(), &stack.connections_table)
+            .subscribers(&theirs)
+            .await
+            .unwrap();
+    assert!(subscribers.is_empty(), "{subscribers:?}");
 }

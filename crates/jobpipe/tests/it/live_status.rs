@@ -1,0 +1,418 @@
+//! Live status at its edges: `@connections` as strict as API Gateway's while `$connect` runs, and
+//! `jobpipe watch` keeping the newest state, confirming its subscription with a read, and following a
+//! deployed stack over `wss://`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{json_of, next_json, root, start_stack_with};
+
+/// What the proxy in front of moto does with an AWS call after its hook has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Forward,
+    /// Answer `{}` without forwarding: the call seems to succeed but never happened.
+    Swallow,
+}
+
+/// Sees each AWS call's `x-amz-target` and JSON body (Null for non-JSON protocols) before it is forwarded.
+type AwsHook = Arc<dyn Fn(String, Value) -> Pin<Box<dyn Future<Output = Call> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct HookedProxy {
+    hook: AwsHook,
+    http: reqwest::Client,
+}
+
+async fn forward(State(proxy): State<HookedProxy>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let call = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if (proxy.hook)(target, call).await == Call::Swallow {
+        return ([(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")], "{}").into_response();
+    }
+    let url = format!("{}{}", jobpipe_testkit::moto_endpoint(), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut forwarded = proxy.http.request(parts.method, url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            forwarded = forwarded.header(name, value);
+        }
+    }
+    let Ok(answer) = forwarded.send().await else {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let (status, headers) = (answer.status(), answer.headers().clone());
+    let mut response = (status, answer.bytes().await.unwrap_or_default()).into_response();
+    for (name, value) in &headers {
+        if name != "content-length" && name != "transfer-encoding" {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Serves moto behind `hook` on a free port; answers the proxy's URL, to give the local stack as its
+/// AWS endpoint.
+async fn moto_behind(hook: AwsHook) -> String {
+    let proxy = HookedProxy { hook, http: reqwest::Client::new() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Whether `call` is a DynamoDB PutItem of a connections-table item whose `jobId` attribute is `job_id`
+/// (`"-"` is the connection's own item).
+fn puts_connection_item(target: &str, call: &Value, job_id: &str) -> bool {
+    target.ends_with(".PutItem")
+        && call["TableName"].as_str().is_some_and(|table| table.contains("Connections"))
+        && call["Item"]["jobId"]["S"] == job_id
+}
+
+/// An API Gateway connection id as a path segment.
+fn encoded(connection_id: &str) -> String {
+    connection_id.replace('/', "%2F").replace('+', "%2B").replace('=', "%3D")
+}
+
+/// On AWS, `@connections` answers GoneException until `$connect` has returned. The local gateway must be
+/// as strict, or the notifier's handling of that answer never runs locally. `$connect` is held (at its
+/// write of the connection item) while the test calls `@connections` for the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_answer_gone_until_connect_has_returned() {
+    let (connecting, mut connection_ids) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let hook: AwsHook = Arc::new(move |target, call| {
+        let (connecting, mut released) = (connecting.clone(), released.clone());
+        Box::pin(async move {
+            if puts_connection_item(&target, &call, "-") && call["Item"]["owner"]["S"] == "held-at-connect" {
+                let _ = connecting.send(call["Item"]["connectionId"]["S"].as_str().unwrap_or_default().to_string());
+                let _ = tokio::time::timeout(Duration::from_secs(120), released.wait_for(|released| *released)).await;
+            }
+            Call::Forward
+        })
+    });
+    let endpoint = moto_behind(hook).await;
+    let stack = start_stack_with(|options| options.endpoint = Some(endpoint)).await;
+    let url = format!("{}?token={}", stack.websocket_url(), stack.token("held-at-connect"));
+    let opening = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await.map(|(socket, _)| socket) });
+    let connection_id = tokio::time::timeout(Duration::from_secs(120), connection_ids.recv())
+        .await
+        .expect("$connect registers the connection")
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let connection_url = format!("{}/@connections/{}", stack.base_url(), encoded(&connection_id));
+    let early = http.post(&connection_url).body(r#"{"early":true}"#).send().await.unwrap();
+    assert_eq!(early.status(), 410, "a push while $connect runs is refused");
+    assert_eq!(early.headers()["x-amzn-errortype"], "GoneException");
+    assert_eq!(http.get(&connection_url).send().await.unwrap().status(), 410, "GetConnection too");
+
+    release.send_replace(true);
+    let mut socket = opening.await.unwrap().expect("the connection opens once $connect returns");
+    let pushed = http.post(&connection_url).body(r#"{"late":true}"#).send().await.unwrap();
+    assert_eq!(pushed.status(), 200);
+    let info = json_of(http.get(&connection_url)).await;
+    assert!(info["connectedAt"].is_string(), "{info}");
+    assert_eq!(next_json(&mut socket, Duration::from_secs(20)).await, Some(json!({"late": true})));
+    stack.stop().await;
+}
+
+/// `jobpipe watch` subscribes at `$connect`. A change the notifier cannot push (it made before the
+/// subscription was visible, or while `$connect` ran, when AWS answers Gone) must not leave it waiting:
+/// here the subscription is lost altogether (the proxy swallows its write) and the job ends while
+/// `$connect` runs. The watch ends anyway, from the read it makes once connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
+    let watched = Arc::new(std::sync::OnceLock::<String>::new());
+    let (subscribing, mut subscriptions) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let hook: AwsHook = {
+        let watched = watched.clone();
+        Arc::new(move |target, call| {
+            let (watched, subscribing, mut released) = (watched.clone(), subscribing.clone(), released.clone());
+            Box::pin(async move {
+                let Some(job_id) = watched.get() else { return Call::Forward };
+                if !puts_connection_item(&target, &call, job_id) {
+                    return Call::Forward;
+                }
+                let _ = subscribing.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(120), released.wait_for(|released| *released)).await;
+                Call::Swallow
+            })
+        })
+    };
+    let endpoint = moto_behind(hook).await;
+    let stack = start_stack_with(|options| options.endpoint = Some(endpoint)).await;
+    let target = jobpipe::ops::Target::resolve(&jobpipe::ops::TargetOptions {
+        api: stack.base_url(),
+        stack: None,
+        token: None,
+        user: "watcher".into(),
+    })
+    .await
+    .unwrap();
+    // A job that runs for ten minutes, so only the test ends it.
+    let job = target.submit("echo", json!({"sleepMs": 600_000})).await.unwrap();
+    let job_id = job["jobId"].as_str().unwrap().to_string();
+    watched.set(job_id.clone()).unwrap();
+
+    let watching = {
+        let (target, job_id) = (target.clone(), job_id.clone());
+        tokio::spawn(async move {
+            let mut printed = Vec::new();
+            let done = target.watch(&job_id, &mut printed).await;
+            (done, String::from_utf8(printed).unwrap())
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(120), subscriptions.recv()).await.expect("watch subscribes at $connect");
+    end_job(&stack, &job_id).await;
+    release.send_replace(true);
+
+    let (done, printed) = tokio::time::timeout(Duration::from_secs(120), watching)
+        .await
+        .expect("the watch ended without the push")
+        .unwrap();
+    let done = done.unwrap();
+    assert_eq!((done["status"].as_str(), done["error"]["code"].as_str()), (Some("failed"), Some("stopped_by_test")));
+    assert!(!printed.contains("polling"), "it stayed live: {printed}");
+    stack.stop().await;
+}
+
+/// Pushes can arrive out of order and a read can race a push: `watch` shows a state only if it is not
+/// older (`updatedAt`) than the one it holds. Served here: the job's API and a WebSocket that sends
+/// `processing` 50%, then an older `processing` 20%, then `completed`.
+#[tokio::test]
+async fn watch_ignores_messages_older_than_the_state_it_shows() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let job_id = jobpipe_core::job::JobId::new_random().as_str().to_string();
+    let state = |status: &str, progress: u8, at: &str| json!({"type": "job", "jobId": job_id, "status": status, "progress": progress, "updatedAt": at});
+    let current = Arc::new(std::sync::Mutex::new(state("processing", 0, "2026-01-01T00:00:01Z")));
+    let (reads, mut reads_seen) = tokio::sync::watch::channel(0_usize);
+    let reads = Arc::new(reads);
+    let pushes = vec![
+        state("processing", 50, "2026-01-01T00:00:02Z"),
+        state("processing", 20, "2026-01-01T00:00:01.500Z"),
+        state("completed", 100, "2026-01-01T00:00:03Z"),
+    ];
+    let app = axum::Router::new()
+        .route(
+            "/jobs/{id}",
+            axum::routing::get({
+                let current = current.clone();
+                move || async move {
+                    reads.send_modify(|reads| *reads += 1);
+                    axum::Json(current.lock().unwrap().clone())
+                }
+            }),
+        )
+        .route(
+            "/ws",
+            axum::routing::get(move |upgrade: WebSocketUpgrade| async move {
+                upgrade.on_upgrade(move |mut socket| async move {
+                    // The pushes follow the watch's read once connected (a watch that makes none gets
+                    // them after a while all the same).
+                    let confirmed = reads_seen.wait_for(|reads| *reads >= 2);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), confirmed).await;
+                    for push in pushes {
+                        if push["status"] == "completed" {
+                            *current.lock().unwrap() = push.clone();
+                        }
+                        let _ = socket.send(Message::Text(push.to_string().into())).await;
+                    }
+                    // Stay open: the watch closes when the job ends.
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let target = jobpipe::ops::Target {
+        api_url: format!("http://{address}"),
+        ws_url: format!("ws://{address}/ws"),
+        token: "token".into(),
+        sqs: None,
+        dead_letter_queue_url: None,
+        queues_by_kind: Default::default(),
+    };
+    let mut printed = Vec::new();
+    let done =
+        tokio::time::timeout(Duration::from_secs(60), target.watch(&job_id, &mut printed)).await.unwrap().unwrap();
+    assert_eq!(done["status"], "completed");
+    let printed = String::from_utf8(printed).unwrap();
+    let progress: Vec<&str> = printed.lines().map(|line| line.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(progress, ["0%", "50%", "100%"], "the older 20% was not shown:\n{printed}");
+}
+
+/// A TLS front for the local stack on `localhost`, its certificate self-signed: answers its port and the
+/// certificate as a PEM file, for the client to trust (`SSL_CERT_FILE`).
+async fn tls_front(upstream: std::net::SocketAddr) -> (u16, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = std::env::temp_dir().join(format!("jobpipe-test-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&pem, certified.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![certified.cert.der().clone()], key);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config.unwrap()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut client), Ok(mut server)) =
+                    (acceptor.accept(client).await, tokio::net::TcpStream::connect(upstream).await)
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (port, pem)
+}
+
+/// Ends a running job as the reconciler would once its attempt's lease had expired (a day from now).
+async fn end_job(stack: &jobpipe::dev::DevStack, job_id: &str) {
+    let jobs = jobpipe_core::store::JobStore::new(
+        aws_sdk_dynamodb::Client::new(&jobpipe_testkit::sdk_config()),
+        &stack.created.tables["JobsTable"],
+        3600,
+    );
+    let error = jobpipe_core::job::ErrorInfo { code: "stopped_by_test".into(), message: "ended by the test".into() };
+    let a_day_later = jobpipe_core::clock::Clock::now_ms(&jobpipe_core::SystemClock) + 24 * 3600 * 1000;
+    let ended = jobs.force_fail(&jobpipe_core::job::JobId::parse(job_id).unwrap(), &error, a_day_later).await;
+    assert!(matches!(ended, Ok(jobpipe_core::store::ForceFailOutcome::Failed(_))), "{ended:?}");
+}
+
+/// `jobpipe watch --stack NAME` follows a deployed stack live: the WebSocket URL from the stack's
+/// outputs is `wss://`, served here by a TLS front for the local stack (the stack's outputs come from
+/// CloudFormation in moto). With the front's certificate trusted the watch is live; without it the TLS
+/// handshake fails (the roots are checked) and the watch falls back to polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_a_deployed_stack_live_over_wss() {
+    use tokio::io::AsyncBufReadExt;
+    let stack = super::start_stack().await;
+    let (tls_port, certificate) = tls_front(stack.address).await;
+    let stack_name = format!("watch-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let queue = |id: &str| stack.created.queues[id].0.clone();
+    let template = json!({
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": format!("{stack_name}-marker")}}},
+        "Outputs": {
+            "HttpApiUrl": {"Value": stack.base_url()},
+            "WebSocketUrl": {"Value": format!("wss://localhost:{tls_port}/ws")},
+            "JobsQueueUrl": {"Value": queue("JobsQueue")},
+            "DeadLetterQueueUrl": {"Value": queue("JobsDeadLetterQueue")},
+        },
+    });
+    aws_sdk_cloudformation::Client::new(&jobpipe_testkit::sdk_config())
+        .create_stack()
+        .stack_name(&stack_name)
+        .template_body(template.to_string())
+        .send()
+        .await
+        .expect("creating the stack in moto");
+    let token = stack.token("deployed-user");
+    let another_certificate = certificate.with_extension("other.pem");
+    std::fs::write(
+        &another_certificate,
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap().cert.pem(),
+    )
+    .unwrap();
+    let watch = |job_id: &str, trusted: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobpipe"));
+        command
+            .args(["watch", job_id, "--stack", &stack_name, "--token", &token])
+            .env("AWS_ENDPOINT_URL", jobpipe_testkit::moto_endpoint())
+            .env("AWS_REGION", jobpipe::resources::REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("JOBPIPE_API")
+            .env_remove("JOBPIPE_TOKEN")
+            .env_remove("JOBPIPE_STACK")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // The client trusts the system's store; `SSL_CERT_FILE` stands in for it here.
+        let trust = if trusted { &certificate } else { &another_certificate };
+        command.env("SSL_CERT_FILE", trust);
+        command.spawn().expect("running jobpipe watch")
+    };
+
+    // Trusted: the watch opens the WebSocket through the TLS front and stays live until the job ends.
+    let job = super::post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
+    let job_id = job["jobId"].as_str().unwrap();
+    let mut live = watch(job_id, true);
+    let mut connected = false;
+    for _ in 0..1200 {
+        if stack.gateway.open_connections().await > 0 {
+            connected = true;
+            break;
+        }
+        if let Some(status) = live.try_wait().unwrap() {
+            panic!("watch exited ({status}) before it connected: {:?}", live.wait_with_output().await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(connected, "watch never opened the wss:// WebSocket");
+    end_job(&stack, job_id).await;
+    let output = tokio::time::timeout(Duration::from_secs(120), live.wait_with_output()).await.unwrap().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("stopped_by_test") && !printed.contains("polling"), "{printed}");
+
+    // Untrusted certificate: the handshake is refused and the watch polls instead, to the same end.
+    let job = super::post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
+    let job_id = job["jobId"].as_str().unwrap();
+    let mut polling = watch(job_id, false);
+    let mut lines = tokio::io::BufReader::new(polling.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while !printed.contains("polling") {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.unwrap().unwrap();
+        printed.push_str(&line.expect("watch said why it polls before it exited"));
+        printed.push('\n');
+    }
+    assert!(printed.contains("live updates unavailable"), "{printed}");
+    end_job(&stack, job_id).await;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.unwrap().unwrap() {
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    assert!(polling.wait().await.unwrap().success(), "{printed}");
+    assert!(printed.contains("stopped_by_test"), "{printed}");
+    let _ = (std::fs::remove_file(&certificate), std::fs::remove_file(&another_certificate));
+    stack.stop().await;
+}
+
+/// The web UI in headless Chromium with its WebSocket routed through the test script: pushes delivered
+/// out of order never take a job back to an older state, and a job whose pushes never come is still
+/// seen to end (the subscription confirmed with a read, then a slow poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_ui_keeps_the_newest_state_and_sees_jobs_end_without_pushes() {
+    let browser_tests = root().join("tests/browser");
+    assert!(
+        browser_tests.join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs playwright-core and Debian's chromium: run `cargo xtask setup`"
+    );
+    let stack = super::start_stack().await;
+    let artifacts = root().join("tests/artifacts");
+    let output = tokio::process::Command::new("node")
+        .arg(browser_tests.join("live-status.mjs"))
+        .arg(stack.base_url())
+        .arg(&artifacts)
+        .output()
+        .await
+        .expect("running node");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    stack.stop().await;
+}
