@@ -3,10 +3,9 @@
 // itself reads, lists and cancels through the API across origins, so every method's CORS preflight and
 // the exposed headers are exercised as a browser enforces them.
 // Usage: node cross-origin.mjs FRONTEND_URL API_URL WS_URL TOKEN ARTIFACT_DIR
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [frontend, api, ws, token, artifacts] = process.argv.slice(2);
 if (!frontend || !api || !ws || !token || !artifacts) {
@@ -14,17 +13,8 @@ if (!frontend || !api || !ws || !token || !artifacts) {
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "jobpipe-chromium-"));
 
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1100, height: 900 },
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const { browser, close } = await launch();
 let page;
 try {
   page = await browser.newPage();
@@ -89,6 +79,5 @@ try {
   console.error(error.stack || String(error));
   process.exitCode = 1;
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

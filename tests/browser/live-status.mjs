@@ -3,10 +3,9 @@
 // drops every push as if the notifier never found the subscription. The page must keep the newest
 // state, and still see a job end without any push.
 // Usage: node live-status.mjs BASE_URL ARTIFACT_DIR
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
@@ -14,18 +13,9 @@ if (!base || !artifacts) {
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "jobpipe-chromium-"));
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1100, height: 900 },
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const { browser, close } = await launch();
 
 // How pushes (`{"type":"job"}` frames from the server) reach the page: "reorder" holds a job's pushes
 // until its final one, delivers that, then the held ones (all older); "drop" delivers none.
@@ -110,6 +100,5 @@ try {
   console.error(error.stack || String(error));
   process.exitCode = 1;
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

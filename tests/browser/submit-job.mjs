@@ -1,9 +1,8 @@
 // Submits a job in the web UI as a person would and waits, without reloading, until the page shows it
 // completed with its result. Usage: node submit-job.mjs BASE_URL ARTIFACT_DIR
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
@@ -11,18 +10,8 @@ if (!base || !artifacts) {
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "jobpipe-chromium-"));
 
-// A fresh profile each run; the flags keep Chromium from reaching for the network this machine lacks.
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1100, height: 900 },
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const { browser, close } = await launch();
 let page;
 try {
   page = await browser.newPage();
@@ -93,6 +82,5 @@ try {
   console.error(error.stack || String(error));
   process.exitCode = 1;
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -416,22 +416,7 @@ impl JobStore {
         error: &ErrorInfo,
         now: Millis,
     ) -> Result<FenceOutcome, StoreError> {
-        let result = self
-            .fenced(job_id, token)
-            .update_expression(
-                "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :released, updatedAt = :now",
-            )
-            .expression_attribute_values(":code", s(&error.code))
-            .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        let own = |old: &Item| {
-            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
-                && has_s(old, attr::LEASE_TOKEN, token)
-                && has_n(old, attr::LEASE_EXPIRES_AT, RELEASED)
-        };
-        fence_outcome(conditional(result, "UpdateItem (release job for retry)", own)?)
+        self.release(job_id, token, error, now, false).await
     }
 
     /// Gives the lease up after the job was throttled (a quota said "not now"): like `release_for_retry`,
@@ -443,24 +428,37 @@ impl JobStore {
         error: &ErrorInfo,
         now: Millis,
     ) -> Result<FenceOutcome, StoreError> {
-        let result = self
+        self.release(job_id, token, error, now, true).await
+    }
+
+    /// The lease holder releases its lease, recording `error`; `give_back_attempt` undoes its claim's count.
+    async fn release(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+        give_back_attempt: bool,
+    ) -> Result<FenceOutcome, StoreError> {
+        let refund = if give_back_attempt { ", attempts = attempts - :one" } else { "" };
+        let mut update = self
             .fenced(job_id, token)
-            .update_expression(
+            .update_expression(format!(
                 "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :released, \
-                 attempts = attempts - :one, updatedAt = :now",
-            )
+                 updatedAt = :now{refund}"
+            ))
             .expression_attribute_values(":code", s(&error.code))
             .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
+            .expression_attribute_values(":now", n(now));
+        if give_back_attempt {
+            update = update.expression_attribute_values(":one", n(1));
+        }
         let own = |old: &Item| {
             has_s(old, attr::STATUS, JobStatus::Processing.as_str())
                 && has_s(old, attr::LEASE_TOKEN, token)
                 && has_n(old, attr::LEASE_EXPIRES_AT, RELEASED)
         };
-        fence_outcome(conditional(result, "UpdateItem (release throttled job)", own)?)
+        fence_outcome(conditional(update.send().await, "UpdateItem (release job)", own)?)
     }
 
     /// Records progress (0-100) for the lease holder. Returns false when the lease is gone.
