@@ -141,6 +141,11 @@ impl Sockets {
         };
         let caller = match self.auth.authenticate_token(token).await {
             Ok(caller) => caller,
+            // The issuer's keys could not be fetched: the token may be fine, and retrying may help.
+            Err(reason) if reason.is_retryable() => {
+                tracing::warn!(%reason, "websocket connection refused for now");
+                return Ok(Reply::error(503, "service_unavailable", reason.to_string()));
+            }
             Err(reason) => {
                 tracing::info!(%reason, "websocket connection refused");
                 return Ok(Reply::error(401, "unauthorized", reason.to_string()));

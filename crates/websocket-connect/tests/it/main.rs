@@ -120,6 +120,17 @@ async fn connect_accepts_cognito_access_tokens_and_aud_arrays() {
     assert!(body["error"]["message"].as_str().unwrap().contains("wrong audience"), "{body}");
 }
 
+/// When the issuer's keys cannot be fetched, a connection is refused as unavailable (503, retrying may
+/// help), not as a bad token: the token was never judged.
+#[tokio::test]
+async fn connect_answers_503_while_the_issuers_keys_cannot_be_fetched() {
+    let stack = TestStack::new().await;
+    let config = stack.config_with(&[("JWT_JWKS_URL", "http://127.0.0.1:9/jwks.json")]);
+    let sockets = Arc::new(Sockets::new(&config, &stack.clients, Arc::new(SystemClock)).unwrap());
+    let (status, body) = connect(&sockets, "c-unreachable", &token("alice")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("service_unavailable")), "{body}");
+}
+
 /// Frames from a generator (text, JSON of any shape, near-miss actions and ids) all get an answer in the
 /// reply shape: 200 for a real subscription, otherwise a 4xx naming the problem. Never a 5xx or a panic.
 #[tokio::test]
