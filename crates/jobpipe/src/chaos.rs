@@ -15,8 +15,13 @@ use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::dev::{DevOptions, DevStack, start_moto};
-use crate::faults::FaultProxy;
+use jobpipe_core::JobStatus;
+use jobpipe_core::store::job_from_stream_image;
+use jobpipe_emulator::aws::{sdk_config, start_moto};
+use jobpipe_emulator::dev::{DevOptions, DevStack};
+use jobpipe_emulator::faults::FaultProxy;
+use jobpipe_emulator::resources::queue_depth;
+use jobpipe_emulator::sources::stream_record;
 
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
@@ -173,11 +178,11 @@ pub async fn run(
     build: bool,
 ) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
-    let (moto_url, mut moto) = match endpoint {
+    let (moto_url, moto) = match endpoint {
         Some(url) => (url, None),
         None => {
-            let (url, child) = start_moto(root)?;
-            (url, Some(child))
+            let moto = start_moto(root)?;
+            (moto.endpoint().to_string(), Some(moto))
         }
     };
     let proxy = FaultProxy::new(&moto_url, options.aws_fault_rate, options.send_fault_rate);
@@ -200,14 +205,7 @@ pub async fn run(
         dev.extra_env.insert(name.into(), value.into());
     }
     let stack = DevStack::start(dev).await?;
-    let direct = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(crate::resources::REGION))
-        .endpoint_url(&moto_url)
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("local", "local", None, None, "jobpipe-chaos"),
-        ))
-        .build();
+    let direct = sdk_config(&moto_url);
     let sqs = aws_sdk_sqs::Client::new(&direct);
     let dynamodb = aws_sdk_dynamodb::Client::new(&direct);
     let streams = aws_sdk_dynamodbstreams::Client::new(&direct);
@@ -310,7 +308,7 @@ pub async fn run(
                 )
             })
             .count();
-        let dead = queue_depth(&sqs, &dlq_url).await;
+        let dead = queue_depth(&sqs, &dlq_url).await.unwrap_or(0) as usize;
         if open == 0 && dead >= report.poison_sent {
             break;
         }
@@ -318,7 +316,7 @@ pub async fn run(
         let mut hasher = std::hash::DefaultHasher::new();
         let mut seen: Vec<_> = statuses.iter().filter(|(id, _)| accepted_set.contains(*id)).collect();
         seen.sort();
-        (seen, dead, queue_depth(&sqs, &queue_url).await).hash(&mut hasher);
+        (seen, dead, queue_depth(&sqs, &queue_url).await.unwrap_or(0)).hash(&mut hasher);
         let signature = hasher.finish();
         if last_seen != Some(signature) {
             last_seen = Some(signature);
@@ -371,18 +369,15 @@ pub async fn run(
     let (completed_twice, after_end) = stream_history(&streams, &stream_arn).await?;
     report.completed_more_than_once = completed_twice;
     report.written_after_end = after_end;
-    report.dead_letters = queue_depth(&sqs, &dlq_url).await;
-    report.left_in_job_queue = queue_depth(&sqs, &queue_url).await;
+    report.dead_letters = queue_depth(&sqs, &dlq_url).await? as usize;
+    report.left_in_job_queue = queue_depth(&sqs, &queue_url).await? as usize;
     report.faults_injected = proxy.counts.before.load(Ordering::SeqCst) + proxy.counts.after.load(Ordering::SeqCst);
     report.send_faults_injected = proxy.counts.send_message.load(Ordering::SeqCst);
     report.elapsed = started.elapsed();
 
     stack.stop().await;
     proxy_task.abort();
-    if let Some(mut moto) = moto.take() {
-        drop(moto.stdin.take());
-        let _ = moto.wait();
-    }
+    drop(moto);
     Ok(report)
 }
 
@@ -449,23 +444,20 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
                 break;
             }
             for record in out.records() {
-                let Some(change) = record.dynamodb() else { continue };
-                let status = |image: Option<&HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| {
-                    image.and_then(|i| i.get("status")).and_then(|v| v.as_s().ok()).cloned()
+                // Read as the notifier reads it: the Lambda event record, its images as jobs.
+                let record = stream_record(record, stream_arn);
+                let image = |name: &str| {
+                    let image = &record["dynamodb"][name];
+                    (!image.is_null()).then(|| job_from_stream_image(image)).transpose()
                 };
-                let (old, new) = (status(change.old_image.as_ref()), status(change.new_image.as_ref()));
-                let id = change
-                    .keys
-                    .as_ref()
-                    .and_then(|k| k.get("jobId"))
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
-                let ended = |s: &Option<String>| matches!(s.as_deref(), Some("completed" | "failed" | "cancelled"));
-                if new.as_deref() == Some("completed") && old.as_deref() != Some("completed") {
+                let (old, new) = (image("OldImage")?, image("NewImage")?);
+                let status = |job: &Option<jobpipe_core::Job>| job.as_ref().map(|job| job.status);
+                if status(&new) == Some(JobStatus::Completed) && status(&old) != Some(JobStatus::Completed) {
+                    let id = new.as_ref().map(|job| job.job_id.as_str().to_string()).unwrap_or_default();
                     *completions.entry(id).or_default() += 1;
                 }
-                if ended(&old) && change.new_image.is_some() && change.new_image != change.old_image {
+                let ended = old.as_ref().is_some_and(|job| job.status.is_terminal());
+                if ended && new.is_some() && record["dynamodb"]["NewImage"] != record["dynamodb"]["OldImage"] {
                     after_end += 1;
                 }
             }
@@ -476,18 +468,4 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
         }
     }
     Ok((completions.values().filter(|n| **n > 1).count(), after_end))
-}
-
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> usize {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await;
-    out.ok()
-        .and_then(|o| o.attributes().cloned())
-        .map(|a| a.values().filter_map(|v| v.parse::<usize>().ok()).sum())
-        .unwrap_or(0)
 }

@@ -1,17 +1,8 @@
-//! The local stack: `jobpipe dev` runs the whole pipeline on one machine without Docker, driven by
-//! template.yaml; `jobpipe invoke` runs one function once.
+//! The `jobpipe` command's library: the operations commands against a local or deployed stack (`ops`),
+//! the load run (`load`), the fault-injection run (`chaos`) and the benchmarks (`bench`). The local stack
+//! itself (`jobpipe dev`, `jobpipe invoke`) is `jobpipe-emulator`'s.
 
-pub mod bedrock;
 pub mod bench;
 pub mod chaos;
-pub mod dev;
-pub mod faults;
-mod font;
-pub mod gateway;
-pub mod invoke;
 pub mod load;
 pub mod ops;
-pub mod resources;
-pub mod runtime;
-pub mod sources;
-pub mod template;

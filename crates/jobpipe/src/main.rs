@@ -1,11 +1,12 @@
-//! The `jobpipe` command: `dev` runs the whole pipeline locally; `invoke` runs one function once;
-//! `submit`, `status`, `watch`, `list` and `dlq` operate a local or deployed stack.
+//! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
+//! from `jobpipe-emulator`); `submit`, `status`, `watch`, `list` and `dlq` operate a local or deployed
+//! stack; `load`, `chaos` and `bench` measure it.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use jobpipe::dev::{DevOptions, DevStack};
 use jobpipe::ops::{Target, TargetOptions};
+use jobpipe_emulator::dev::{DevOptions, DevStack};
 
 #[derive(Parser)]
 #[command(name = "jobpipe", about = "jobpipe: run and operate the async job pipeline")]
@@ -315,8 +316,9 @@ async fn main() -> anyhow::Result<()> {
             let payload = std::fs::read_to_string(&event)?;
             let payload: serde_json::Value =
                 serde_json::from_str(&payload).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", event.display()))?;
-            let options = jobpipe::invoke::InvokeOptions { build: !no_build, ..Default::default() };
-            let output = jobpipe::invoke::invoke_once(&root.canonicalize()?, &function, payload, options).await?;
+            let options = jobpipe_emulator::invoke::InvokeOptions { build: !no_build, ..Default::default() };
+            let output =
+                jobpipe_emulator::invoke::invoke_once(&root.canonicalize()?, &function, payload, options).await?;
             println!("{}", serde_json::to_string_pretty(&output)?);
             Ok(())
         }

@@ -377,13 +377,5 @@ fn is_terminal(job: &Value) -> bool {
 }
 
 fn local_sqs(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(crate::resources::REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("local", "local", None, None, "jobpipe-cli"),
-        ))
-        .build();
-    aws_sdk_sqs::Client::new(&config)
+    aws_sdk_sqs::Client::new(&jobpipe_emulator::aws::sdk_config(endpoint))
 }

@@ -1,11 +1,14 @@
 //! Project automation: `cargo xtask setup` installs the pinned Python tools into `.venv`, the browser
 //! test's tools and the generated-clients test's TypeScript generator (`setup-python` only the first,
-//! `setup-baseline` the benchmark's Python baseline into `.venv-baseline`); `cargo xtask test` is the one
-//! command that checks everything (formatting, lints, the template, every test).
+//! `setup-baseline` the benchmark's Python baseline into `.venv-baseline`); `cargo xtask zips` builds the
+//! arm64 Lambda zips of the template's functions; `cargo xtask test` is the one command that checks
+//! everything (formatting, lints, the template, the zips, every test).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
+
+use local_engines::Engine;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -19,7 +22,10 @@ fn main() -> ExitCode {
             python_venv(&root.join(".venv-baseline"), &root.join("infra/baseline/requirements.txt")).map(|_| ())
         }
         Some("test") => test(&args[1..]),
-        _ => Err("usage: cargo xtask setup | setup-python | setup-baseline | test [-- extra cargo test args]".into()),
+        Some("zips") => zips_command(&args[1..]),
+        _ => Err("usage: cargo xtask setup | setup-python | setup-baseline | zips [--profile P] [--lambda-dir D] \
+                  [-p PACKAGE]... | test [-- extra cargo test args]"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,35 +105,6 @@ fn npm_ci(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A moto server for the whole test run; it exits when its stdin (held here) closes.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start(bin: &Path) -> Result<Moto> {
-        let mut child = Command::new(bin.join("python"))
-            .arg(repo_root().join("infra/moto_server.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting moto: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).map_err(|e| e.to_string())?;
-        let port = line.strip_prefix("READY ").map(str::trim).ok_or_else(|| format!("moto did not start: {line:?}"))?;
-        Ok(Moto { endpoint: format!("http://127.0.0.1:{port}"), child })
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
 fn test(extra: &[String]) -> Result<()> {
     let root = repo_root();
     let bin = setup()?;
@@ -153,16 +130,17 @@ fn test(extra: &[String]) -> Result<()> {
     run(Command::new(bin.join("python")).current_dir(&root).args(["infra/check_template.py", "template.yaml"]))?;
     // Each template rule refuses the defect it was written for.
     run(Command::new(bin.join("python")).current_dir(&root).args(["-m", "unittest", "infra/test_check_template.py"]))?;
-    lambda_builds(&root, &bin, &cargo)?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    zips(&root, &bin, "lambda-check", &target_dir.join("lambda-arm64"), &[])?;
 
-    let moto = Moto::start(&bin)?;
-    eprintln!("xtask: moto on {}", moto.endpoint);
+    let moto = Engine::moto(&root, &bin.join("python")).map_err(|e| e.to_string())?;
+    eprintln!("xtask: moto on {}", moto.endpoint());
     let totals = run_tests(
         Command::new(&cargo)
             .current_dir(&root)
             .args(["test", "--workspace", "--all-targets"])
             .args(extra)
-            .env("JOBPIPE_TEST_AWS_ENDPOINT", &moto.endpoint)
+            .env("JOBPIPE_TEST_AWS_ENDPOINT", moto.endpoint())
             .env("JOBPIPE_PYTHON", bin.join("python")),
     )?;
     drop(moto);
@@ -175,36 +153,76 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo lambda build --arm64` of every function into Lambda zips, as `sam build` would, with the
-/// `lambda-check` profile: it proves they cross-compile and package without the release profile's
-/// fat-LTO build time (`jobpipe bench` builds and measures the release zips). cargo-lambda (and its zig)
-/// come from the venv.
-fn lambda_builds(root: &Path, bin: &Path, cargo: &str) -> Result<()> {
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+/// `cargo xtask zips [--profile P] [--lambda-dir D] [-p EXTRA]...`: the arm64 zips of the template's
+/// functions (and of any extra packages), `lambda-check` profile and `target/lambda-arm64` by default.
+fn zips_command(args: &[String]) -> Result<()> {
+    let root = repo_root();
+    let bin = setup()?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let lambda_dir = target_dir.join("lambda-arm64");
+    let (mut profile, mut lambda_dir, mut extra) =
+        ("lambda-check".to_string(), target_dir.join("lambda-arm64"), vec![]);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--profile" => profile = value()?,
+            "--lambda-dir" => lambda_dir = PathBuf::from(value()?),
+            "-p" => extra.push(value()?),
+            other => return Err(format!("zips: unknown argument {other:?}")),
+        }
+    }
+    zips(&root, &bin, &profile, &lambda_dir, &extra)
+}
+
+/// `cargo lambda build --arm64` of every function of the template (and `extra` packages) into Lambda
+/// zips under `lambda_dir`, as `sam build` would. The test command uses the `lambda-check` profile: it
+/// proves they cross-compile and package without the release profile's fat-LTO build time (`jobpipe
+/// bench` builds and measures the release zips through this too). cargo-lambda (and its zig) come from
+/// the venv.
+fn zips(root: &Path, bin: &Path, profile: &str, lambda_dir: &Path, extra: &[String]) -> Result<()> {
+    let mut packages = template_functions(root)?;
+    packages.extend(extra.iter().cloned());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut command = Command::new(cargo);
     command
         .current_dir(root)
         .env("PATH", path)
-        .args(["lambda", "build", "--profile", "lambda-check", "--arm64", "--output-format", "zip", "--lambda-dir"])
-        .arg(&lambda_dir);
-    for function in FUNCTIONS {
-        command.args(["-p", function]);
+        .args(["lambda", "build", "--profile", profile, "--arm64", "--output-format", "zip", "--lambda-dir"])
+        .arg(lambda_dir);
+    for package in &packages {
+        command.args(["-p", package]);
     }
     run(&mut command)?;
-    for function in FUNCTIONS {
-        let zip = lambda_dir.join(function).join("bootstrap.zip");
+    for package in &packages {
+        let zip = lambda_dir.join(package).join("bootstrap.zip");
         let size = std::fs::metadata(&zip).map_err(|e| format!("{zip:?}: {e}"))?.len();
-        eprintln!(
-            "xtask: {function}: arm64 zip built ({size} bytes, lambda-check profile; release sizes: jobpipe bench)"
-        );
+        eprintln!("xtask: {package}: arm64 zip built ({size} bytes, {profile} profile)");
     }
     Ok(())
 }
 
-/// The Lambda functions (their Cargo packages).
-const FUNCTIONS: [&str; 4] = ["api-ingest", "queue-processor", "notifier", "websocket-connect"];
+/// The Cargo packages of the template's Lambda functions: the last part of each
+/// `AWS::Serverless::Function`'s `CodeUri` (as the local stack reads them too).
+fn template_functions(root: &Path) -> Result<Vec<String>> {
+    let path = root.join("template.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path:?}: {e}"))?;
+    let template: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| format!("{path:?}: {e}"))?;
+    let resources = template.get("Resources").and_then(|r| r.as_mapping()).ok_or("template.yaml has no Resources")?;
+    let mut packages = Vec::new();
+    for (id, resource) in resources {
+        if resource.get("Type").and_then(|t| t.as_str()) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let code_uri = resource.get("Properties").and_then(|p| p.get("CodeUri")).and_then(|c| c.as_str());
+        let package = code_uri.and_then(|c| c.trim_end_matches('/').rsplit('/').next());
+        packages.push(package.ok_or_else(|| format!("function {id:?} has no CodeUri naming its crate"))?.to_string());
+    }
+    if packages.is_empty() {
+        return Err("template.yaml declares no AWS::Serverless::Function".into());
+    }
+    Ok(packages)
+}
 
 #[derive(Default)]
 struct Totals {

@@ -2,7 +2,8 @@
 //!
 //! The payload is the de-facto `WIFI:` format phones read: `WIFI:T:WPA;S:<ssid>;P:<password>;H:true;;`, with
 //! `\`, `;`, `,`, `:` and `"` escaped by a backslash in the SSID and password, and a value that could be
-//! read as hex (`CAFE`, `1234`) in double quotes, as the format asks, so a phone takes it as text.
+//! read as hex (`CAFE`, `1234`) in double quotes, as the format asks, so a phone takes it as text. The one
+//! exception is a WEP key of 10 or 26 hex digits, which is the key in hex and is written bare.
 
 use serde_json::{Value, json};
 
@@ -72,6 +73,11 @@ pub fn field_value(text: &str) -> String {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit()) { format!("\"{text}\"") } else { escape(text) }
 }
 
+/// Whether a WEP key is given in hex: 10 or 26 hex digits (5 or 13 characters are a text key).
+fn is_wep_hex_key(key: &str) -> bool {
+    matches!(key.len(), 10 | 26) && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Escapes the characters the `WIFI:` format gives meaning to.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -92,7 +98,14 @@ pub fn wifi_payload(input: &WifiInput) -> String {
     };
     let mut payload = format!("WIFI:T:{kind};S:{};", field_value(&input.ssid));
     if let Some(password) = &input.password {
-        payload.push_str(&format!("P:{};", field_value(password)));
+        // A WEP key of 10 or 26 hex digits is the key itself (40 or 104 bits): written bare, so phones read
+        // it as hex. Quoting it would make them take the digits as a 10- or 26-character text key.
+        let value = if input.encryption == Encryption::Wep && is_wep_hex_key(password) {
+            password.clone()
+        } else {
+            field_value(password)
+        };
+        payload.push_str(&format!("P:{value};"));
     }
     if input.hidden {
         payload.push_str("H:true;");
@@ -203,6 +216,14 @@ mod tests {
         let hex = parse_input(&json!({"ssid": "CAFE", "password": "12345678", "encryption": "WPA"})).unwrap();
         assert_eq!(wifi_payload(&hex), r#"WIFI:T:WPA;S:"CAFE";P:"12345678";;"#);
         assert_eq!(decode(&render_qr(&wifi_payload(&hex)).unwrap().0), wifi_payload(&hex));
+        // A WEP key in hex is the key itself, so it stays bare; a text key that looks like hex is quoted.
+        let wep_hex = parse_input(&json!({"ssid": "lab", "password": "0123456789", "encryption": "WEP"})).unwrap();
+        assert_eq!(wifi_payload(&wep_hex), "WIFI:T:WEP;S:lab;P:0123456789;;");
+        let wep_104 = "0123456789abcdef0123456789";
+        let wep_104_input = parse_input(&json!({"ssid": "lab", "password": wep_104, "encryption": "WEP"})).unwrap();
+        assert_eq!(wifi_payload(&wep_104_input), format!("WIFI:T:WEP;S:lab;P:{wep_104};;"));
+        let wep_text = parse_input(&json!({"ssid": "lab", "password": "CAFE1", "encryption": "WEP"})).unwrap();
+        assert_eq!(wifi_payload(&wep_text), r#"WIFI:T:WEP;S:lab;P:"CAFE1";;"#);
         let mixed = parse_input(&json!({"ssid": "CAFE 2", "password": "deadbeef!", "encryption": "WPA"})).unwrap();
         assert_eq!(wifi_payload(&mixed), "WIFI:T:WPA;S:CAFE 2;P:deadbeef!;;");
 

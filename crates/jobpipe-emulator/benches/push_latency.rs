@@ -2,13 +2,13 @@
 //! (`completedAt` in the job item) to the push arriving, through the whole local stack (DynamoDB stream
 //! -> notifier -> `@connections` -> socket). A benchmark prints figures; it asserts nothing about time.
 //!
-//! `cargo bench -p jobpipe --bench push_latency [-- JOBS]` (default 50 jobs).
+//! `cargo bench -p jobpipe-emulator --bench push_latency [-- JOBS]` (default 50 jobs).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use jobpipe::dev::{DevOptions, DevStack};
+use jobpipe_emulator::dev::{DevOptions, DevStack};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -8,8 +8,10 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::dev::{DevOptions, LocalAws, build};
+use crate::aws::LocalAws;
+use crate::dev::DevOptions;
 use crate::runtime::{Function, InvokeError};
+use crate::setup::build;
 use crate::template::Template;
 
 #[derive(Debug, Clone)]
@@ -42,7 +44,7 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
     }
     let defaults = DevOptions::new(root.to_path_buf());
     let endpoint = options.endpoint.or(defaults.endpoint);
-    let mut local = LocalAws::start(root, &template, endpoint, &options.prefix).await?;
+    let local = LocalAws::start(root, &template, endpoint, &options.prefix).await?;
     let mut process = local.function_process(spec, &defaults.binaries, "http://127.0.0.1:9", &BTreeMap::new())?;
     process.instances = 1;
     let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
@@ -54,13 +56,9 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
     });
     let running = Function::start(process, log).await?;
     let result = running.invoke_json(&event).await;
-    running.stop();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    running.stop_and_wait().await;
     printer.abort();
-    if let Some(mut moto) = local.moto.take() {
-        drop(moto.stdin.take());
-        let _ = moto.wait();
-    }
+    drop(local);
     match result {
         Ok(value) => Ok(value),
         Err(InvokeError::Function { error_type, message, .. }) => {

@@ -1,8 +1,11 @@
 //! A fault-injecting proxy in front of the local AWS endpoint: a fraction of DynamoDB, SQS and S3 calls
 //! answer throttling or 5xx, either before reaching moto (the call did not happen) or after (it happened,
 //! but the caller is told it failed: the ambiguous case). Used by the fault-injection run, and by tests
-//! that script one fault on one named call (`FaultProxy::script`).
+//! that script one fault on one named call (`FaultProxy::script`) or watch and hold calls with a hook
+//! (`FaultProxy::set_hook`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -39,9 +42,23 @@ impl ScriptedFault {
     }
 }
 
+/// What a hook decides about a call it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookVerdict {
+    Forward,
+    /// Answer `{}` without forwarding: the call seems to succeed but never happened.
+    Swallow,
+}
+
+/// Sees each call (its description, as `ScriptedFault` matches it, and its JSON body, `Null` for other
+/// protocols) before anything else happens to it, and may hold it as long as it likes.
+pub type CallHook =
+    Arc<dyn Fn(String, serde_json::Value) -> Pin<Box<dyn Future<Output = HookVerdict> + Send>> + Send + Sync>;
+
 pub struct FaultProxy {
     upstream: String,
     scripted: Mutex<Vec<ScriptedFault>>,
+    hook: Mutex<Option<CallHook>>,
     client: reqwest::Client,
     /// Fraction of calls that fail (half before, half after reaching the upstream).
     pub rate: f64,
@@ -56,6 +73,7 @@ impl FaultProxy {
         Arc::new(FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             scripted: Mutex::new(Vec::new()),
+            hook: Mutex::new(None),
             client: reqwest::Client::new(),
             rate,
             send_message_rate,
@@ -67,6 +85,11 @@ impl FaultProxy {
     /// Adds a fault for the next matching calls, whether or not random faults are `enabled`.
     pub fn script(&self, fault: ScriptedFault) {
         self.scripted.lock().expect("not poisoned").push(fault);
+    }
+
+    /// Shows every later call to `hook` first.
+    pub fn set_hook(&self, hook: CallHook) {
+        *self.hook.lock().expect("not poisoned") = Some(hook);
     }
 
     /// How many scripted faults have not happened yet.
@@ -143,6 +166,12 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };
     let call = if target.is_empty() { format!("{} {}", parts.method, parts.uri.path()) } else { target.clone() };
+    let hook = proxy.hook.lock().expect("not poisoned").clone();
+    if let Some(hook) = hook
+        && hook(call.clone(), serde_json::from_slice(&body).unwrap_or_default()).await == HookVerdict::Swallow
+    {
+        return ([(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")], "{}").into_response();
+    }
     let scripted = proxy.scripted_for(&call, &body);
     let enabled = proxy.enabled.load(Ordering::SeqCst);
     // Long polls are left alone: failing them only slows the run without testing anything.

@@ -10,10 +10,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_norway::Value as Yaml;
 
+use crate::aws::{ACCOUNT, REGION};
 use crate::template::{Resolver, Template, get, scalar};
-
-pub const REGION: &str = "us-east-1";
-pub const ACCOUNT: &str = "123456789012";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResourceError {
@@ -231,4 +229,18 @@ pub fn parameters(template: &Template, overrides: &HashMap<String, String>, reso
     ] {
         resolver.set(name, value);
     }
+}
+
+/// Messages a queue holds: visible, in flight (received, not yet deleted) and delayed. Approximate, as
+/// SQS reports it.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<u64, aws_sdk_sqs::Error> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?;
+    Ok(out.attributes().into_iter().flatten().map(|(_, v)| v.parse::<u64>().unwrap_or(0)).sum())
 }

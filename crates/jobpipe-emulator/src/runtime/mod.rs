@@ -1,28 +1,29 @@
 //! A local implementation of the Lambda Runtime API: each function runs as a pool of child processes
 //! (its real binary), each polling its own Runtime API endpoint for invocations, like Lambda execution
 //! environments. A child that crashes fails its invocation and is restarted; one that outlives the
-//! function's timeout is killed and restarted, as Lambda would.
+//! function's timeout is killed and restarted, as Lambda would. `api` serves the Runtime API itself.
+//!
+//! The same pool serves `jobpipe dev`, `jobpipe invoke` and the benchmarks (which read each
+//! environment's init time and process id from `Function::ready`).
 
-use std::collections::{BTreeMap, HashMap};
+mod api;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
-/// Where the Lambda Runtime API lives on its endpoint.
-pub const RUNTIME_API: &str = "/2018-06-01/runtime";
+pub use api::RUNTIME_API;
+
 /// How long an invocation may wait for an execution environment to take it: environments may be busy
 /// or (re)starting. Lambda limits an environment's init phase to 10 s; this leaves room for a slow machine.
 const START_ALLOWANCE: Duration = Duration::from_secs(60);
@@ -68,7 +69,11 @@ impl Invocation {
 #[derive(Debug, Clone)]
 pub struct FunctionProcess {
     pub name: String,
-    pub binary: PathBuf,
+    /// The executable (the function's `bootstrap`, or an interpreter for a runtime client).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The working directory (default: this process's).
+    pub dir: Option<PathBuf>,
     pub environment: BTreeMap<String, String>,
     pub timeout: Duration,
     pub memory_mb: u64,
@@ -77,6 +82,43 @@ pub struct FunctionProcess {
     pub instances: usize,
 }
 
+impl FunctionProcess {
+    /// One environment of `program` with no arguments or environment, a 60 s timeout and 128 MB.
+    pub fn new(name: &str, program: PathBuf) -> FunctionProcess {
+        FunctionProcess {
+            name: name.to_string(),
+            program,
+            args: Vec::new(),
+            dir: None,
+            environment: BTreeMap::new(),
+            timeout: Duration::from_secs(60),
+            memory_mb: 128,
+            instances: 1,
+        }
+    }
+}
+
+/// An execution environment whose process has asked for its first invocation: its init is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub pid: u32,
+    /// From exec to the first `GET /runtime/invocation/next`: the environment's init duration.
+    pub init: Duration,
+}
+
+/// Where an execution environment is in its life, as `Function::ready` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Its process is starting (or about to be restarted).
+    Starting,
+    Ready(Ready),
+    /// Its process exited before it asked for an invocation (it will be started again).
+    ExitedDuringInit(String),
+}
+
+/// Each environment's phase, by index.
+type Board = watch::Sender<Vec<Phase>>;
+
 /// A running function: invoke it with a payload, get its response.
 #[derive(Clone)]
 pub struct Function {
@@ -84,6 +126,8 @@ pub struct Function {
     queue: mpsc::Sender<Invocation>,
     stopping: Arc<AtomicBool>,
     kill: tokio::sync::broadcast::Sender<()>,
+    board: Arc<Board>,
+    supervisors: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     /// Counts starts beyond the first, for `jobpipe dev`'s crash reports and tests.
     pub restarts: Arc<AtomicU64>,
 }
@@ -99,6 +143,13 @@ impl std::fmt::Debug for Function {
 /// never take an invocation.
 struct Instance {
     function: String,
+    /// Which of the function's environments this is.
+    index: usize,
+    /// The process's id and when it was exec'd, once it was.
+    launched: watch::Sender<Option<(u32, Instant)>>,
+    /// Whether the process has asked for an invocation yet (its first ask ends its init).
+    asked: AtomicBool,
+    board: Arc<Board>,
     timeout: Duration,
     incoming: Arc<Mutex<mpsc::Receiver<Invocation>>>,
     /// The invocation this process is handling, if any.
@@ -166,11 +217,14 @@ impl Function {
     ) -> std::io::Result<Function> {
         let (queue, incoming) = mpsc::channel::<Invocation>(1024);
         let incoming = Arc::new(Mutex::new(incoming));
+        let board = Arc::new(watch::channel(vec![Phase::Starting; spec.instances.max(1)]).0);
         let function = Function {
             spec: Arc::new(spec),
             queue,
             stopping: Arc::new(AtomicBool::new(false)),
             kill: tokio::sync::broadcast::channel(4).0,
+            board,
+            supervisors: Arc::default(),
             restarts: Arc::new(AtomicU64::new(0)),
         };
         for index in 0..function.spec.instances.max(1) {
@@ -227,6 +281,30 @@ impl Function {
         let _ = self.kill.send(());
     }
 
+    /// Stops the function and waits until every one of its processes has exited.
+    pub async fn stop_and_wait(&self) {
+        self.stop();
+        let supervisors: Vec<JoinHandle<()>> = std::mem::take(&mut *self.supervisors.lock().expect("not poisoned"));
+        for supervisor in supervisors {
+            let _ = supervisor.await;
+        }
+    }
+
+    /// Waits until environment `index` (0-based) has finished its init (its process asked for an
+    /// invocation), or its process exited before that (`InvokeError::Crashed`). A restarted environment
+    /// is ready again once its new process asks.
+    pub async fn ready(&self, index: usize) -> Result<Ready, InvokeError> {
+        let mut board = self.board.subscribe();
+        let settled =
+            board.wait_for(|board| board.get(index).is_none_or(|phase| !matches!(phase, Phase::Starting))).await;
+        let crashed = |status: String| InvokeError::Crashed { function: self.spec.name.clone(), status };
+        match settled.map(|board| board.get(index).cloned()) {
+            Ok(Some(Phase::Ready(ready))) => Ok(ready),
+            Ok(Some(Phase::ExitedDuringInit(status))) => Err(crashed(format!("exited during init ({status})"))),
+            _ => Err(crashed(format!("has no execution environment {index}"))),
+        }
+    }
+
     /// Keeps one execution environment running: starts its process behind a Runtime API endpoint of its
     /// own, enforces the timeout of each invocation it takes, and starts a new one when it exits.
     fn supervise(
@@ -237,7 +315,7 @@ impl Function {
     ) {
         let function = self.clone();
         let mut kills = self.kill.subscribe();
-        tokio::spawn(async move {
+        let supervisor = tokio::spawn(async move {
             let label = if function.spec.instances > 1 {
                 format!("{}#{index}", function.spec.name)
             } else {
@@ -253,6 +331,10 @@ impl Function {
                 let (started_tx, mut started_rx) = mpsc::unbounded_channel();
                 let instance = Arc::new(Instance {
                     function: function.spec.name.clone(),
+                    index,
+                    launched: watch::channel(None).0,
+                    asked: AtomicBool::new(false),
+                    board: function.board.clone(),
                     timeout: function.spec.timeout,
                     incoming: incoming.clone(),
                     current: Mutex::new(None),
@@ -260,15 +342,22 @@ impl Function {
                     started: started_tx,
                     finished: tokio::sync::Notify::new(),
                 });
-                let launched = match serve_runtime_api(instance.clone()).await {
-                    Ok((address, endpoint)) => function.spawn(address, &label, &log).map(|child| (child, endpoint)),
+                function.board.send_modify(|board| board[index] = Phase::Starting);
+                let launched = match api::serve(instance.clone()).await {
+                    Ok((address, endpoint)) => {
+                        let exec = Instant::now();
+                        function.spawn(address, &label, &log).map(|child| {
+                            instance.launched.send_replace(child.id().map(|pid| (pid, exec)));
+                            (child, endpoint)
+                        })
+                    }
                     Err(error) => Err(error),
                 };
                 let (mut child, endpoint) = match launched {
                     Ok(launched) => launched,
                     Err(error) => {
                         let _ =
-                            log.send((label.clone(), format!("could not start {:?}: {error}", function.spec.binary)));
+                            log.send((label.clone(), format!("could not start {:?}: {error}", function.spec.program)));
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         continue;
                     }
@@ -304,6 +393,12 @@ impl Function {
                 };
                 // The endpoint goes with its process: a `next` it left pending takes nothing more.
                 instance.close(&status).await;
+                function.board.send_modify(|board| {
+                    board[index] = match board[index] {
+                        Phase::Ready(_) => Phase::Starting,
+                        _ => Phase::ExitedDuringInit(status.clone()),
+                    }
+                });
                 endpoint.abort();
                 if function.stopping.load(Ordering::SeqCst) {
                     break;
@@ -316,6 +411,7 @@ impl Function {
                 }
             }
         });
+        self.supervisors.lock().expect("not poisoned").push(supervisor);
     }
 
     fn spawn(
@@ -324,8 +420,12 @@ impl Function {
         label: &str,
         log: &mpsc::UnboundedSender<(String, String)>,
     ) -> std::io::Result<Child> {
-        let mut command = Command::new(&self.spec.binary);
+        let mut command = Command::new(&self.spec.program);
+        if let Some(dir) = &self.spec.dir {
+            command.current_dir(dir);
+        }
         command
+            .args(&self.spec.args)
             .env_clear()
             .envs(&self.spec.environment)
             .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
@@ -356,100 +456,4 @@ impl Function {
         }
         Ok(child)
     }
-}
-
-/// Serves a process's Runtime API on a free port until the returned task is aborted.
-async fn serve_runtime_api(instance: Arc<Instance>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let app = Router::new()
-        .route(&format!("{RUNTIME_API}/invocation/next"), get(next))
-        .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
-        .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
-        .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
-        .with_state(instance);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((address, task))
-}
-
-async fn next(State(instance): State<Arc<Instance>>) -> Response {
-    let Some(invocation) = instance.take().await else {
-        return (StatusCode::GONE, "the local stack is stopping, or this execution environment exited").into_response();
-    };
-    let Invocation { request_id, payload, taken, reply } = invocation;
-    // The deadline counts from now, when this environment takes the invocation.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let deadline_ms = now + instance.timeout.as_millis() as u64;
-    {
-        let mut current = instance.current.lock().await;
-        if *instance.closed.borrow() {
-            // The process exited while this request was pending: the invocation fails as a crash would.
-            let _ = reply.send(Err(InvokeError::Crashed {
-                function: instance.function.clone(),
-                status: "exited as it took the invocation".into(),
-            }));
-            return (StatusCode::GONE, "this execution environment has exited").into_response();
-        }
-        *current = Some((request_id.clone(), reply));
-    }
-    let _ = taken.send(());
-    let _ = instance.started.send((request_id.clone(), instance.timeout));
-    let mut headers = HeaderMap::new();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    set("lambda-runtime-aws-request-id", request_id);
-    set("lambda-runtime-deadline-ms", deadline_ms.to_string());
-    set(
-        "lambda-runtime-invoked-function-arn",
-        format!(
-            "arn:aws:lambda:{}:{}:function:{}",
-            crate::resources::REGION,
-            crate::resources::ACCOUNT,
-            instance.function
-        ),
-    );
-    set("lambda-runtime-trace-id", format!("Root=1-{:08x}-{}", now / 1000, uuid::Uuid::new_v4().simple()));
-    set("content-type", "application/json".into());
-    (StatusCode::OK, headers, payload).into_response()
-}
-
-async fn finish(instance: &Instance, id: &str, result: Result<Bytes, InvokeError>) -> StatusCode {
-    let mut current = instance.current.lock().await;
-    match current.take() {
-        Some((current_id, reply)) if current_id == id => {
-            let _ = reply.send(result);
-            drop(current);
-            instance.finished.notify_waiters();
-            StatusCode::ACCEPTED
-        }
-        other => {
-            *current = other;
-            StatusCode::BAD_REQUEST
-        }
-    }
-}
-
-async fn respond(State(instance): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    finish(&instance, &id, Ok(body)).await
-}
-
-async fn fail(State(instance): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    let error: HashMap<String, serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    let text = |key: &str| error.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let result = Err(InvokeError::Function {
-        function: instance.function.clone(),
-        error_type: text("errorType"),
-        message: text("errorMessage"),
-    });
-    finish(&instance, &id, result).await
-}
-
-async fn init_error(State(instance): State<Arc<Instance>>, body: Bytes) -> StatusCode {
-    tracing::error!(function = %instance.function, error = %String::from_utf8_lossy(&body), "function failed to initialize");
-    StatusCode::ACCEPTED
 }

@@ -1,127 +1,59 @@
-//! Live status at its edges: `@connections` as strict as API Gateway's while `$connect` runs, and
-//! `jobpipe watch` keeping the newest state, confirming its subscription with a read, and following a
-//! deployed stack over `wss://`.
+//! The operations commands against the local stack and a deployed one: submit, watch, list and redrive
+//! dead letters; `watch` keeping the newest state, confirming its subscription with a read, and following
+//! a deployed stack over `wss://`.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use jobpipe_testkit::local_stack::*;
+use serde_json::json;
 
-use super::{json_of, next_json, root, start_stack_with};
+use jobpipe_emulator::faults::{CallHook, HookVerdict};
+use std::sync::Arc;
 
-/// What the proxy in front of moto does with an AWS call after its hook has seen it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Forward,
-    /// Answer `{}` without forwarding: the call seems to succeed but never happened.
-    Swallow,
-}
-
-/// Sees each AWS call's `x-amz-target` and JSON body (Null for non-JSON protocols) before it is forwarded.
-type AwsHook = Arc<dyn Fn(String, Value) -> Pin<Box<dyn Future<Output = Call> + Send>> + Send + Sync>;
-
-#[derive(Clone)]
-struct HookedProxy {
-    hook: AwsHook,
-    http: reqwest::Client,
-}
-
-async fn forward(State(proxy): State<HookedProxy>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let call = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if (proxy.hook)(target, call).await == Call::Swallow {
-        return ([(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")], "{}").into_response();
-    }
-    let url = format!("{}{}", jobpipe_testkit::moto_endpoint(), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    let mut forwarded = proxy.http.request(parts.method, url).body(body);
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            forwarded = forwarded.header(name, value);
-        }
-    }
-    let Ok(answer) = forwarded.send().await else {
-        return axum::http::StatusCode::BAD_GATEWAY.into_response();
-    };
-    let (status, headers) = (answer.status(), answer.headers().clone());
-    let mut response = (status, answer.bytes().await.unwrap_or_default()).into_response();
-    for (name, value) in &headers {
-        if name != "content-length" && name != "transfer-encoding" {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    response
-}
-
-/// Serves moto behind `hook` on a free port; answers the proxy's URL, to give the local stack as its
-/// AWS endpoint.
-async fn moto_behind(hook: AwsHook) -> String {
-    let proxy = HookedProxy { hook, http: reqwest::Client::new() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
-/// Whether `call` is a DynamoDB PutItem of a connections-table item whose `jobId` attribute is `job_id`
-/// (`"-"` is the connection's own item).
-fn puts_connection_item(target: &str, call: &Value, job_id: &str) -> bool {
-    target.ends_with(".PutItem")
-        && call["TableName"].as_str().is_some_and(|table| table.contains("Connections"))
-        && call["Item"]["jobId"]["S"] == job_id
-}
-
-/// An API Gateway connection id as a path segment.
-fn encoded(connection_id: &str) -> String {
-    connection_id.replace('/', "%2F").replace('+', "%2B").replace('=', "%3D")
-}
-
-/// On AWS, `@connections` answers GoneException until `$connect` has returned. The local gateway must be
-/// as strict, or the notifier's handling of that answer never runs locally. `$connect` is held (at its
-/// write of the connection item) while the test calls `@connections` for the new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_answer_gone_until_connect_has_returned() {
-    let (connecting, mut connection_ids) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let (release, released) = tokio::sync::watch::channel(false);
-    let hook: AwsHook = Arc::new(move |target, call| {
-        let (connecting, mut released) = (connecting.clone(), released.clone());
-        Box::pin(async move {
-            if puts_connection_item(&target, &call, "-") && call["Item"]["owner"]["S"] == "held-at-connect" {
-                let _ = connecting.send(call["Item"]["connectionId"]["S"].as_str().unwrap_or_default().to_string());
-                let _ = tokio::time::timeout(Duration::from_secs(120), released.wait_for(|released| *released)).await;
-            }
-            Call::Forward
-        })
-    });
-    let endpoint = moto_behind(hook).await;
-    let stack = start_stack_with(|options| options.endpoint = Some(endpoint)).await;
-    let url = format!("{}?token={}", stack.websocket_url(), stack.token("held-at-connect"));
-    let opening = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await.map(|(socket, _)| socket) });
-    let connection_id = tokio::time::timeout(Duration::from_secs(120), connection_ids.recv())
-        .await
-        .expect("$connect registers the connection")
-        .unwrap();
+async fn the_cli_submits_watches_lists_and_redrives_dead_letters() {
+    use jobpipe::ops::{Target, TargetOptions};
+    let stack = start_stack().await;
+    let target =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user: "operator".into() })
+            .await
+            .unwrap();
+    let job = target.submit("echo", json!({"sleepMs": 800})).await.unwrap();
+    let job_id = job["jobId"].as_str().unwrap();
+    let mut printed = Vec::new();
+    let done = target.watch(job_id, &mut printed).await.unwrap();
+    assert_eq!(done["status"], "completed");
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.contains("processing") && printed.contains("completed"), "{printed}");
+    assert!(printed.contains("[####################] 100%"), "{printed}");
 
-    let http = reqwest::Client::new();
-    let connection_url = format!("{}/@connections/{}", stack.base_url(), encoded(&connection_id));
-    let early = http.post(&connection_url).body(r#"{"early":true}"#).send().await.unwrap();
-    assert_eq!(early.status(), 410, "a push while $connect runs is refused");
-    assert_eq!(early.headers()["x-amzn-errortype"], "GoneException");
-    assert_eq!(http.get(&connection_url).send().await.unwrap().status(), 410, "GetConnection too");
+    let listed = target.list(Some("completed"), 10).await.unwrap();
+    assert_eq!(listed["jobs"][0]["jobId"], job_id);
+    let error = target.submit("nope", json!({})).await.unwrap_err().to_string();
+    assert!(error.contains("unknown_kind"), "{error}");
 
-    release.send_replace(true);
-    let mut socket = opening.await.unwrap().expect("the connection opens once $connect returns");
-    let pushed = http.post(&connection_url).body(r#"{"late":true}"#).send().await.unwrap();
-    assert_eq!(pushed.status(), 200);
-    let info = json_of(http.get(&connection_url)).await;
-    assert!(info["connectedAt"].is_string(), "{info}");
-    assert_eq!(next_json(&mut socket, Duration::from_secs(20)).await, Some(json!({"late": true})));
+    // A dead letter (as if a job's message had been dead-lettered) is listed and moved back.
+    let sqs = target.sqs.clone().unwrap();
+    let dlq = target.dead_letter_queue_url.clone().unwrap();
+    let letter = json!({"jobId": job_id}).to_string();
+    let kind =
+        aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value("echo").build().unwrap();
+    sqs.send_message().queue_url(&dlq).message_body(&letter).message_attributes("kind", kind).send().await.unwrap();
+    let letters = target.dlq_list(10).await.unwrap();
+    assert_eq!((letters.len(), letters[0]["kind"].as_str()), (1, Some("echo")));
+    // The listed message is hidden for a moment; wait for it to be visible again, then redrive it.
+    let mut moved = 0;
+    for _ in 0..40 {
+        moved = target.dlq_redrive(10).await.unwrap();
+        if moved > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(moved, 1);
+    // Its job had already completed: redelivery acknowledges it without running it again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(target.status(job_id).await.unwrap()["attempts"], 1);
     stack.stop().await;
 }
 
@@ -134,18 +66,18 @@ async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
     let watched = Arc::new(std::sync::OnceLock::<String>::new());
     let (subscribing, mut subscriptions) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (release, released) = tokio::sync::watch::channel(false);
-    let hook: AwsHook = {
+    let hook: CallHook = {
         let watched = watched.clone();
         Arc::new(move |target, call| {
             let (watched, subscribing, mut released) = (watched.clone(), subscribing.clone(), released.clone());
             Box::pin(async move {
-                let Some(job_id) = watched.get() else { return Call::Forward };
+                let Some(job_id) = watched.get() else { return HookVerdict::Forward };
                 if !puts_connection_item(&target, &call, job_id) {
-                    return Call::Forward;
+                    return HookVerdict::Forward;
                 }
                 let _ = subscribing.send(());
                 let _ = tokio::time::timeout(Duration::from_secs(120), released.wait_for(|released| *released)).await;
-                Call::Swallow
+                HookVerdict::Swallow
             })
         })
     };
@@ -281,7 +213,7 @@ async fn tls_front(upstream: std::net::SocketAddr) -> (u16, std::path::PathBuf) 
 }
 
 /// Ends a running job as the reconciler would once its attempt's lease had expired (a day from now).
-async fn end_job(stack: &jobpipe::dev::DevStack, job_id: &str) {
+async fn end_job(stack: &jobpipe_emulator::dev::DevStack, job_id: &str) {
     let jobs = jobpipe_core::store::JobStore::new(
         aws_sdk_dynamodb::Client::new(&jobpipe_testkit::sdk_config()),
         &stack.created.tables["JobsTable"],
@@ -300,7 +232,7 @@ async fn end_job(stack: &jobpipe::dev::DevStack, job_id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_follows_a_deployed_stack_live_over_wss() {
     use tokio::io::AsyncBufReadExt;
-    let stack = super::start_stack().await;
+    let stack = start_stack().await;
     let (tls_port, certificate) = tls_front(stack.address).await;
     let stack_name = format!("watch-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let queue = |id: &str| stack.created.queues[id].0.clone();
@@ -332,7 +264,7 @@ async fn watch_follows_a_deployed_stack_live_over_wss() {
         command
             .args(["watch", job_id, "--stack", &stack_name, "--token", &token])
             .env("AWS_ENDPOINT_URL", jobpipe_testkit::moto_endpoint())
-            .env("AWS_REGION", jobpipe::resources::REGION)
+            .env("AWS_REGION", jobpipe_emulator::aws::REGION)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env_remove("JOBPIPE_API")
@@ -348,7 +280,7 @@ async fn watch_follows_a_deployed_stack_live_over_wss() {
     };
 
     // Trusted: the watch opens the WebSocket through the TLS front and stays live until the job ends.
-    let job = super::post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
+    let job = post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
     let job_id = job["jobId"].as_str().unwrap();
     let mut live = watch(job_id, true);
     let mut connected = false;
@@ -370,7 +302,7 @@ async fn watch_follows_a_deployed_stack_live_over_wss() {
     assert!(printed.contains("stopped_by_test") && !printed.contains("polling"), "{printed}");
 
     // Untrusted certificate: the handshake is refused and the watch polls instead, to the same end.
-    let job = super::post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
+    let job = post_job(&stack, &token, json!({"sleepMs": 600_000})).await;
     let job_id = job["jobId"].as_str().unwrap();
     let mut polling = watch(job_id, false);
     let mut lines = tokio::io::BufReader::new(polling.stdout.take().unwrap()).lines();
@@ -389,30 +321,5 @@ async fn watch_follows_a_deployed_stack_live_over_wss() {
     assert!(polling.wait().await.unwrap().success(), "{printed}");
     assert!(printed.contains("stopped_by_test"), "{printed}");
     let _ = (std::fs::remove_file(&certificate), std::fs::remove_file(&another_certificate));
-    stack.stop().await;
-}
-
-/// The web UI in headless Chromium with its WebSocket routed through the test script: pushes delivered
-/// out of order never take a job back to an older state, and a job whose pushes never come is still
-/// seen to end (the subscription confirmed with a read, then a slow poll).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_web_ui_keeps_the_newest_state_and_sees_jobs_end_without_pushes() {
-    let browser_tests = root().join("tests/browser");
-    assert!(
-        browser_tests.join("node_modules/playwright-core").exists()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs playwright-core and Debian's chromium: run `cargo xtask setup`"
-    );
-    let stack = super::start_stack().await;
-    let artifacts = root().join("tests/artifacts");
-    let output = tokio::process::Command::new("node")
-        .arg(browser_tests.join("live-status.mjs"))
-        .arg(stack.base_url())
-        .arg(&artifacts)
-        .output()
-        .await
-        .expect("running node");
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
     stack.stop().await;
 }

@@ -1,0 +1,321 @@
+//! `jobpipe dev`: the whole pipeline on one machine. Builds the functions, starts moto (or uses
+//! `AWS_ENDPOINT_URL`), creates what `template.yaml` declares, runs every function through the local
+//! Runtime API, and wires the template's event sources and APIs to them (`DevStack`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use local_engines::Engine;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::aws::{LocalAws, REGION};
+use crate::dev_key::{DEV_JWKS_PATH, dev_token};
+use crate::functions::local_sqs_concurrency;
+use crate::gateway::{Cors, DevHelpers, Gateway, HttpRoute, SocketRoute};
+use crate::resources::Created;
+use crate::runtime::Function;
+use crate::setup::build;
+use crate::sources::{SqsMapping, StreamMapping, run_schedule};
+use crate::template::{EventSpec, Resolver, Template};
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The repository root (template.yaml, web/, infra/).
+    pub root: PathBuf,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Use this AWS endpoint instead of starting moto.
+    pub endpoint: Option<String>,
+    /// Resource names start with this (unique per stack when sharing an endpoint).
+    pub prefix: String,
+    /// Build the function binaries first (`cargo build`).
+    pub build: bool,
+    /// Build and run the release profile (what is deployed; benchmarks use it).
+    pub release: bool,
+    /// Where the binaries are (`<target>/debug`, or `<target>/release` with `release`).
+    pub binaries: PathBuf,
+    /// Overrides the schedule of scheduled functions (tests make the reconciler run often).
+    pub schedule_override: Option<std::time::Duration>,
+    /// Extra environment for every function.
+    pub extra_env: BTreeMap<String, String>,
+    /// Overrides every function's timeout (fault runs use short ones so killed work is retried soon).
+    pub function_timeout: Option<std::time::Duration>,
+    /// Overrides the visibility timeout of every queue that has a dead-letter queue.
+    pub queue_visibility: Option<std::time::Duration>,
+    /// Also receives every line the functions log, as printed (`[Function#n] line`): tests read it.
+    pub log_tap: Option<mpsc::UnboundedSender<String>>,
+    /// Template parameters to set (`CorsAllowedOrigin`, say), over the local defaults.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl DevOptions {
+    /// Runs the release builds instead of the debug ones.
+    pub fn release(mut self) -> DevOptions {
+        self.release = true;
+        self.binaries = self.binaries.with_file_name("release");
+        self
+    }
+
+    pub fn new(root: PathBuf) -> DevOptions {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        DevOptions {
+            root,
+            port: 3000,
+            endpoint: std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()),
+            prefix: "jobpipe-local".into(),
+            build: true,
+            release: false,
+            binaries: target.join("debug"),
+            schedule_override: None,
+            extra_env: BTreeMap::new(),
+            function_timeout: None,
+            queue_visibility: None,
+            log_tap: None,
+            parameters: BTreeMap::new(),
+        }
+    }
+}
+
+/// A running local stack. Dropping it stops the functions and moto.
+pub struct DevStack {
+    pub address: SocketAddr,
+    pub endpoint: String,
+    pub created: Created,
+    pub functions: HashMap<String, Function>,
+    pub gateway: Arc<Gateway>,
+    tasks: Vec<JoinHandle<()>>,
+    moto: Option<Engine>,
+}
+
+impl DevStack {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn websocket_url(&self) -> String {
+        format!("ws://{}/ws", self.address)
+    }
+
+    /// A token for `sub`, as `POST /dev/token` hands out.
+    pub fn token(&self, sub: &str) -> String {
+        dev_token(sub)
+    }
+
+    pub async fn start(options: DevOptions) -> anyhow::Result<DevStack> {
+        let template = Template::load(&options.root.join("template.yaml"))?;
+        let mut functions = template.functions()?;
+        if let Some(timeout) = options.function_timeout {
+            for function in &mut functions {
+                function.timeout = timeout;
+            }
+        }
+        if options.build {
+            build(&options.root, &functions, options.release)?;
+        }
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
+        let address = listener.local_addr()?;
+        let base_url = format!("http://{address}");
+        // The gateway serves the dev JWKS here, so the key server of its own is dropped.
+        let LocalAws { endpoint, moto, shared, clients, mut resolver, created, .. } =
+            LocalAws::start(&options.root, &template, options.endpoint.clone(), &options.prefix).await?;
+        for (name, value) in &options.parameters {
+            resolver.set(name, value);
+        }
+        let cors = template.http_api_cors().map(|spec| cors(&spec, &resolver)).transpose()?;
+
+        let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
+        let tap = options.log_tap.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            while let Some((label, line)) = lines.recv().await {
+                let line = format!("[{label}] {line}");
+                println!("{line}");
+                if let Some(tap) = &tap {
+                    let _ = tap.send(line);
+                }
+            }
+        })];
+
+        if let Some(visibility) = options.queue_visibility {
+            for (id, props) in template.resources("AWS::SQS::Queue") {
+                if crate::template::get(props, "RedrivePolicy").is_some() {
+                    clients
+                        .sqs
+                        .set_queue_attributes()
+                        .queue_url(&created.queues[&id].0)
+                        .attributes(
+                            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                            visibility.as_secs().to_string(),
+                        )
+                        .send()
+                        .await
+                        .with_context(|| format!("setting the visibility timeout of {id}"))?;
+                }
+            }
+        }
+        let local = LocalAws {
+            endpoint: endpoint.clone(),
+            moto: None,
+            shared: shared.clone(),
+            clients,
+            resolver,
+            created,
+            jwks_url: format!("{base_url}{DEV_JWKS_PATH}"),
+            _dev_keys: None,
+        };
+        let mut running = HashMap::new();
+        for spec in &functions {
+            let process = local.function_process(spec, &options.binaries, &base_url, &options.extra_env)?;
+            running.insert(spec.logical_id.clone(), Function::start(process, log.clone()).await?);
+        }
+        let LocalAws { clients, created, .. } = local;
+
+        let mut http_routes = Vec::new();
+        let streams = aws_sdk_dynamodbstreams::Client::new(&shared);
+        for spec in &functions {
+            let function = running[&spec.logical_id].clone();
+            for event in &spec.events {
+                match event.clone() {
+                    EventSpec::HttpApi { method, path, authorized } => {
+                        http_routes.push(HttpRoute { method, path, function: function.clone(), authorized })
+                    }
+                    EventSpec::Sqs { queue, batch_size, batching_window, max_concurrency, report_failures } => {
+                        let (url, arn) =
+                            created.queues.get(&queue).cloned().with_context(|| format!("queue {queue}"))?;
+                        let mapping = SqsMapping {
+                            batch_size,
+                            batching_window,
+                            report_failures,
+                            ..SqsMapping::new(clients.sqs.clone(), url, arn)
+                        };
+                        tasks.push(tokio::spawn(mapping.run(function.clone(), local_sqs_concurrency(max_concurrency))));
+                    }
+                    EventSpec::DynamoDb { table, batch_size, report_failures, max_retries } => {
+                        let stream_arn =
+                            created.stream_arns.get(&table).cloned().with_context(|| format!("stream of {table}"))?;
+                        let mapping = StreamMapping {
+                            streams: streams.clone(),
+                            stream_arn,
+                            batch_size,
+                            report_failures,
+                            max_retries: max_retries.unwrap_or(10),
+                        };
+                        tasks.push(tokio::spawn(mapping.run(function.clone())));
+                    }
+                    EventSpec::Schedule { every } => {
+                        let every = options.schedule_override.unwrap_or(every);
+                        tasks.push(tokio::spawn(run_schedule(function.clone(), spec.logical_id.clone(), every)));
+                    }
+                }
+            }
+        }
+        // Longer, literal paths first, so `/jobs/{id}` never shadows a fixed route.
+        http_routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+
+        let socket_routes = template
+            .websocket_routes()?
+            .into_iter()
+            .map(|route| {
+                let function =
+                    running.get(&route.function).cloned().with_context(|| format!("function {}", route.function))?;
+                let replies = route.route_key == "$default" || route.route_key.starts_with(|c: char| c != '$');
+                Ok(SocketRoute { route_key: route.route_key, function, replies })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        let dev = Arc::new(LocalDev {
+            endpoint: endpoint.clone(),
+            base_url: base_url.clone(),
+            created: created.clone(),
+            functions: functions.iter().map(|f| f.logical_id.clone()).collect(),
+        });
+        let gateway = Gateway::new(http_routes, cors, socket_routes, options.root.join("web"), dev);
+        let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "local gateway stopped");
+            }
+        }));
+
+        Ok(DevStack { address, endpoint, created, functions: running, gateway, tasks, moto })
+    }
+
+    /// Stops every event source and function process (waiting until each has exited), then moto.
+    pub async fn stop(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        for function in self.functions.values() {
+            function.stop_and_wait().await;
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        for function in self.functions.values() {
+            function.stop();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        drop(self.moto.take());
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct LocalDev {
+    endpoint: String,
+    base_url: String,
+    created: Created,
+    functions: Vec<String>,
+}
+
+impl DevHelpers for LocalDev {
+    fn token(&self, sub: &str) -> String {
+        dev_token(sub)
+    }
+
+    fn resources(&self) -> Value {
+        let queues: serde_json::Map<String, Value> =
+            self.created.queues.iter().map(|(id, (url, arn))| (id.clone(), json!({"url": url, "arn": arn}))).collect();
+        json!({
+            "endpointUrl": self.endpoint,
+            "region": REGION,
+            "httpApiUrl": self.base_url,
+            "webSocketUrl": format!("{}/ws", self.base_url.replacen("http", "ws", 1)),
+            "tables": self.created.tables,
+            "queues": queues,
+            "buckets": self.created.buckets,
+            "functions": self.functions,
+        })
+    }
+}
+
+/// The HTTP API's CORS configuration with its parameters resolved.
+fn cors(spec: &crate::template::CorsSpec, resolver: &Resolver) -> anyhow::Result<Cors> {
+    Ok(Cors {
+        allow_origins: spec
+            .allow_origins
+            .iter()
+            .map(|origin| resolver.resolve(origin))
+            .collect::<Result<_, _>>()
+            .context("resolving the HTTP API's CorsConfiguration.AllowOrigins")?,
+        allow_methods: spec.allow_methods.clone(),
+        allow_headers: spec.allow_headers.clone(),
+        expose_headers: spec.expose_headers.clone(),
+        max_age: spec.max_age,
+        allow_credentials: spec.allow_credentials,
+    })
+}

@@ -1,0 +1,176 @@
+//! The DynamoDB stream event source mapping: every shard read from its latest record, batches invoked in
+//! order, retried from the first reported failure up to `MaximumRetryAttempts`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::{AttributeValue as StreamValue, ShardIteratorType};
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use crate::aws::REGION;
+use crate::runtime::Function;
+
+/// The DynamoDB stream mapping: reads every shard from its latest position and invokes the function
+/// with batches of records, retrying from the first reported failure.
+#[derive(Debug, Clone)]
+pub struct StreamMapping {
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub stream_arn: String,
+    pub batch_size: usize,
+    pub report_failures: bool,
+    pub max_retries: u32,
+}
+
+impl StreamMapping {
+    pub async fn run(self, function: Function) {
+        let mut iterators: HashMap<String, String> = HashMap::new();
+        loop {
+            if let Err(error) = self.discover(&mut iterators).await {
+                tracing::warn!(%error, "describing the stream failed");
+            }
+            let shards: Vec<String> = iterators.keys().cloned().collect();
+            let mut idle = true;
+            for shard in shards {
+                let Some(iterator) = iterators.get(&shard).cloned() else { continue };
+                match self.streams.get_records().shard_iterator(iterator).limit(self.batch_size as i32).send().await {
+                    Ok(out) => {
+                        let records: Vec<Value> =
+                            out.records().iter().map(|r| stream_record(r, &self.stream_arn)).collect();
+                        if !records.is_empty() {
+                            idle = false;
+                            self.deliver(&function, records).await;
+                        }
+                        match out.next_shard_iterator() {
+                            Some(next) => iterators.insert(shard, next.to_string()),
+                            None => iterators.remove(&shard),
+                        };
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(error), "reading the stream failed");
+                        iterators.remove(&shard);
+                    }
+                }
+            }
+            if idle {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Starts reading shards we do not know yet, from their latest record (StartingPosition: LATEST).
+    async fn discover(&self, iterators: &mut HashMap<String, String>) -> Result<(), String> {
+        let out = self
+            .streams
+            .describe_stream()
+            .stream_arn(&self.stream_arn)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
+        for shard in out.stream_description().map(|d| d.shards()).unwrap_or_default() {
+            let Some(id) = shard.shard_id() else { continue };
+            if iterators.contains_key(id) {
+                continue;
+            }
+            let iterator = self
+                .streams
+                .get_shard_iterator()
+                .stream_arn(&self.stream_arn)
+                .shard_id(id)
+                .shard_iterator_type(ShardIteratorType::Latest)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
+            if let Some(iterator) = iterator.shard_iterator() {
+                iterators.insert(id.to_string(), iterator.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Invokes with the batch; on a reported failure retries from that record, on an error retries the
+    /// batch, each up to MaximumRetryAttempts, then moves on.
+    async fn deliver(&self, function: &Function, mut records: Vec<Value>) {
+        let mut attempts = 0;
+        while !records.is_empty() {
+            let outcome = function.invoke_json(&json!({"Records": records})).await;
+            let retry_from = match outcome {
+                Ok(response) if self.report_failures => response
+                    .get("batchItemFailures")
+                    .and_then(Value::as_array)
+                    .and_then(|failures| failures.first())
+                    .and_then(|f| f.get("itemIdentifier")?.as_str().map(String::from))
+                    .map(|sequence| {
+                        records.iter().position(|r| r["dynamodb"]["SequenceNumber"] == sequence.as_str()).unwrap_or(0)
+                    }),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "stream batch failed");
+                    Some(0)
+                }
+            };
+            let Some(from) = retry_from else { return };
+            attempts += 1;
+            if attempts > self.max_retries {
+                tracing::warn!(skipped = records.len() - from, "stream records dropped after MaximumRetryAttempts");
+                return;
+            }
+            records.drain(..from);
+            tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
+        }
+    }
+}
+
+/// A stream record as a record of a Lambda DynamoDB event.
+pub fn stream_record(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> Value {
+    let image = |map: Option<&HashMap<String, StreamValue>>| -> Value {
+        match map {
+            Some(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect()),
+            None => Value::Null,
+        }
+    };
+    let change = record.dynamodb();
+    let mut dynamodb = json!({
+        "Keys": image(change.and_then(|c| c.keys.as_ref())),
+        "SequenceNumber": change.and_then(|c| c.sequence_number()),
+        "SizeBytes": change.and_then(|c| c.size_bytes()),
+        "StreamViewType": change.and_then(|c| c.stream_view_type()).map(|v| v.as_str().to_string()),
+        "ApproximateCreationDateTime": change.and_then(|c| c.approximate_creation_date_time()).map(|t| t.secs()),
+    });
+    if let Some(new_image) = change.and_then(|c| c.new_image.as_ref()) {
+        dynamodb["NewImage"] = image(Some(new_image));
+    }
+    if let Some(old_image) = change.and_then(|c| c.old_image.as_ref()) {
+        dynamodb["OldImage"] = image(Some(old_image));
+    }
+    json!({
+        "eventID": record.event_id(),
+        "eventName": record.event_name().map(|n| n.as_str().to_string()),
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": REGION,
+        "dynamodb": dynamodb,
+        "eventSourceARN": stream_arn,
+    })
+}
+
+/// An attribute in DynamoDB JSON, as stream events carry it.
+fn attribute_json(value: &StreamValue) -> Value {
+    let b64 =
+        |b: &aws_sdk_dynamodbstreams::primitives::Blob| base64::engine::general_purpose::STANDARD.encode(b.as_ref());
+    match value {
+        StreamValue::S(s) => json!({"S": s}),
+        StreamValue::N(n) => json!({"N": n}),
+        StreamValue::Bool(b) => json!({"BOOL": b}),
+        StreamValue::Null(_) => json!({"NULL": true}),
+        StreamValue::Ss(v) => json!({"SS": v}),
+        StreamValue::Ns(v) => json!({"NS": v}),
+        StreamValue::B(b) => json!({"B": b64(b)}),
+        StreamValue::Bs(v) => json!({"BS": v.iter().map(b64).collect::<Vec<_>>()}),
+        StreamValue::L(items) => json!({"L": items.iter().map(attribute_json).collect::<Vec<_>>()}),
+        StreamValue::M(map) => {
+            json!({"M": map.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect::<Map<_, _>>()})
+        }
+        _ => Value::Null,
+    }
+}
