@@ -163,7 +163,7 @@ enum Commands {
         /// Skip the Python baseline.
         #[arg(long)]
         no_baseline: bool,
-        /// Jobs per second of the steady end-to-end runs (locally moto saturates near 25).
+        /// Jobs per second of the steady end-to-end runs (locally, moto saturates well above the default).
         #[arg(long, default_value_t = 10)]
         rate: u32,
         /// Seconds of the end-to-end run through the local stack.

@@ -8,8 +8,6 @@ use serde_json::{Value, json};
 
 use super::root;
 
-/// The functions log why a request was refused, but never a credential: no bearer token (accepted or
-/// refused, over HTTP or in the WebSocket query), no presigned result URL, no WiFi password from a job.
 /// Every metric the template's dashboard plots in the `jobpipe` namespace is emitted by the functions as
 /// jobs run (`JobsCompleted`, `JobsFailed` and `JobDuration` were documented and plotted, never emitted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,6 +46,8 @@ async fn every_metric_on_the_dashboard_is_emitted() {
     stack.stop().await;
 }
 
+/// The functions log why a request was refused, but never a credential: no bearer token (accepted or
+/// refused, over HTTP or in the WebSocket query), no presigned result URL, no WiFi password from a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_give_reasons_but_never_tokens_presigned_urls_or_secrets() {
     let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel();
