@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use jobpipe_core::StoreError;
+use jobpipe_core::AwsError;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl ApiError {
     }
 
     /// A failed AWS call. Internals stay in the log; the client learns whether retrying can help.
-    pub fn store(error: &StoreError) -> Self {
+    pub fn store(error: &AwsError) -> Self {
         tracing::error!(%error, retryable = error.is_retryable(), "request failed on an AWS call");
         if error.is_retryable() {
             ApiError::new(

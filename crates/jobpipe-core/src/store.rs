@@ -20,7 +20,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::error::StoreError;
+use crate::error::AwsError;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
 
 /// Attribute and index names of the jobs table (template.yaml declares the same).
@@ -166,7 +166,7 @@ impl JobStore {
 
     /// Writes a new `queued` job unless its id exists. With an idempotency key the id is derived from
     /// the key, so a repeated request meets its earlier job here and is told apart by the request hash.
-    pub async fn create(&self, job: &Job) -> Result<CreateOutcome, StoreError> {
+    pub async fn create(&self, job: &Job) -> Result<CreateOutcome, AwsError> {
         let result = self
             .client
             .put_item()
@@ -197,14 +197,14 @@ impl JobStore {
                             Ok(CreateOutcome::KeyReused(existing))
                         }
                     }
-                    None => Err(StoreError::from_sdk("PutItem (create job)", err)),
+                    None => Err(AwsError::from_sdk("PutItem (create job)", err)),
                 }
             }
         }
     }
 
     /// A strongly consistent read of one job.
-    pub async fn get(&self, job_id: &JobId) -> Result<Option<Job>, StoreError> {
+    pub async fn get(&self, job_id: &JobId) -> Result<Option<Job>, AwsError> {
         let out = self
             .client
             .get_item()
@@ -213,7 +213,7 @@ impl JobStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::from_sdk("GetItem (job)", e))?;
+            .map_err(|e| AwsError::from_sdk("GetItem (job)", e))?;
         out.item().map(from_item).transpose()
     }
 
@@ -224,7 +224,7 @@ impl JobStore {
         status: Option<JobStatus>,
         limit: usize,
         start: Option<&PageToken>,
-    ) -> Result<(Vec<Job>, Option<PageToken>), StoreError> {
+    ) -> Result<(Vec<Job>, Option<PageToken>), AwsError> {
         const MAX_PAGES: usize = 10;
         let mut jobs = Vec::new();
         let mut start_key = start.map(|t| {
@@ -252,7 +252,7 @@ impl JobStore {
                     .expression_attribute_names("#status", attr::STATUS)
                     .expression_attribute_values(":status", s(status.as_str()));
             }
-            let out = query.send().await.map_err(|e| StoreError::from_sdk("Query (jobs by owner)", e))?;
+            let out = query.send().await.map_err(|e| AwsError::from_sdk("Query (jobs by owner)", e))?;
             for item in out.items() {
                 jobs.push(from_item(item)?);
                 if jobs.len() == limit {
@@ -279,7 +279,7 @@ impl JobStore {
     }
 
     /// queued -> cancelled, only by the owner.
-    pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
+    pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, AwsError> {
         let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
@@ -313,7 +313,7 @@ impl JobStore {
         lease: &Lease,
         max_attempts: u32,
         now: Millis,
-    ) -> Result<ClaimOutcome, StoreError> {
+    ) -> Result<ClaimOutcome, AwsError> {
         let result = self
             .update(job_id)
             .condition_expression(
@@ -361,7 +361,7 @@ impl JobStore {
         token: &str,
         result: &Payload,
         now: Millis,
-    ) -> Result<FenceOutcome, StoreError> {
+    ) -> Result<FenceOutcome, AwsError> {
         let (result_attr, result_value) = payload_attr(result, attr::RESULT, attr::RESULT_REF);
         // The lease token stays on the finished item: it is how a retried write recognises itself.
         let expression = "SET #status = :completed, #result = :result, progress = :hundred, completedAt = :now, \
@@ -388,7 +388,7 @@ impl JobStore {
         token: &str,
         error: &ErrorInfo,
         now: Millis,
-    ) -> Result<FenceOutcome, StoreError> {
+    ) -> Result<FenceOutcome, AwsError> {
         let result = self
             .fenced(job_id, token)
             .update_expression(
@@ -415,7 +415,7 @@ impl JobStore {
         token: &str,
         error: &ErrorInfo,
         now: Millis,
-    ) -> Result<FenceOutcome, StoreError> {
+    ) -> Result<FenceOutcome, AwsError> {
         self.release(job_id, token, error, now, false).await
     }
 
@@ -427,7 +427,7 @@ impl JobStore {
         token: &str,
         error: &ErrorInfo,
         now: Millis,
-    ) -> Result<FenceOutcome, StoreError> {
+    ) -> Result<FenceOutcome, AwsError> {
         self.release(job_id, token, error, now, true).await
     }
 
@@ -439,7 +439,7 @@ impl JobStore {
         error: &ErrorInfo,
         now: Millis,
         give_back_attempt: bool,
-    ) -> Result<FenceOutcome, StoreError> {
+    ) -> Result<FenceOutcome, AwsError> {
         let refund = if give_back_attempt { ", attempts = attempts - :one" } else { "" };
         let mut update = self
             .fenced(job_id, token)
@@ -468,7 +468,7 @@ impl JobStore {
         token: &str,
         progress: u8,
         now: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, AwsError> {
         let result = self
             .fenced(job_id, token)
             .update_expression("SET progress = :progress, updatedAt = :now")
@@ -491,7 +491,7 @@ impl JobStore {
         job_id: &JobId,
         error: &ErrorInfo,
         now: Millis,
-    ) -> Result<ForceFailOutcome, StoreError> {
+    ) -> Result<ForceFailOutcome, AwsError> {
         let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
@@ -524,7 +524,7 @@ impl JobStore {
 
     /// The job's message is in SQS as of `now`. Only `dispatchedAt` changes, which the pending-dispatch
     /// index does not project: no index write. A finished job is left alone.
-    pub async fn confirm_dispatch(&self, job_id: &JobId, now: Millis) -> Result<(), StoreError> {
+    pub async fn confirm_dispatch(&self, job_id: &JobId, now: Millis) -> Result<(), AwsError> {
         let result = self
             .unfinished(job_id)
             .update_expression("SET dispatchedAt = :now")
@@ -538,7 +538,7 @@ impl JobStore {
 
     /// When the reconciler should next look at this unfinished job (its place in the pending-dispatch
     /// index). A finished job is left alone.
-    pub async fn schedule_dispatch_check(&self, job_id: &JobId, due: Millis) -> Result<(), StoreError> {
+    pub async fn schedule_dispatch_check(&self, job_id: &JobId, due: Millis) -> Result<(), AwsError> {
         let result = self
             .unfinished(job_id)
             .update_expression("SET dispatchShard = :shard, dispatchDueAt = :due")
@@ -551,7 +551,7 @@ impl JobStore {
     }
 
     /// Takes a finished job out of the pending-dispatch index (a mark left by an older version).
-    pub async fn clear_dispatch_check(&self, job_id: &JobId) -> Result<(), StoreError> {
+    pub async fn clear_dispatch_check(&self, job_id: &JobId) -> Result<(), AwsError> {
         let result = self
             .update(job_id)
             .condition_expression("attribute_exists(#id)")
@@ -574,7 +574,7 @@ impl JobStore {
     }
 
     /// Unfinished jobs the reconciler should look at by `now` (their dispatch check is due).
-    pub async fn due_for_dispatch(&self, now: Millis, limit: usize) -> Result<Vec<PendingDispatch>, StoreError> {
+    pub async fn due_for_dispatch(&self, now: Millis, limit: usize) -> Result<Vec<PendingDispatch>, AwsError> {
         let mut due = Vec::new();
         for shard in 0..DISPATCH_SHARDS {
             let mut start_key = None;
@@ -590,14 +590,14 @@ impl JobStore {
                     .set_exclusive_start_key(start_key.take())
                     .send()
                     .await
-                    .map_err(|e| StoreError::from_sdk("Query (pending dispatch)", e))?;
+                    .map_err(|e| AwsError::from_sdk("Query (pending dispatch)", e))?;
                 for item in out.items() {
                     if due.len() == limit {
                         return Ok(due);
                     }
                     due.push(PendingDispatch {
                         job_id: JobId::parse(&get_s(item, attr::JOB_ID)?)
-                            .ok_or_else(|| StoreError::corrupt("pending dispatch", "job id is not a UUID"))?,
+                            .ok_or_else(|| AwsError::corrupt("pending dispatch", "job id is not a UUID"))?,
                         kind: get_s(item, attr::KIND)?,
                         correlation_id: get_s(item, attr::CORRELATION_ID).unwrap_or_default(),
                     });
@@ -642,7 +642,7 @@ fn conditional(
     result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
     operation: &str,
     own: impl Fn(&Item) -> bool,
-) -> Result<Result<Job, Option<Job>>, StoreError> {
+) -> Result<Result<Job, Option<Job>>, AwsError> {
     match result {
         Ok(out) => match out.attributes() {
             Some(item) if !item.is_empty() => Ok(Ok(from_item(item)?)),
@@ -657,7 +657,7 @@ fn conditional(
                 Some(item) if !item.is_empty() => Ok(Err(Some(from_item(item)?))),
                 _ => Ok(Err(None)),
             },
-            _ => Err(StoreError::from_sdk(operation, err)),
+            _ => Err(AwsError::from_sdk(operation, err)),
         },
     }
 }
@@ -680,7 +680,7 @@ fn has_n(item: &Item, name: &str, value: impl Into<i64>) -> bool {
     matches!(item.get(name), Some(AttributeValue::N(v)) if v.parse::<i64>().ok() == Some(value))
 }
 
-fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, StoreError> {
+fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, AwsError> {
     Ok(match result {
         Ok(job) => FenceOutcome::Done(job),
         Err(old) => FenceOutcome::LeaseLost(old),
@@ -765,24 +765,24 @@ fn to_item(job: &Job) -> Item {
 }
 
 /// Reads a job from a DynamoDB stream image (`NewImage`/`OldImage`, in DynamoDB JSON).
-pub fn job_from_stream_image(image: &Value) -> Result<Job, StoreError> {
+pub fn job_from_stream_image(image: &Value) -> Result<Job, AwsError> {
     let Value::Object(fields) = image else {
-        return Err(StoreError::corrupt("reading stream image", "image is not an object"));
+        return Err(AwsError::corrupt("reading stream image", "image is not an object"));
     };
     let item = fields
         .iter()
         .map(|(name, value)| Ok((name.clone(), attribute_from_json(value)?)))
-        .collect::<Result<Item, StoreError>>()?;
+        .collect::<Result<Item, AwsError>>()?;
     from_item(&item)
 }
 
 /// One attribute in DynamoDB JSON (`{"S": "x"}`, `{"N": "1"}`, `{"M": {...}}`, ...).
-fn attribute_from_json(value: &Value) -> Result<AttributeValue, StoreError> {
-    let bad = || StoreError::corrupt("reading stream image", format!("not a DynamoDB attribute: {value}"));
+fn attribute_from_json(value: &Value) -> Result<AttributeValue, AwsError> {
+    let bad = || AwsError::corrupt("reading stream image", format!("not a DynamoDB attribute: {value}"));
     let Some((tag, inner)) = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
         return Err(bad());
     };
-    let strings = |v: &Value| -> Result<Vec<String>, StoreError> {
+    let strings = |v: &Value| -> Result<Vec<String>, AwsError> {
         v.as_array().ok_or_else(bad)?.iter().map(|s| s.as_str().map(String::from).ok_or_else(bad)).collect()
     };
     Ok(match tag.as_str() {
@@ -801,7 +801,7 @@ fn attribute_from_json(value: &Value) -> Result<AttributeValue, StoreError> {
                 .ok_or_else(bad)?
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), attribute_from_json(v)?)))
-                .collect::<Result<_, StoreError>>()?,
+                .collect::<Result<_, AwsError>>()?,
         ),
         "B" => {
             let bytes =
@@ -812,50 +812,50 @@ fn attribute_from_json(value: &Value) -> Result<AttributeValue, StoreError> {
     })
 }
 
-fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
-    opt_s(item, name)?.ok_or_else(|| StoreError::corrupt("reading job item", format!("attribute {name} missing")))
+fn get_s(item: &Item, name: &str) -> Result<String, AwsError> {
+    opt_s(item, name)?.ok_or_else(|| AwsError::corrupt("reading job item", format!("attribute {name} missing")))
 }
 
-fn opt_s(item: &Item, name: &str) -> Result<Option<String>, StoreError> {
+fn opt_s(item: &Item, name: &str) -> Result<Option<String>, AwsError> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-        Some(_) => Err(StoreError::corrupt("reading job item", format!("attribute {name} is not a string"))),
+        Some(_) => Err(AwsError::corrupt("reading job item", format!("attribute {name} is not a string"))),
     }
 }
 
-fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, AwsError> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::N(v)) => v
             .parse()
             .map(Some)
-            .map_err(|_| StoreError::corrupt("reading job item", format!("attribute {name} is not a valid number"))),
-        Some(_) => Err(StoreError::corrupt("reading job item", format!("attribute {name} is not a number"))),
+            .map_err(|_| AwsError::corrupt("reading job item", format!("attribute {name} is not a valid number"))),
+        Some(_) => Err(AwsError::corrupt("reading job item", format!("attribute {name} is not a number"))),
     }
 }
 
-fn opt_payload(item: &Item, inline: &str, reference: &str) -> Result<Option<Payload>, StoreError> {
+fn opt_payload(item: &Item, inline: &str, reference: &str) -> Result<Option<Payload>, AwsError> {
     if let Some(text) = opt_s(item, inline)? {
         let value = serde_json::from_str(&text)
-            .map_err(|e| StoreError::corrupt("reading job item", format!("attribute {inline} is not JSON: {e}")))?;
+            .map_err(|e| AwsError::corrupt("reading job item", format!("attribute {inline} is not JSON: {e}")))?;
         return Ok(Some(Payload::Inline(value)));
     }
     Ok(opt_s(item, reference)?.map(|key| Payload::S3 { key }))
 }
 
-fn opt_error(item: &Item, code: &str, message: &str) -> Result<Option<ErrorInfo>, StoreError> {
+fn opt_error(item: &Item, code: &str, message: &str) -> Result<Option<ErrorInfo>, AwsError> {
     Ok(match opt_s(item, code)? {
         Some(code) => Some(ErrorInfo { code, message: opt_s(item, message)?.unwrap_or_default() }),
         None => None,
     })
 }
 
-fn from_item(item: &Item) -> Result<Job, StoreError> {
+fn from_item(item: &Item) -> Result<Job, AwsError> {
     let job_id = get_s(item, attr::JOB_ID)?;
     let status = get_s(item, attr::STATUS)?;
     let status = JobStatus::parse(&status)
-        .ok_or_else(|| StoreError::corrupt("reading job item", format!("unknown status {status:?}")))?;
+        .ok_or_else(|| AwsError::corrupt("reading job item", format!("unknown status {status:?}")))?;
     // A finished job keeps its last lease's token (see `complete`), but holds no lease.
     let lease = match (opt_s(item, attr::LEASE_TOKEN)?, opt_n(item, attr::LEASE_EXPIRES_AT)?) {
         _ if status.is_terminal() => None,
@@ -866,7 +866,7 @@ fn from_item(item: &Item) -> Result<Job, StoreError> {
     };
     Ok(Job {
         job_id: JobId::parse(&job_id)
-            .ok_or_else(|| StoreError::corrupt("reading job item", format!("job id {job_id:?} is not a UUID")))?,
+            .ok_or_else(|| AwsError::corrupt("reading job item", format!("job id {job_id:?} is not a UUID")))?,
         owner: get_s(item, attr::OWNER)?,
         kind: get_s(item, attr::KIND)?,
         status,
