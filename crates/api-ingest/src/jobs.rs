@@ -38,7 +38,7 @@ pub async fn get(
     Path(job_id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
-    let job = api.store.get(&job_id).await.map_err(|e| ApiError::store(&e))?;
+    let job = api.store.get(&job_id).await?;
     // Another owner's job answers exactly like a missing one.
     let job = job.filter(|j| j.owner == caller.sub).ok_or_else(ApiError::not_found)?;
     Ok(Json(view(&api, &job, Payloads::Fetched).await?))
@@ -88,8 +88,7 @@ pub async fn list(
             PageToken::decode(t).ok_or_else(|| ApiError::bad_request("nextToken", "is not a token this API issued"))?,
         ),
     };
-    let (jobs, next) =
-        api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await.map_err(|e| ApiError::store(&e))?;
+    let (jobs, next) = api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await?;
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         views.push(view(&api, job, Payloads::Omitted).await?);
@@ -145,7 +144,7 @@ pub async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
     let now = api.clock.now_ms();
-    match api.store.cancel(&job_id, &caller.sub, now).await.map_err(|e| ApiError::store(&e))? {
+    match api.store.cancel(&job_id, &caller.sub, now).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %job.job_id, "job cancelled");
             Ok(Json(view(&api, &job, Payloads::Fetched).await?))
@@ -184,7 +183,7 @@ async fn payload_value(
     match api.payloads.resolve(payload).await {
         Ok(value) => Ok(value),
         Err(e) if e.code == NO_SUCH_KEY => Ok(Value::Null),
-        Err(e) => Err(ApiError::store(&e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -201,7 +200,7 @@ pub async fn view(api: &Api, job: &Job, payloads: Payloads) -> Result<JobView, A
         && let Some(key) = fields.get("key").and_then(Value::as_str).map(String::from)
         && key.starts_with(&result_prefix(&job.job_id))
     {
-        let url = api.payloads.presign_get(&key, api.result_url_ttl).await.map_err(|e| ApiError::store(&e))?;
+        let url = api.payloads.presign_get(&key, api.result_url_ttl).await?;
         fields.insert("url".into(), Value::String(url));
         fields.insert("urlExpiresInSeconds".into(), json!(api.result_url_ttl.as_secs()));
     }

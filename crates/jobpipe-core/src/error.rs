@@ -14,7 +14,7 @@ pub enum Retryability {
 
 /// An AWS call (DynamoDB, SQS, S3, API Gateway) that failed, or data it returned that cannot be read
 /// (`corrupt`).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed ({code}): {message}")]
 pub struct AwsError {
     pub operation: String,

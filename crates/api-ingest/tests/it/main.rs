@@ -1,7 +1,7 @@
 //! The jobs HTTP API against moto, driven as a client would drive it, plus the whole pipeline with the
 //! queue processor.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use api_ingest::{Api, router};
 use aws_lambda_events::event::sqs::SqsEvent;
@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use jobpipe_core::clock::ManualClock;
 use jobpipe_core::dispatch::{Dispatcher, QueueRoutes};
+use jobpipe_core::store::JobStore;
 use jobpipe_testkit::{
     BedrockServer, ScriptedFault, TEST_AUDIENCE, TestStack, claims, now_secs, through_fault_proxy, token, token_with,
 };
@@ -56,13 +57,7 @@ impl App {
     }
 
     async fn call(&self, request: Request<Body>) -> Reply {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("every reply is JSON") };
-        Reply { status, headers, body }
+        call(&self.router, request).await
     }
 
     async fn send(&self, method: Method, path: &str, user: Option<&str>, body: Option<Value>) -> Reply {
@@ -109,6 +104,17 @@ impl App {
     async fn queued_messages(&self) -> u64 {
         self.stack.queue_depth(&self.stack.queue_url).await
     }
+}
+
+/// One request to `router`, its answer read whole.
+async fn call(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body =
+        if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("every reply is JSON") };
+    Reply { status, headers, body }
 }
 
 fn error_code(reply: &Reply) -> &str {
@@ -721,4 +727,87 @@ async fn a_list_page_never_reads_payloads_stored_apart() {
     // The job itself still carries its input.
     let job = app.get("alice", &format!("/jobs/{}", big.body["jobId"].as_str().unwrap())).await;
     assert_eq!(job.body["input"]["blob"].as_str().map(str::len), Some(20_000));
+}
+
+/// What the code under test logs on this thread (a test's runtime polls everything on it) while the
+/// guard `Logs::capture` returns lives.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+        (logs.clone(), tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines that contain `text`.
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap();
+        String::from_utf8_lossy(&bytes).lines().filter(|line| line.contains(text)).map(String::from).collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// A failed AWS call answers a 5xx in the API's error shape, `503` when retrying can help and `500`
+/// otherwise, and is logged exactly once, in the request's span (by the middleware, from the error the
+/// response carries; the conversion into the answer logs nothing).
+#[tokio::test]
+async fn an_aws_failure_is_a_5xx_logged_once() {
+    let app = spawn_app().await;
+    let (logs, _guard) = Logs::capture();
+    let get = |correlation_id: &str| {
+        Request::get(format!("/jobs/{}", jobpipe_core::JobId::new_random()))
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header("x-correlation-id", correlation_id)
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    // Every GetItem is throttled, however often the SDK retries: retryable.
+    let (throttled, proxy) = through_proxy(&app).await;
+    proxy.script(ScriptedFault {
+        target: "DynamoDB_20120810.GetItem".into(),
+        body_contains: String::new(),
+        after_effect: false,
+        times: 10,
+    });
+    let reply = call(&throttled, get("aws-fails-retryable")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert_eq!(
+        reply.body,
+        json!({"error": {"code": "service_unavailable", "message": "a backing service is busy; retry shortly"}})
+    );
+
+    // The table does not exist: permanent.
+    let missing = app.router_with(|api| {
+        api.store = JobStore::new(app.stack.clients.dynamodb.clone(), format!("{}-missing", app.stack.table), 60)
+    });
+    let reply = call(&missing, get("aws-fails-permanent")).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.body);
+    assert_eq!(reply.body, json!({"error": {"code": "internal_error", "message": "the request failed on our side"}}));
+
+    let logged = logs.lines_with("request failed on an AWS call");
+    assert_eq!(logged.len(), 2, "once per request: {logged:#?}");
+    assert!(logged[0].contains("aws-fails-retryable") && logged[0].contains("retryable=true"), "{}", logged[0]);
+    assert!(logged[1].contains("aws-fails-permanent") && logged[1].contains("retryable=false"), "{}", logged[1]);
 }
