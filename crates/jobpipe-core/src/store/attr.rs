@@ -1,4 +1,5 @@
-//! Attribute and index names of the jobs table (template.yaml declares the same).
+//! Attribute and index names of the jobs table (template.yaml declares the same), written only here:
+//! expressions bind them to `#name` placeholders or are built from these constants (`update`).
 
 pub const JOB_ID: &str = "jobId";
 pub const OWNER: &str = "owner";

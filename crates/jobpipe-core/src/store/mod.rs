@@ -8,17 +8,18 @@
 //! fails against the write itself. Every transition therefore recognises its own earlier write in the old
 //! item (its lease token, or the `updatedAt` it wrote) and reports success, never a conflict it caused.
 //!
-//! The transitions are here; `item` is the codec between `Job` and the item, `paging` lists a caller's
-//! jobs, and `pending` keeps the pending-dispatch index.
+//! The transitions are here; `item` is the codec between `Job` and the item, `update` writes update
+//! expressions from `attr` names, `paging` lists a caller's jobs, and `pending` keeps the
+//! pending-dispatch index.
 
 pub mod attr;
 mod item;
 mod paging;
 mod pending;
+mod update;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -26,7 +27,10 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use crate::clock::Millis;
 use crate::error::AwsError;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
+// Bare, for the expressions `format!` writes.
+use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, STARTED_AT};
 use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
+use update::Update;
 
 pub use item::job_from_stream_image;
 pub use paging::PageToken;
@@ -156,19 +160,13 @@ impl JobStore {
         let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
-            .condition_expression("#owner = :owner AND #status = :queued")
-            .update_expression(
-                "SET #status = :cancelled, leaseToken = :writer, completedAt = :now, updatedAt = :now, \
-                 expiresAt = :ttl REMOVE dispatchShard, dispatchDueAt",
-            )
-            .expression_attribute_values(":writer", s(&writer))
-            .expression_attribute_names("#owner", attr::OWNER)
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
-            .expression_attribute_values(":cancelled", s(JobStatus::Cancelled.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":ttl", n(self.expires_at(now)))
+            .condition("#owner = :owner AND #status = :queued")
+            .name("#owner", attr::OWNER)
+            .name("#status", attr::STATUS)
+            .value(":owner", s(owner))
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .sign(&writer)
+            .finish(JobStatus::Cancelled, now, self.expires_at(now))
             .send()
             .await;
         let own = finished_by(JobStatus::Cancelled, &writer);
@@ -189,23 +187,25 @@ impl JobStore {
     ) -> Result<ClaimOutcome, AwsError> {
         let result = self
             .update(job_id)
-            .condition_expression(
-                "attribute_exists(#id) AND attempts < :max AND \
-                 (#status = :queued OR (#status = :processing AND leaseExpiresAt < :now))",
-            )
-            .update_expression(
-                "SET #status = :processing, leaseToken = :token, leaseExpiresAt = :expires, \
-                 attempts = attempts + :one, startedAt = if_not_exists(startedAt, :now), updatedAt = :now",
-            )
-            .expression_attribute_names("#id", attr::JOB_ID)
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":max", n(max_attempts))
-            .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
-            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":token", s(&lease.token))
-            .expression_attribute_values(":expires", n(lease.expires_at))
-            .expression_attribute_values(":one", n(1))
+            .condition(format!(
+                "attribute_exists(#id) AND {ATTEMPTS} < :max AND \
+                 (#status = :queued OR (#status = :processing AND {LEASE_EXPIRES_AT} < :now))"
+            ))
+            .name("#id", attr::JOB_ID)
+            .name("#status", attr::STATUS)
+            .value(":max", n(max_attempts))
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":now", n(now))
+            .status(JobStatus::Processing)
+            .set(attr::LEASE_TOKEN, ":token")
+            .set(attr::LEASE_EXPIRES_AT, ":expires")
+            .set(attr::ATTEMPTS, &format!("{ATTEMPTS} + :one"))
+            .set(attr::STARTED_AT, &format!("if_not_exists({STARTED_AT}, :now)"))
+            .set(attr::UPDATED_AT, ":now")
+            .value(":token", s(&lease.token))
+            .value(":expires", n(lease.expires_at))
+            .value(":one", n(1))
             .send()
             .await;
         let own = |old: &Item| {
@@ -236,19 +236,14 @@ impl JobStore {
         now: Millis,
     ) -> Result<FenceOutcome, AwsError> {
         let (result_attr, result_value) = payload_attr(result, attr::RESULT, attr::RESULT_REF);
-        // The lease token stays on the finished item: it is how a retried write recognises itself.
-        let expression = "SET #status = :completed, #result = :result, progress = :hundred, completedAt = :now, \
-                          updatedAt = :now, expiresAt = :ttl \
-                          REMOVE leaseExpiresAt, lastErrorCode, lastErrorMessage, dispatchShard, dispatchDueAt";
         let result = self
             .fenced(job_id, token)
-            .update_expression(expression)
-            .expression_attribute_names("#result", result_attr)
-            .expression_attribute_values(":completed", s(JobStatus::Completed.as_str()))
-            .expression_attribute_values(":result", result_value)
-            .expression_attribute_values(":hundred", n(100))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":ttl", n(self.expires_at(now)))
+            .name("#result", result_attr)
+            .set("#result", ":result")
+            .set(attr::PROGRESS, ":hundred")
+            .value(":result", result_value)
+            .value(":hundred", n(100))
+            .finish(JobStatus::Completed, now, self.expires_at(now))
             .send()
             .await;
         fence_outcome(conditional(result, "UpdateItem (complete job)", finished_by(JobStatus::Completed, token))?)
@@ -264,16 +259,8 @@ impl JobStore {
     ) -> Result<FenceOutcome, AwsError> {
         let result = self
             .fenced(job_id, token)
-            .update_expression(
-                "SET #status = :failed, errorCode = :code, errorMessage = :message, completedAt = :now, \
-                 updatedAt = :now, expiresAt = :ttl \
-                 REMOVE leaseExpiresAt, lastErrorCode, lastErrorMessage, dispatchShard, dispatchDueAt",
-            )
-            .expression_attribute_values(":failed", s(JobStatus::Failed.as_str()))
-            .expression_attribute_values(":code", s(&error.code))
-            .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":ttl", n(self.expires_at(now)))
+            .record_error(attr::ERROR_CODE, attr::ERROR_MESSAGE, error)
+            .finish(JobStatus::Failed, now, self.expires_at(now))
             .send()
             .await;
         fence_outcome(conditional(result, "UpdateItem (fail job)", finished_by(JobStatus::Failed, token))?)
@@ -313,18 +300,14 @@ impl JobStore {
         now: Millis,
         give_back_attempt: bool,
     ) -> Result<FenceOutcome, AwsError> {
-        let refund = if give_back_attempt { ", attempts = attempts - :one" } else { "" };
         let mut update = self
             .fenced(job_id, token)
-            .update_expression(format!(
-                "SET lastErrorCode = :code, lastErrorMessage = :message, leaseExpiresAt = :released, \
-                 updatedAt = :now{refund}"
-            ))
-            .expression_attribute_values(":code", s(&error.code))
-            .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":now", n(now));
+            .record_error(attr::LAST_ERROR_CODE, attr::LAST_ERROR_MESSAGE, error)
+            .set(attr::LEASE_EXPIRES_AT, ":released")
+            .set(attr::UPDATED_AT, ":now")
+            .value(":now", n(now));
         if give_back_attempt {
-            update = update.expression_attribute_values(":one", n(1));
+            update = update.set(attr::ATTEMPTS, &format!("{ATTEMPTS} - :one")).value(":one", n(1));
         }
         let own = |old: &Item| {
             has_s(old, attr::STATUS, JobStatus::Processing.as_str())
@@ -344,9 +327,10 @@ impl JobStore {
     ) -> Result<bool, AwsError> {
         let result = self
             .fenced(job_id, token)
-            .update_expression("SET progress = :progress, updatedAt = :now")
-            .expression_attribute_values(":progress", n(progress.min(100)))
-            .expression_attribute_values(":now", n(now))
+            .set(attr::PROGRESS, ":progress")
+            .set(attr::UPDATED_AT, ":now")
+            .value(":progress", n(progress.min(100)))
+            .value(":now", n(now))
             .send()
             .await;
         let own = |old: &Item| {
@@ -368,23 +352,17 @@ impl JobStore {
         let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
-            .condition_expression(
-                "#status IN (:queued, :processing) AND (attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now)",
-            )
-            .update_expression(
-                "SET #status = :failed, leaseToken = :writer, errorCode = :code, errorMessage = :message, \
-                 completedAt = :now, updatedAt = :now, expiresAt = :ttl \
-                 REMOVE leaseExpiresAt, dispatchShard, dispatchDueAt, lastErrorCode, lastErrorMessage",
-            )
-            .expression_attribute_values(":writer", s(&writer))
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
-            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
-            .expression_attribute_values(":failed", s(JobStatus::Failed.as_str()))
-            .expression_attribute_values(":code", s(&error.code))
-            .expression_attribute_values(":message", s(&error.message))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":ttl", n(self.expires_at(now)))
+            .condition(format!(
+                "#status IN (:queued, :processing) AND \
+                 (attribute_not_exists({LEASE_EXPIRES_AT}) OR {LEASE_EXPIRES_AT} < :now)"
+            ))
+            .name("#status", attr::STATUS)
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":now", n(now))
+            .sign(&writer)
+            .record_error(attr::ERROR_CODE, attr::ERROR_MESSAGE, error)
+            .finish(JobStatus::Failed, now, self.expires_at(now))
             .send()
             .await;
         Ok(match conditional(result, "UpdateItem (force-fail job)", finished_by(JobStatus::Failed, &writer))? {
@@ -399,23 +377,26 @@ impl JobStore {
         now / 1000 + self.retention_secs
     }
 
-    fn update(&self, job_id: &JobId) -> UpdateItemFluentBuilder {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::JOB_ID, s(job_id.as_str()))
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    /// An update of one job that answers the job as written, or as it was when the condition failed.
+    fn update(&self, job_id: &JobId) -> Update {
+        Update::new(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(attr::JOB_ID, s(job_id.as_str()))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld),
+        )
     }
 
     /// An update that only the current lease holder may make (a released lease holds nothing).
-    fn fenced(&self, job_id: &JobId, token: &str) -> UpdateItemFluentBuilder {
+    fn fenced(&self, job_id: &JobId, token: &str) -> Update {
         self.update(job_id)
-            .condition_expression("#status = :processing AND leaseToken = :token AND leaseExpiresAt > :released")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":released", n(RELEASED))
+            .condition(format!("#status = :processing AND {LEASE_TOKEN} = :token AND {LEASE_EXPIRES_AT} > :released"))
+            .name("#status", attr::STATUS)
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":token", s(token))
+            .value(":released", n(RELEASED))
     }
 }
 

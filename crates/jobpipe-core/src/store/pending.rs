@@ -1,10 +1,9 @@
 //! The pending-dispatch index: every unfinished job is in it, by when the reconciler should next look at
 //! it (see `dispatch`), spread over shards so it never becomes a hot partition.
 
-use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::ReturnValue;
-
+use super::attr::{DISPATCH_DUE_AT, DISPATCH_SHARD};
 use super::item::{get_s, n, s};
+use super::update::Update;
 use super::{JobStore, attr, conditional};
 use crate::clock::Millis;
 use crate::error::AwsError;
@@ -37,9 +36,9 @@ impl JobStore {
     pub async fn confirm_dispatch(&self, job_id: &JobId, now: Millis) -> Result<(), AwsError> {
         let result = self
             .unfinished(job_id)
-            .update_expression("SET dispatchedAt = :now")
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::None)
+            .set(attr::DISPATCHED_AT, ":now")
+            .value(":now", n(now))
+            .returning_nothing()
             .send()
             .await;
         // A condition failure means the job finished or is gone: nothing left to dispatch.
@@ -51,10 +50,11 @@ impl JobStore {
     pub async fn schedule_dispatch_check(&self, job_id: &JobId, due: Millis) -> Result<(), AwsError> {
         let result = self
             .unfinished(job_id)
-            .update_expression("SET dispatchShard = :shard, dispatchDueAt = :due")
-            .expression_attribute_values(":shard", s(shard_of(job_id)))
-            .expression_attribute_values(":due", n(due))
-            .return_values(ReturnValue::None)
+            .set(attr::DISPATCH_SHARD, ":shard")
+            .set(attr::DISPATCH_DUE_AT, ":due")
+            .value(":shard", s(shard_of(job_id)))
+            .value(":due", n(due))
+            .returning_nothing()
             .send()
             .await;
         conditional(result, "UpdateItem (schedule dispatch check)", |_| false).map(|_| ())
@@ -64,23 +64,23 @@ impl JobStore {
     pub async fn clear_dispatch_check(&self, job_id: &JobId) -> Result<(), AwsError> {
         let result = self
             .update(job_id)
-            .condition_expression("attribute_exists(#id)")
-            .expression_attribute_names("#id", attr::JOB_ID)
-            .update_expression("REMOVE dispatchShard, dispatchDueAt")
-            .return_values(ReturnValue::None)
+            .condition("attribute_exists(#id)")
+            .name("#id", attr::JOB_ID)
+            .remove(&[attr::DISPATCH_SHARD, attr::DISPATCH_DUE_AT])
+            .returning_nothing()
             .send()
             .await;
         conditional(result, "UpdateItem (clear dispatch check)", |_| false).map(|_| ())
     }
 
     /// An update of a job that exists and has not finished.
-    fn unfinished(&self, job_id: &JobId) -> UpdateItemFluentBuilder {
+    fn unfinished(&self, job_id: &JobId) -> Update {
         self.update(job_id)
-            .condition_expression("attribute_exists(#id) AND #status IN (:queued, :processing)")
-            .expression_attribute_names("#id", attr::JOB_ID)
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":queued", s(JobStatus::Queued.as_str()))
-            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
+            .condition("attribute_exists(#id) AND #status IN (:queued, :processing)")
+            .name("#id", attr::JOB_ID)
+            .name("#status", attr::STATUS)
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":processing", s(JobStatus::Processing.as_str()))
     }
 
     /// Unfinished jobs the reconciler should look at by `now` (their dispatch check is due).
@@ -94,7 +94,7 @@ impl JobStore {
                     .query()
                     .table_name(&self.table)
                     .index_name(attr::PENDING_DISPATCH_INDEX)
-                    .key_condition_expression("dispatchShard = :shard AND dispatchDueAt <= :now")
+                    .key_condition_expression(format!("{DISPATCH_SHARD} = :shard AND {DISPATCH_DUE_AT} <= :now"))
                     .expression_attribute_values(":shard", s(shard_name(shard)))
                     .expression_attribute_values(":now", n(now))
                     .set_exclusive_start_key(start_key.take())
