@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use jobpipe_core::job::{Job, JobId, JobStatus, JobView, Payload};
+use jobpipe_core::job::{Job, JobId, JobPage, JobStatus, JobView, Payload};
 use jobpipe_core::payload::{NO_SUCH_KEY, result_prefix};
 use jobpipe_core::store::{CancelOutcome, PageToken};
 use serde::Serialize;
@@ -94,15 +94,6 @@ pub async fn list(
         views.push(view(&api, job, Payloads::Omitted).await?);
     }
     Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
-}
-
-/// A page of `GET /jobs`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobPage {
-    pub jobs: Vec<JobView>,
-    /// Pass as `nextToken` for the next page; `null` on the last one.
-    pub next_token: Option<String>,
 }
 
 /// The kinds `GET /kinds` lists.

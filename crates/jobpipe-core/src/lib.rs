@@ -19,5 +19,5 @@ pub mod telemetry;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{AwsError, Retryability};
-pub use job::{Job, JobError, JobId, JobStatus, JobView};
+pub use job::{Job, JobError, JobId, JobPage, JobStatus, JobView};
 pub use store::JobStore;
