@@ -1,9 +1,17 @@
 //! The API's errors and their one JSON shape: `{"error": {"code", "message", "field"?}}`.
+//!
+//! As in axum's error-handling example, turning an error into a response has no side effects: a failed
+//! AWS call rides on its response (an extension) to `log_aws_errors`, which logs it once per request,
+//! wherever it was met.
+
+use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use jobpipe_core::StoreError;
+use jobpipe_core::AwsError;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +21,13 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    /// The failed AWS call behind this answer, for the log only.
+    cause: Option<Arc<AwsError>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError { status, code, message: message.into(), field: None, cause: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -36,11 +46,12 @@ impl ApiError {
     pub fn unauthorized(reason: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
     }
+}
 
-    /// A failed AWS call. Internals stay in the log; the client learns whether retrying can help.
-    pub fn store(error: &StoreError) -> Self {
-        tracing::error!(%error, retryable = error.is_retryable(), "request failed on an AWS call");
-        if error.is_retryable() {
+/// A failed AWS call. Internals stay in the log; the client learns whether retrying can help.
+impl From<AwsError> for ApiError {
+    fn from(error: AwsError) -> Self {
+        let answer = if error.is_retryable() {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -48,8 +59,23 @@ impl ApiError {
             )
         } else {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the request failed on our side")
-        }
+        };
+        ApiError { cause: Some(Arc::new(error)), ..answer }
     }
+}
+
+/// The failed AWS call behind a response, attached for `log_aws_errors`.
+#[derive(Debug, Clone)]
+struct AwsCause(Arc<AwsError>);
+
+/// Logs the failed AWS call behind a response, if any. This is the one place such a failure is logged:
+/// the conversion into `ApiError` runs at every `?` and stays free of side effects.
+pub async fn log_aws_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(AwsCause(error)) = response.extensions().get::<AwsCause>() {
+        tracing::error!(%error, retryable = error.is_retryable(), "request failed on an AWS call");
+    }
+    response
 }
 
 /// The body of every error response.
@@ -103,6 +129,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(AwsCause(cause));
+        }
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use jobpipe_core::job::{Job, JobId, JobStatus, JobView, Payload};
+use jobpipe_core::job::{Job, JobId, JobPage, JobStatus, JobView, Payload};
 use jobpipe_core::payload::{NO_SUCH_KEY, result_prefix};
 use jobpipe_core::store::{CancelOutcome, PageToken};
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub async fn get(
     Path(job_id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
-    let job = api.store.get(&job_id).await.map_err(|e| ApiError::store(&e))?;
+    let job = api.store.get(&job_id).await?;
     // Another owner's job answers exactly like a missing one.
     let job = job.filter(|j| j.owner == caller.sub).ok_or_else(ApiError::not_found)?;
     Ok(Json(view(&api, &job, Payloads::Fetched).await?))
@@ -88,22 +88,12 @@ pub async fn list(
             PageToken::decode(t).ok_or_else(|| ApiError::bad_request("nextToken", "is not a token this API issued"))?,
         ),
     };
-    let (jobs, next) =
-        api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await.map_err(|e| ApiError::store(&e))?;
+    let (jobs, next) = api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await?;
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         views.push(view(&api, job, Payloads::Omitted).await?);
     }
     Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
-}
-
-/// A page of `GET /jobs`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobPage {
-    pub jobs: Vec<JobView>,
-    /// Pass as `nextToken` for the next page; `null` on the last one.
-    pub next_token: Option<String>,
 }
 
 /// The kinds `GET /kinds` lists.
@@ -145,7 +135,7 @@ pub async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = JobId::parse(&job_id).ok_or_else(ApiError::not_found)?;
     let now = api.clock.now_ms();
-    match api.store.cancel(&job_id, &caller.sub, now).await.map_err(|e| ApiError::store(&e))? {
+    match api.store.cancel(&job_id, &caller.sub, now).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %job.job_id, "job cancelled");
             Ok(Json(view(&api, &job, Payloads::Fetched).await?))
@@ -184,7 +174,7 @@ async fn payload_value(
     match api.payloads.resolve(payload).await {
         Ok(value) => Ok(value),
         Err(e) if e.code == NO_SUCH_KEY => Ok(Value::Null),
-        Err(e) => Err(ApiError::store(&e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -201,7 +191,7 @@ pub async fn view(api: &Api, job: &Job, payloads: Payloads) -> Result<JobView, A
         && let Some(key) = fields.get("key").and_then(Value::as_str).map(String::from)
         && key.starts_with(&result_prefix(&job.job_id))
     {
-        let url = api.payloads.presign_get(&key, api.result_url_ttl).await.map_err(|e| ApiError::store(&e))?;
+        let url = api.payloads.presign_get(&key, api.result_url_ttl).await?;
         fields.insert("url".into(), Value::String(url));
         fields.insert("urlExpiresInSeconds".into(), json!(api.result_url_ttl.as_secs()));
     }

@@ -89,6 +89,8 @@ pub fn router(api: Arc<Api>) -> Router {
         // Size is checked by the handler against `max_body_bytes`, with our own error shape.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(answer_preflight))
+        // Inside `correlate`, so the line carries the request's correlation id.
+        .layer(middleware::from_fn(error::log_aws_errors))
         .layer(middleware::from_fn_with_state(api.clone(), correlate))
         .with_state(api)
 }

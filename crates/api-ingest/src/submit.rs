@@ -89,7 +89,7 @@ pub async fn submit(
     };
     let new =
         NewJob { owner: caller.sub, kind: submission.kind, input: submission.input, idempotency_key, correlation_id };
-    let (job, replayed) = match intake.accept(new, api.clock.now_ms()).await.map_err(|e| ApiError::store(&e))? {
+    let (job, replayed) = match intake.accept(new, api.clock.now_ms()).await? {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {

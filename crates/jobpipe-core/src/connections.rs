@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 
 use crate::clock::Millis;
-use crate::error::StoreError;
+use crate::error::AwsError;
 use crate::job::JobId;
 
 pub mod attr {
@@ -53,12 +53,12 @@ impl ConnectionStore {
     }
 
     /// Records a new connection and its caller.
-    pub async fn connect(&self, connection_id: &str, owner: &str, now: Millis) -> Result<(), StoreError> {
+    pub async fn connect(&self, connection_id: &str, owner: &str, now: Millis) -> Result<(), AwsError> {
         self.put(connection_id, attr::CONNECTION_ITEM, owner, now).await
     }
 
     /// The caller of a connection, if it is (still) registered.
-    pub async fn owner_of(&self, connection_id: &str) -> Result<Option<String>, StoreError> {
+    pub async fn owner_of(&self, connection_id: &str) -> Result<Option<String>, AwsError> {
         let out = self
             .client
             .get_item()
@@ -68,7 +68,7 @@ impl ConnectionStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::from_sdk("GetItem (connection)", e))?;
+            .map_err(|e| AwsError::from_sdk("GetItem (connection)", e))?;
         Ok(out.item().and_then(|item| item.get(attr::OWNER)).and_then(|v| v.as_s().ok()).cloned())
     }
 
@@ -78,11 +78,11 @@ impl ConnectionStore {
         owner: &str,
         job_id: &JobId,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), AwsError> {
         self.put(connection_id, job_id.as_str(), owner, now).await
     }
 
-    pub async fn unsubscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), StoreError> {
+    pub async fn unsubscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), AwsError> {
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -90,12 +90,12 @@ impl ConnectionStore {
             .key(attr::JOB_ID, s(job_id.as_str()))
             .send()
             .await
-            .map_err(|e| StoreError::from_sdk("DeleteItem (subscription)", e))?;
+            .map_err(|e| AwsError::from_sdk("DeleteItem (subscription)", e))?;
         Ok(())
     }
 
     /// Connections subscribed to a job.
-    pub async fn subscribers(&self, job_id: &JobId) -> Result<Vec<String>, StoreError> {
+    pub async fn subscribers(&self, job_id: &JobId) -> Result<Vec<String>, AwsError> {
         let mut connections = Vec::new();
         let mut start = None;
         loop {
@@ -110,7 +110,7 @@ impl ConnectionStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| StoreError::from_sdk("Query (subscribers of a job)", e))?;
+                .map_err(|e| AwsError::from_sdk("Query (subscribers of a job)", e))?;
             connections
                 .extend(out.items().iter().filter_map(|item| item.get(attr::CONNECTION_ID)?.as_s().ok().cloned()));
             match out.last_evaluated_key() {
@@ -121,7 +121,7 @@ impl ConnectionStore {
     }
 
     /// Removes a connection and all its subscriptions (`$disconnect`).
-    pub async fn disconnect(&self, connection_id: &str) -> Result<(), StoreError> {
+    pub async fn disconnect(&self, connection_id: &str) -> Result<(), AwsError> {
         let items = self.items_of(connection_id).await?;
         self.delete(items).await
     }
@@ -136,7 +136,7 @@ impl ConnectionStore {
         connection_id: &str,
         now: Millis,
         connect_grace: Millis,
-    ) -> Result<GoneConnection, StoreError> {
+    ) -> Result<GoneConnection, AwsError> {
         let items = self.items_of(connection_id).await?;
         let connected_at = items
             .iter()
@@ -152,7 +152,7 @@ impl ConnectionStore {
     }
 
     /// Every item of a connection (its own and its subscriptions), read consistently.
-    async fn items_of(&self, connection_id: &str) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    async fn items_of(&self, connection_id: &str) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
@@ -170,7 +170,7 @@ impl ConnectionStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| StoreError::from_sdk("Query (items of a connection)", e))?;
+                .map_err(|e| AwsError::from_sdk("Query (items of a connection)", e))?;
             items.extend(out.items().iter().cloned());
             match out.last_evaluated_key() {
                 Some(key) => start = Some(key.clone()),
@@ -180,7 +180,7 @@ impl ConnectionStore {
     }
 
     /// Deletes items of the table by their keys.
-    async fn delete(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
+    async fn delete(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), AwsError> {
         let deletes: Vec<WriteRequest> = items
             .into_iter()
             .map(|mut item| {
@@ -200,7 +200,7 @@ impl ConnectionStore {
                     .set_request_items(Some(pending))
                     .send()
                     .await
-                    .map_err(|e| StoreError::from_sdk("BatchWriteItem (remove connection)", e))?;
+                    .map_err(|e| AwsError::from_sdk("BatchWriteItem (remove connection)", e))?;
                 match out.unprocessed_items() {
                     Some(rest) if rest.values().any(|v| !v.is_empty()) => pending = rest.clone(),
                     _ => break,
@@ -211,7 +211,7 @@ impl ConnectionStore {
         Ok(())
     }
 
-    async fn put(&self, connection_id: &str, job_id: &str, owner: &str, now: Millis) -> Result<(), StoreError> {
+    async fn put(&self, connection_id: &str, job_id: &str, owner: &str, now: Millis) -> Result<(), AwsError> {
         self.client
             .put_item()
             .table_name(&self.table)
@@ -222,7 +222,7 @@ impl ConnectionStore {
             .item(attr::EXPIRES_AT, AttributeValue::N((now / 1000 + CONNECTION_TTL_SECS).to_string()))
             .send()
             .await
-            .map_err(|e| StoreError::from_sdk("PutItem (connection)", e))?;
+            .map_err(|e| AwsError::from_sdk("PutItem (connection)", e))?;
         Ok(())
     }
 }

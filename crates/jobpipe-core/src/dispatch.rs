@@ -16,7 +16,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
-use crate::error::StoreError;
+use crate::error::AwsError;
 use crate::job::ErrorInfo;
 use crate::job::JobId;
 use crate::store::{ForceFailOutcome, JobStore, PendingDispatch};
@@ -99,7 +99,7 @@ impl Dispatcher {
     }
 
     /// Sends the job's message. On a FIFO queue the job id is both group and deduplication id.
-    pub async fn send(&self, job_id: &JobId, kind: &str, correlation_id: &str) -> Result<(), StoreError> {
+    pub async fn send(&self, job_id: &JobId, kind: &str, correlation_id: &str) -> Result<(), AwsError> {
         self.send_delayed(job_id, kind, correlation_id, std::time::Duration::ZERO).await
     }
 
@@ -110,7 +110,7 @@ impl Dispatcher {
         kind: &str,
         correlation_id: &str,
         delay: std::time::Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), AwsError> {
         let queue_url = self.routes.queue_for(kind);
         let body = serde_json::to_string(&JobMessage { job_id: job_id.clone() }).expect("a job message serializes");
         let mut request = self
@@ -125,7 +125,7 @@ impl Dispatcher {
         } else if !delay.is_zero() {
             request = request.delay_seconds(delay.as_secs().min(900) as i32);
         }
-        request.send().await.map_err(|e| StoreError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
+        request.send().await.map_err(|e| AwsError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
         Ok(())
     }
 
@@ -137,7 +137,7 @@ impl Dispatcher {
         kind: &str,
         correlation_id: &str,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), AwsError> {
         self.send(job_id, kind, correlation_id).await?;
         store.confirm_dispatch(job_id, now).await
     }
@@ -179,7 +179,7 @@ pub async fn sweep_due(
     policy: DispatchPolicy,
     now: Millis,
     limit: usize,
-) -> Result<SweepReport, StoreError> {
+) -> Result<SweepReport, AwsError> {
     let mut report = SweepReport::default();
     for due in store.due_for_dispatch(now, limit).await? {
         if let Err(error) = sweep_one(store, dispatcher, policy, now, &due, &mut report).await {
@@ -197,7 +197,7 @@ async fn sweep_one(
     now: Millis,
     due: &PendingDispatch,
     report: &mut SweepReport,
-) -> Result<(), StoreError> {
+) -> Result<(), AwsError> {
     let recheck = policy.recheck.as_millis() as Millis;
     let Some(job) = store.get(&due.job_id).await? else { return Ok(()) };
     if job.status.is_terminal() {

@@ -12,24 +12,25 @@ pub enum Retryability {
     Permanent,
 }
 
-/// An AWS call (DynamoDB, SQS, S3) that failed.
-#[derive(Debug, thiserror::Error)]
+/// An AWS call (DynamoDB, SQS, S3, API Gateway) that failed, or data it returned that cannot be read
+/// (`corrupt`).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed ({code}): {message}")]
-pub struct StoreError {
+pub struct AwsError {
     pub operation: String,
     pub code: String,
     pub message: String,
     pub retryability: Retryability,
 }
 
-impl StoreError {
+impl AwsError {
     pub fn is_retryable(&self) -> bool {
         self.retryability == Retryability::Retryable
     }
 
     /// An error found in data we read back (a corrupt item, say): retrying will not fix it.
     pub fn corrupt(operation: impl Into<String>, message: impl Into<String>) -> Self {
-        StoreError {
+        AwsError {
             operation: operation.into(),
             code: "CorruptData".into(),
             message: message.into(),
@@ -44,13 +45,13 @@ impl StoreError {
     {
         let operation = operation.into();
         match &err {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => StoreError {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => AwsError {
                 operation,
                 code: "Transport".into(),
                 message: format!("{}", DisplayChain(&err)),
                 retryability: Retryability::Retryable,
             },
-            SdkError::ResponseError(_) => StoreError {
+            SdkError::ResponseError(_) => AwsError {
                 operation,
                 code: "BadResponse".into(),
                 message: format!("{}", DisplayChain(&err)),
@@ -65,9 +66,9 @@ impl StoreError {
                 } else {
                     Retryability::Permanent
                 };
-                StoreError { operation, code, message, retryability }
+                AwsError { operation, code, message, retryability }
             }
-            _ => StoreError {
+            _ => AwsError {
                 operation,
                 code: "Sdk".into(),
                 message: format!("{}", DisplayChain(&err)),

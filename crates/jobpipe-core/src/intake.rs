@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
 use crate::dispatch::Dispatcher;
-use crate::error::StoreError;
+use crate::error::AwsError;
 use crate::job::{Job, JobId, JobStatus};
 use crate::payload::PayloadStore;
 use crate::store::{CreateOutcome, JobStore};
@@ -44,7 +44,7 @@ pub struct Intake<'a> {
 }
 
 impl Intake<'_> {
-    pub async fn accept(&self, new: NewJob, now: Millis) -> Result<Accepted, StoreError> {
+    pub async fn accept(&self, new: NewJob, now: Millis) -> Result<Accepted, AwsError> {
         let job_id = match &new.idempotency_key {
             Some(key) => JobId::from_idempotency_key(&new.owner, key),
             None => JobId::new_random(),

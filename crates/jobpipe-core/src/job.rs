@@ -1,4 +1,5 @@
-//! The job model: identity, status, the outcome of a run, and the view the HTTP API shows.
+//! The job model: identity, status, the outcome of a run, and what the HTTP API answers (`JobView`,
+//! `JobPage`), which clients can read back typed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -238,6 +239,16 @@ pub struct JobView {
     pub omitted: Vec<String>,
 }
 
+/// A page of `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `nextToken` for the next page; `null` on the last one.
+    pub next_token: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +269,49 @@ mod tests {
         assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
         for bad in ["", "abc", "../x", &id.as_str().to_uppercase(), &id.as_str().replace('-', "")] {
             assert_eq!(JobId::parse(bad), None, "{bad}");
+        }
+    }
+
+    /// What the API answers reads back as what it sent, so a client can read its answers typed.
+    #[test]
+    fn views_and_pages_read_back_as_they_were_written() {
+        let finished = JobView {
+            job_id: JobId::new_random(),
+            kind: "image".into(),
+            status: JobStatus::Failed,
+            input: serde_json::json!({"prompt": "a kite", "width": 512}),
+            result: Some(serde_json::json!({"key": "results/x/image.png", "url": "https://example.com/x"})),
+            error: Some(ErrorInfo { code: "prompt_blocked".into(), message: "change the prompt".into() }),
+            attempts: 2,
+            progress: 40,
+            created_at: "2026-01-02T03:04:05.006Z".into(),
+            started_at: Some("2026-01-02T03:04:06.000Z".into()),
+            completed_at: Some("2026-01-02T03:04:07.000Z".into()),
+            updated_at: "2026-01-02T03:04:07.000Z".into(),
+            duration_ms: Some(1000),
+            omitted: vec!["input".into()],
+        };
+        let queued = JobView {
+            status: JobStatus::Queued,
+            input: Value::Null,
+            result: None,
+            error: None,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            omitted: Vec::new(),
+            ..finished.clone()
+        };
+        for view in [&finished, &queued] {
+            let json = serde_json::to_string(view).unwrap();
+            assert_eq!(&serde_json::from_str::<JobView>(&json).unwrap(), view, "{json}");
+        }
+        for page in [
+            JobPage { jobs: vec![finished, queued], next_token: Some("eyJqIjoiYSJ9".into()) },
+            JobPage { jobs: Vec::new(), next_token: None },
+        ] {
+            let json = serde_json::to_string(&page).unwrap();
+            assert_eq!(serde_json::from_str::<JobPage>(&json).unwrap(), page, "{json}");
         }
     }
 

@@ -18,6 +18,6 @@ pub mod store;
 pub mod telemetry;
 
 pub use clock::{Clock, SystemClock};
-pub use error::{Retryability, StoreError};
-pub use job::{Job, JobError, JobId, JobStatus, JobView};
+pub use error::{AwsError, Retryability};
+pub use job::{Job, JobError, JobId, JobPage, JobStatus, JobView};
 pub use store::JobStore;

@@ -4,7 +4,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 
-use crate::error::StoreError;
+use crate::error::AwsError;
 use crate::job::{JobError, JobId, Payload};
 
 /// The error code of a payload that is not in the bucket (removed by the lifecycle rule).
@@ -34,16 +34,16 @@ impl PayloadStore {
 
     /// `version` tells submissions apart (the request hash): a replayed idempotency key with a different
     /// body must not overwrite the input of the job that key already names.
-    pub async fn put_input(&self, job_id: &JobId, version: &str, value: &Value) -> Result<Payload, StoreError> {
+    pub async fn put_input(&self, job_id: &JobId, version: &str, value: &Value) -> Result<Payload, AwsError> {
         self.put(value, format!("payloads/{job_id}/input-{version}.json")).await
     }
 
     /// Stores a result at a key derived from the job, so a retried attempt overwrites, never duplicates.
-    pub async fn put_result(&self, job_id: &JobId, value: &Value) -> Result<Payload, StoreError> {
+    pub async fn put_result(&self, job_id: &JobId, value: &Value) -> Result<Payload, AwsError> {
         self.put(value, format!("payloads/{job_id}/result.json")).await
     }
 
-    async fn put(&self, value: &Value, key: String) -> Result<Payload, StoreError> {
+    async fn put(&self, value: &Value, key: String) -> Result<Payload, AwsError> {
         let body = value.to_string();
         if body.len() <= self.inline_max_bytes {
             return Ok(Payload::Inline(value.clone()));
@@ -56,11 +56,11 @@ impl PayloadStore {
             .body(ByteStream::from(body.into_bytes()))
             .send()
             .await
-            .map_err(|e| StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e))?;
+            .map_err(|e| AwsError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e))?;
         Ok(Payload::S3 { key })
     }
 
-    pub async fn resolve(&self, payload: &Payload) -> Result<Value, StoreError> {
+    pub async fn resolve(&self, payload: &Payload) -> Result<Value, AwsError> {
         let key = match payload {
             Payload::Inline(value) => return Ok(value.clone()),
             Payload::S3 { key } => key,
@@ -68,20 +68,20 @@ impl PayloadStore {
         let operation = || format!("GetObject s3://{}/{key}", self.bucket);
         let out = self.s3.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
             let missing = e.as_service_error().is_some_and(|e| e.is_no_such_key());
-            let mut error = StoreError::from_sdk(operation(), e);
+            let mut error = AwsError::from_sdk(operation(), e);
             if missing {
                 error.code = NO_SUCH_KEY.into();
             }
             error
         })?;
-        let bytes = out.body.collect().await.map_err(|e| StoreError {
+        let bytes = out.body.collect().await.map_err(|e| AwsError {
             operation: operation(),
             code: "Transport".into(),
             message: e.to_string(),
             retryability: crate::Retryability::Retryable,
         })?;
         serde_json::from_slice(&bytes.into_bytes())
-            .map_err(|e| StoreError::corrupt(operation(), format!("payload is not JSON: {e}")))
+            .map_err(|e| AwsError::corrupt(operation(), format!("payload is not JSON: {e}")))
     }
 
     /// Stores a file a job produced at `results/{jobId}/{name}` (a retry overwrites it), with its content
@@ -107,7 +107,7 @@ impl PayloadStore {
             request = request.metadata(*name, value);
         }
         request.send().await.map_err(|e| {
-            let error = StoreError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e);
+            let error = AwsError::from_sdk(format!("PutObject s3://{}/{key}", self.bucket), e);
             let message = "could not store the result; it will be retried";
             if error.is_retryable() {
                 JobError::retryable("result_store_unavailable", message)
@@ -120,9 +120,9 @@ impl PayloadStore {
     }
 
     /// A GET URL for an object, valid for `ttl`. The bucket stays private; the URL is the only way in.
-    pub async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<String, StoreError> {
+    pub async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<String, AwsError> {
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
-            .map_err(|e| StoreError::corrupt("presigning", e.to_string()))?;
+            .map_err(|e| AwsError::corrupt("presigning", e.to_string()))?;
         let request = self
             .s3
             .get_object()
@@ -130,7 +130,7 @@ impl PayloadStore {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| StoreError::from_sdk(format!("presign s3://{}/{key}", self.bucket), e))?;
+            .map_err(|e| AwsError::from_sdk(format!("presign s3://{}/{key}", self.bucket), e))?;
         Ok(request.uri().to_string())
     }
 }

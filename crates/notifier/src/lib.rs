@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
-use jobpipe_core::StoreError;
+use jobpipe_core::AwsError;
 use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::connections::{ConnectionStore, GoneConnection};
 use jobpipe_core::store::job_from_stream_image;
@@ -98,10 +98,10 @@ impl Notifier {
     }
 
     /// Pushes one stream record's change, if it is one a client cares about.
-    pub async fn notify(&self, record: &StreamRecord) -> Result<Delivery, StoreError> {
+    pub async fn notify(&self, record: &StreamRecord) -> Result<Delivery, AwsError> {
         let Some(message) = push_message(record)? else { return Ok(Delivery::default()) };
         let job_id = jobpipe_core::JobId::parse(message["jobId"].as_str().unwrap_or_default())
-            .ok_or_else(|| StoreError::corrupt("stream record", "job id is not a UUID"))?;
+            .ok_or_else(|| AwsError::corrupt("stream record", "job id is not a UUID"))?;
         let subscribers = self.connections.subscribers(&job_id).await?;
         let body = Blob::new(message.to_string().into_bytes());
         let mut posts = JoinSet::new();
@@ -132,7 +132,7 @@ impl Notifier {
                     }
                 }
                 Err(err) => {
-                    let error = StoreError::from_sdk(format!("PostToConnection {connection_id}"), err);
+                    let error = AwsError::from_sdk(format!("PostToConnection {connection_id}"), err);
                     tracing::warn!(%error, "push failed");
                     // One bad connection never blocks the others; only a push that may succeed later
                     // makes the record worth retrying.
@@ -150,7 +150,7 @@ impl Notifier {
 }
 
 /// The message for a record: `None` when nothing a client sees changed (or the job was deleted).
-pub fn push_message(record: &StreamRecord) -> Result<Option<Value>, StoreError> {
+pub fn push_message(record: &StreamRecord) -> Result<Option<Value>, AwsError> {
     if record.event_name.as_deref() == Some("REMOVE") {
         return Ok(None);
     }

@@ -4,7 +4,7 @@
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use futures_util::StreamExt;
-use jobpipe_core::StoreError;
+use jobpipe_core::AwsError;
 use jobpipe_core::clock::Millis;
 use jobpipe_core::dispatch::{JobMessage, sweep_due};
 use jobpipe_core::job::ErrorInfo;
@@ -55,7 +55,7 @@ enum Letter {
 
 impl Processor {
     /// `deadline`: the invocation's, when it has one; the run stops reading dead letters before it.
-    pub async fn reconcile(&self, deadline: Option<Millis>) -> Result<ReconcileReport, StoreError> {
+    pub async fn reconcile(&self, deadline: Option<Millis>) -> Result<ReconcileReport, AwsError> {
         let now = self.clock.now_ms();
         let sweep = sweep_due(&self.store, &self.dispatcher, self.settings.dispatch_policy, now, SWEEP_LIMIT).await?;
         let mut report = ReconcileReport {
@@ -80,7 +80,7 @@ impl Processor {
         dlq: &str,
         deadline: Option<Millis>,
         report: &mut ReconcileReport,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), AwsError> {
         loop {
             if deadline.is_some_and(|deadline| self.clock.now_ms() >= deadline - DEADLINE_MARGIN_MS) {
                 tracing::info!("stopping before the deadline; the next run continues with the dead letters");
@@ -97,7 +97,7 @@ impl Processor {
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()
                 .await
-                .map_err(|e| StoreError::from_sdk("ReceiveMessage (dead-letter queue)", e))?;
+                .map_err(|e| AwsError::from_sdk("ReceiveMessage (dead-letter queue)", e))?;
             let letters = out.messages();
             if letters.is_empty() {
                 return Ok(());
@@ -167,7 +167,7 @@ impl Processor {
             .send()
             .await;
         if let Err(error) = result {
-            let error = StoreError::from_sdk("ChangeMessageVisibility (dead letter)", error);
+            let error = AwsError::from_sdk("ChangeMessageVisibility (dead letter)", error);
             tracing::warn!(%error, "could not hide a poison dead letter; it is read again sooner");
         }
     }
@@ -191,7 +191,7 @@ impl Processor {
         match self.sqs.delete_message_batch().queue_url(dlq).set_entries(Some(entries)).send().await {
             Ok(out) => out.successful().len(),
             Err(error) => {
-                let error = StoreError::from_sdk("DeleteMessageBatch (dead letters)", error);
+                let error = AwsError::from_sdk("DeleteMessageBatch (dead letters)", error);
                 tracing::warn!(%error, "could not delete settled dead letters; a later run deletes them");
                 0
             }

@@ -11,7 +11,7 @@ use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage};
 use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease};
 use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
 use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore};
-use jobpipe_core::{Clock, StoreError};
+use jobpipe_core::{AwsError, Clock};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -104,7 +104,7 @@ impl Processor {
         outcome
     }
 
-    async fn run_job(&self, job_id: &JobId, deadline: Option<Millis>) -> Result<RecordOutcome, StoreError> {
+    async fn run_job(&self, job_id: &JobId, deadline: Option<Millis>) -> Result<RecordOutcome, AwsError> {
         let now = self.clock.now_ms();
         let lease = Lease { token: uuid::Uuid::new_v4().to_string(), expires_at: self.lease_expiry(now, deadline) };
         let job = match self.store.claim(job_id, &lease, self.settings.max_attempts, now).await? {
@@ -201,7 +201,7 @@ impl Processor {
     }
 
     /// Earlier workers claimed the job and died every time: fail it rather than run it again.
-    async fn give_up_on_crashed(&self, job: Job) -> Result<RecordOutcome, StoreError> {
+    async fn give_up_on_crashed(&self, job: Job) -> Result<RecordOutcome, AwsError> {
         let last =
             job.last_error.clone().map(|e| format!(": last error {}: {}", e.code, e.message)).unwrap_or_default();
         let info = ErrorInfo {
@@ -289,7 +289,7 @@ impl Processor {
             .send()
             .await;
         if let Err(error) = result {
-            let error = StoreError::from_sdk("ChangeMessageVisibility", error);
+            let error = AwsError::from_sdk("ChangeMessageVisibility", error);
             tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
         }
     }

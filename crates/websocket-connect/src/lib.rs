@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::event::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use jobpipe_core::StoreError;
+use jobpipe_core::AwsError;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
 use jobpipe_core::config::{AwsClients, Config, ConfigError};
@@ -135,7 +135,7 @@ impl Sockets {
         connection_id: &str,
         token: Option<&str>,
         job_id: Option<&str>,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Reply, AwsError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Ok(Reply::error(401, "unauthorized", "missing token query parameter"));
         };
@@ -165,12 +165,12 @@ impl Sockets {
         }
     }
 
-    pub async fn disconnect(&self, connection_id: &str) -> Result<Reply, StoreError> {
+    pub async fn disconnect(&self, connection_id: &str) -> Result<Reply, AwsError> {
         self.connections.disconnect(connection_id).await?;
         Ok(Reply::ok(json!({"type": "disconnected"})))
     }
 
-    pub async fn message(&self, connection_id: &str, body: &str) -> Result<Reply, StoreError> {
+    pub async fn message(&self, connection_id: &str, body: &str) -> Result<Reply, AwsError> {
         let frame = match parse_frame(body) {
             Ok(frame) => frame,
             Err(reply) => return Ok(reply),
@@ -194,7 +194,7 @@ impl Sockets {
     /// a change made before that read is in the answer, and the notifier pushes any change made after it
     /// (it finds the subscription). Ownership is checked first, so a subscription to another tenant's
     /// job is never written and never receives a push.
-    async fn subscribe(&self, connection_id: &str, owner: &str, job_id: &str) -> Result<Reply, StoreError> {
+    async fn subscribe(&self, connection_id: &str, owner: &str, job_id: &str) -> Result<Reply, AwsError> {
         let not_found = || Reply::error(404, "not_found", "no such job");
         let Some(job_id) = JobId::parse(job_id) else { return Ok(not_found()) };
         let owned = self.jobs.get(&job_id).await?.is_some_and(|job| job.owner == owner);

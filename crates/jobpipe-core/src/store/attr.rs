@@ -1,0 +1,39 @@
+//! Attribute and index names of the jobs table (template.yaml declares the same), written only here:
+//! expressions bind them to `#name` placeholders or are built from these constants (`update`).
+
+pub const JOB_ID: &str = "jobId";
+pub const OWNER: &str = "owner";
+pub const KIND: &str = "kind";
+pub const STATUS: &str = "status";
+pub const INPUT: &str = "input";
+pub const INPUT_REF: &str = "inputRef";
+pub const RESULT: &str = "result";
+pub const RESULT_REF: &str = "resultRef";
+pub const ERROR_CODE: &str = "errorCode";
+pub const ERROR_MESSAGE: &str = "errorMessage";
+pub const LAST_ERROR_CODE: &str = "lastErrorCode";
+pub const LAST_ERROR_MESSAGE: &str = "lastErrorMessage";
+pub const ATTEMPTS: &str = "attempts";
+pub const PROGRESS: &str = "progress";
+pub const CREATED_AT: &str = "createdAt";
+pub const STARTED_AT: &str = "startedAt";
+pub const COMPLETED_AT: &str = "completedAt";
+pub const UPDATED_AT: &str = "updatedAt";
+/// The lease of the worker holding a `processing` job; on a finished job, the token of the write that
+/// finished it (a retried write recognises itself by it).
+pub const LEASE_TOKEN: &str = "leaseToken";
+pub const LEASE_EXPIRES_AT: &str = "leaseExpiresAt";
+pub const IDEMPOTENCY_KEY: &str = "idempotencyKey";
+pub const REQUEST_HASH: &str = "requestHash";
+pub const CORRELATION_ID: &str = "correlationId";
+pub const DISPATCH_SHARD: &str = "dispatchShard";
+pub const DISPATCH_DUE_AT: &str = "dispatchDueAt";
+pub const DISPATCHED_AT: &str = "dispatchedAt";
+/// DynamoDB TTL attribute (epoch seconds): finished jobs expire.
+pub const EXPIRES_AT: &str = "expiresAt";
+
+/// GSI: owner (hash) + createdAt (range), for listing a caller's jobs newest first.
+pub const BY_OWNER_INDEX: &str = "byOwner";
+/// Sparse GSI: dispatchShard (hash) + dispatchDueAt (range): every unfinished job, by when the
+/// reconciler should next look at it.
+pub const PENDING_DISPATCH_INDEX: &str = "pendingDispatch";

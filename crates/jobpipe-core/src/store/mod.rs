@@ -1,0 +1,444 @@
+//! The jobs table and the job state machine: every transition is one conditional DynamoDB write.
+//!
+//! This is the only module that knows DynamoDB attribute names (`attr`). Each method is a single request
+//! whose condition states exactly when the transition is allowed; when the condition fails, the item as
+//! it was (`ReturnValuesOnConditionCheckFailure::AllOld`) tells the caller why, without a second read.
+//!
+//! A write can take effect while its response is lost; the SDK then retries it, and the retry's condition
+//! fails against the write itself. Every transition therefore recognises its own earlier write in the old
+//! item (its lease token, or the `updatedAt` it wrote) and reports success, never a conflict it caused.
+//!
+//! The transitions are here; `item` is the codec between `Job` and the item, `update` writes update
+//! expressions from `attr` names, `paging` lists a caller's jobs, and `pending` keeps the
+//! pending-dispatch index.
+
+pub mod attr;
+mod item;
+mod paging;
+mod pending;
+mod update;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+use crate::clock::Millis;
+use crate::error::AwsError;
+use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
+// Bare, for the expressions `format!` writes.
+use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, STARTED_AT};
+use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
+use update::Update;
+
+pub use item::job_from_stream_image;
+pub use paging::PageToken;
+pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of};
+
+/// The outcome of creating a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created(Job),
+    /// The idempotency key was used before with the same request: this is that job.
+    Replayed(Job),
+    /// The idempotency key was used before with a different request.
+    KeyReused(Job),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// This delivery now holds the lease; `attempts` already counts this attempt.
+    Claimed(Job),
+    /// Completed, failed or cancelled before: nothing to run again.
+    AlreadyFinished(Job),
+    /// Another delivery holds a live lease until `expires_at`.
+    HeldElsewhere {
+        expires_at: Millis,
+    },
+    /// Every allowed attempt was used (earlier workers died): the job must be failed, not run.
+    AttemptsExhausted(Job),
+    NotFound,
+}
+
+/// The outcome of a lease holder finishing, failing or releasing a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FenceOutcome {
+    Done(Job),
+    /// The lease was lost (expired and taken over, or the job finished elsewhere): nothing was written.
+    LeaseLost(Option<Job>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    Cancelled(Job),
+    NotCancellable(Job),
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForceFailOutcome {
+    Failed(Job),
+    AlreadyFinished(Job),
+    /// A worker holds a live lease; it will finish the job.
+    LeaseLive,
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    client: Client,
+    table: String,
+    /// How long finished jobs are kept before DynamoDB TTL removes them.
+    retention_secs: i64,
+}
+
+impl JobStore {
+    pub fn new(client: Client, table: impl Into<String>, retention_secs: i64) -> Self {
+        JobStore { client, table: table.into(), retention_secs }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Writes a new `queued` job unless its id exists. With an idempotency key the id is derived from
+    /// the key, so a repeated request meets its earlier job here and is told apart by the request hash.
+    pub async fn create(&self, job: &Job) -> Result<CreateOutcome, AwsError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(job)))
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", attr::JOB_ID)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(CreateOutcome::Created(job.clone())),
+            Err(err) => {
+                let old = err.as_service_error().and_then(|e| match e {
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                        Some(c.item().cloned().unwrap_or_default())
+                    }
+                    _ => None,
+                });
+                match old {
+                    // Exactly what this request writes: its own write, whose response was lost.
+                    Some(item) if item == to_item(job) => Ok(CreateOutcome::Created(job.clone())),
+                    Some(item) => {
+                        let existing = from_item(&item)?;
+                        if existing.owner == job.owner && existing.request_hash == job.request_hash {
+                            Ok(CreateOutcome::Replayed(existing))
+                        } else {
+                            Ok(CreateOutcome::KeyReused(existing))
+                        }
+                    }
+                    None => Err(AwsError::from_sdk("PutItem (create job)", err)),
+                }
+            }
+        }
+    }
+
+    /// A strongly consistent read of one job.
+    pub async fn get(&self, job_id: &JobId) -> Result<Option<Job>, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::JOB_ID, s(job_id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetItem (job)", e))?;
+        out.item().map(from_item).transpose()
+    }
+
+    /// queued -> cancelled, only by the owner.
+    pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, AwsError> {
+        let writer = uuid::Uuid::new_v4().to_string();
+        let result = self
+            .update(job_id)
+            .condition("#owner = :owner AND #status = :queued")
+            .name("#owner", attr::OWNER)
+            .name("#status", attr::STATUS)
+            .value(":owner", s(owner))
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .sign(&writer)
+            .finish(JobStatus::Cancelled, now, self.expires_at(now))
+            .send()
+            .await;
+        let own = finished_by(JobStatus::Cancelled, &writer);
+        Ok(match conditional(result, "UpdateItem (cancel job)", own)? {
+            Ok(job) => CancelOutcome::Cancelled(job),
+            Err(Some(old)) if old.owner == owner => CancelOutcome::NotCancellable(old),
+            Err(_) => CancelOutcome::NotFound,
+        })
+    }
+
+    /// queued -> processing, or takes over a processing job whose lease expired. Increments `attempts`.
+    pub async fn claim(
+        &self,
+        job_id: &JobId,
+        lease: &Lease,
+        max_attempts: u32,
+        now: Millis,
+    ) -> Result<ClaimOutcome, AwsError> {
+        let result = self
+            .update(job_id)
+            .condition(format!(
+                "attribute_exists(#id) AND {ATTEMPTS} < :max AND \
+                 (#status = :queued OR (#status = :processing AND {LEASE_EXPIRES_AT} < :now))"
+            ))
+            .name("#id", attr::JOB_ID)
+            .name("#status", attr::STATUS)
+            .value(":max", n(max_attempts))
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":now", n(now))
+            .status(JobStatus::Processing)
+            .set(attr::LEASE_TOKEN, ":token")
+            .set(attr::LEASE_EXPIRES_AT, ":expires")
+            .set(attr::ATTEMPTS, &format!("{ATTEMPTS} + :one"))
+            .set(attr::STARTED_AT, &format!("if_not_exists({STARTED_AT}, :now)"))
+            .set(attr::UPDATED_AT, ":now")
+            .value(":token", s(&lease.token))
+            .value(":expires", n(lease.expires_at))
+            .value(":one", n(1))
+            .send()
+            .await;
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str()) && has_s(old, attr::LEASE_TOKEN, &lease.token)
+        };
+        Ok(match conditional(result, "UpdateItem (claim job)", own)? {
+            Ok(job) => ClaimOutcome::Claimed(job),
+            Err(None) => ClaimOutcome::NotFound,
+            Err(Some(old)) if old.status.is_terminal() => ClaimOutcome::AlreadyFinished(old),
+            Err(Some(old)) => match &old.lease {
+                Some(l) if old.status == JobStatus::Processing && l.expires_at >= now => {
+                    ClaimOutcome::HeldElsewhere { expires_at: l.expires_at }
+                }
+                _ if old.attempts >= max_attempts => ClaimOutcome::AttemptsExhausted(old),
+                // The item changed between our condition and its read-back, which a single request rules
+                // out; treat it as held so the message is retried rather than dropped.
+                _ => ClaimOutcome::HeldElsewhere { expires_at: now },
+            },
+        })
+    }
+
+    /// processing -> completed, only for the holder of `token`.
+    pub async fn complete(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        result: &Payload,
+        now: Millis,
+    ) -> Result<FenceOutcome, AwsError> {
+        let (result_attr, result_value) = payload_attr(result, attr::RESULT, attr::RESULT_REF);
+        let result = self
+            .fenced(job_id, token)
+            .name("#result", result_attr)
+            .set("#result", ":result")
+            .set(attr::PROGRESS, ":hundred")
+            .value(":result", result_value)
+            .value(":hundred", n(100))
+            .finish(JobStatus::Completed, now, self.expires_at(now))
+            .send()
+            .await;
+        fence_outcome(conditional(result, "UpdateItem (complete job)", finished_by(JobStatus::Completed, token))?)
+    }
+
+    /// processing -> failed, only for the holder of `token`.
+    pub async fn fail(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+    ) -> Result<FenceOutcome, AwsError> {
+        let result = self
+            .fenced(job_id, token)
+            .record_error(attr::ERROR_CODE, attr::ERROR_MESSAGE, error)
+            .finish(JobStatus::Failed, now, self.expires_at(now))
+            .send()
+            .await;
+        fence_outcome(conditional(result, "UpdateItem (fail job)", finished_by(JobStatus::Failed, token))?)
+    }
+
+    /// Gives the lease up after a retryable error: the job stays `processing`, records the error, and the
+    /// next delivery may claim it at once. A released lease keeps its token with expiry 0, which no
+    /// fenced write accepts.
+    pub async fn release_for_retry(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+    ) -> Result<FenceOutcome, AwsError> {
+        self.release(job_id, token, error, now, false).await
+    }
+
+    /// Gives the lease up after the job was throttled (a quota said "not now"): like `release_for_retry`,
+    /// and the attempt is given back, since nothing about the job failed.
+    pub async fn release_throttled(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+    ) -> Result<FenceOutcome, AwsError> {
+        self.release(job_id, token, error, now, true).await
+    }
+
+    /// The lease holder releases its lease, recording `error`; `give_back_attempt` undoes its claim's count.
+    async fn release(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        error: &ErrorInfo,
+        now: Millis,
+        give_back_attempt: bool,
+    ) -> Result<FenceOutcome, AwsError> {
+        let mut update = self
+            .fenced(job_id, token)
+            .record_error(attr::LAST_ERROR_CODE, attr::LAST_ERROR_MESSAGE, error)
+            .set(attr::LEASE_EXPIRES_AT, ":released")
+            .set(attr::UPDATED_AT, ":now")
+            .value(":now", n(now));
+        if give_back_attempt {
+            update = update.set(attr::ATTEMPTS, &format!("{ATTEMPTS} - :one")).value(":one", n(1));
+        }
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
+                && has_s(old, attr::LEASE_TOKEN, token)
+                && has_n(old, attr::LEASE_EXPIRES_AT, RELEASED)
+        };
+        fence_outcome(conditional(update.send().await, "UpdateItem (release job)", own)?)
+    }
+
+    /// Records progress (0-100) for the lease holder. Returns false when the lease is gone.
+    pub async fn report_progress(
+        &self,
+        job_id: &JobId,
+        token: &str,
+        progress: u8,
+        now: Millis,
+    ) -> Result<bool, AwsError> {
+        let result = self
+            .fenced(job_id, token)
+            .set(attr::PROGRESS, ":progress")
+            .set(attr::UPDATED_AT, ":now")
+            .value(":progress", n(progress.min(100)))
+            .value(":now", n(now))
+            .send()
+            .await;
+        let own = |old: &Item| {
+            has_s(old, attr::STATUS, JobStatus::Processing.as_str())
+                && has_s(old, attr::LEASE_TOKEN, token)
+                && has_n(old, attr::PROGRESS, progress.min(100))
+        };
+        Ok(conditional(result, "UpdateItem (job progress)", own)?.is_ok())
+    }
+
+    /// Fails a job that is not finished and that no worker holds a live lease on: used when its message
+    /// was dead-lettered or its attempts ran out while workers died.
+    pub async fn force_fail(
+        &self,
+        job_id: &JobId,
+        error: &ErrorInfo,
+        now: Millis,
+    ) -> Result<ForceFailOutcome, AwsError> {
+        let writer = uuid::Uuid::new_v4().to_string();
+        let result = self
+            .update(job_id)
+            .condition(format!(
+                "#status IN (:queued, :processing) AND \
+                 (attribute_not_exists({LEASE_EXPIRES_AT}) OR {LEASE_EXPIRES_AT} < :now)"
+            ))
+            .name("#status", attr::STATUS)
+            .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":now", n(now))
+            .sign(&writer)
+            .record_error(attr::ERROR_CODE, attr::ERROR_MESSAGE, error)
+            .finish(JobStatus::Failed, now, self.expires_at(now))
+            .send()
+            .await;
+        Ok(match conditional(result, "UpdateItem (force-fail job)", finished_by(JobStatus::Failed, &writer))? {
+            Ok(job) => ForceFailOutcome::Failed(job),
+            Err(None) => ForceFailOutcome::NotFound,
+            Err(Some(old)) if old.status.is_terminal() => ForceFailOutcome::AlreadyFinished(old),
+            Err(Some(_)) => ForceFailOutcome::LeaseLive,
+        })
+    }
+
+    fn expires_at(&self, now: Millis) -> i64 {
+        now / 1000 + self.retention_secs
+    }
+
+    /// An update of one job that answers the job as written, or as it was when the condition failed.
+    fn update(&self, job_id: &JobId) -> Update {
+        Update::new(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(attr::JOB_ID, s(job_id.as_str()))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld),
+        )
+    }
+
+    /// An update that only the current lease holder may make (a released lease holds nothing).
+    fn fenced(&self, job_id: &JobId, token: &str) -> Update {
+        self.update(job_id)
+            .condition(format!("#status = :processing AND {LEASE_TOKEN} = :token AND {LEASE_EXPIRES_AT} > :released"))
+            .name("#status", attr::STATUS)
+            .value(":processing", s(JobStatus::Processing.as_str()))
+            .value(":token", s(token))
+            .value(":released", n(RELEASED))
+    }
+}
+
+/// Turns an UpdateItem result into `Ok(new job)` or, when the condition failed, `Err(old job if any)`.
+/// A failed condition whose old item `own` recognises as this very write (it took effect, its response
+/// was lost, and the SDK's retry met it) is the write's success.
+pub(super) fn conditional(
+    result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
+    operation: &str,
+    own: impl Fn(&Item) -> bool,
+) -> Result<Result<Job, Option<Job>>, AwsError> {
+    match result {
+        Ok(out) => match out.attributes() {
+            Some(item) if !item.is_empty() => Ok(Ok(from_item(item)?)),
+            _ => Ok(Err(None)),
+        },
+        Err(err) => match err.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                Some(item) if !item.is_empty() && own(item) => {
+                    tracing::info!(operation, "a retried write found its own earlier write: done");
+                    Ok(Ok(from_item(item)?))
+                }
+                Some(item) if !item.is_empty() => Ok(Err(Some(from_item(item)?))),
+                _ => Ok(Err(None)),
+            },
+            _ => Err(AwsError::from_sdk(operation, err)),
+        },
+    }
+}
+
+/// The `leaseExpiresAt` of a released lease: no fenced write accepts it, and any claim may take the job.
+const RELEASED: Millis = 0;
+
+/// Recognises a finishing write by its token (a lease holder's, or a cancel's or force-fail's own): the
+/// job in `status`, carrying the token.
+fn finished_by(status: JobStatus, token: &str) -> impl Fn(&Item) -> bool + '_ {
+    move |old| has_s(old, attr::STATUS, status.as_str()) && has_s(old, attr::LEASE_TOKEN, token)
+}
+
+fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, AwsError> {
+    Ok(match result {
+        Ok(job) => FenceOutcome::Done(job),
+        Err(old) => FenceOutcome::LeaseLost(old),
+    })
+}
