@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 use crate::error::AwsError;
 use crate::job::ErrorInfo;
-use crate::job::JobId;
+use crate::job::{Job, JobId};
 use crate::store::{ForceFailOutcome, JobStore, PendingDispatch};
 
 /// SQS message attribute carrying the request's correlation id.
@@ -160,12 +160,12 @@ pub struct DispatchPolicy {
     pub max_age: std::time::Duration,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct SweepReport {
     /// Messages sent for jobs whose message was never confirmed, or may have expired.
     pub redispatched: usize,
-    /// Jobs failed for being older than the maximum age.
-    pub expired: usize,
+    /// Jobs failed for being older than the maximum age, as they ended (for their metrics).
+    pub expired: Vec<Job>,
     /// Due jobs that only needed their next check scheduled.
     pub rescheduled: usize,
     /// Jobs whose handling failed; the next sweep retries them.
@@ -209,9 +209,9 @@ async fn sweep_one(
             message: format!("not finished within {} s of being accepted", policy.max_age.as_secs()),
         };
         match store.force_fail(&job.job_id, &info, now).await? {
-            ForceFailOutcome::Failed(_) => {
+            ForceFailOutcome::Failed(failed) => {
                 tracing::warn!(job_id = %job.job_id, "failed a job older than its maximum age");
-                report.expired += 1;
+                report.expired.push(failed);
                 return Ok(());
             }
             ForceFailOutcome::AlreadyFinished(_) | ForceFailOutcome::NotFound => return Ok(()),

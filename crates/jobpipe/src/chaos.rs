@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use jobpipe_core::JobStatus;
-use jobpipe_core::store::job_from_stream_image;
+use jobpipe_core::store::{JobStore, job_from_stream_image};
 use jobpipe_emulator::aws::{sdk_config, start_moto};
 use jobpipe_emulator::dev::{DevOptions, DevStack};
 use jobpipe_emulator::faults::FaultProxy;
@@ -207,9 +207,8 @@ pub async fn run(
     let stack = DevStack::start(dev).await?;
     let direct = sdk_config(&moto_url);
     let sqs = aws_sdk_sqs::Client::new(&direct);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&direct);
+    let jobs = JobStore::new(aws_sdk_dynamodb::Client::new(&direct), stack.created.tables["JobsTable"].clone(), 86_400);
     let streams = aws_sdk_dynamodbstreams::Client::new(&direct);
-    let table = stack.created.tables["JobsTable"].clone();
     let queue_url = stack.created.queues["JobsQueue"].0.clone();
     let dlq_url = stack.created.queues["JobsDeadLetterQueue"].0.clone();
 
@@ -298,7 +297,7 @@ pub async fn run(
     let mut last_seen: Option<u64> = None;
     let mut last_change = Instant::now();
     loop {
-        statuses = scan_statuses(&dynamodb, &table).await.unwrap_or(statuses);
+        statuses = scan_statuses(&jobs).await.unwrap_or(statuses);
         let open = accepted_set
             .iter()
             .filter(|id| {
@@ -381,44 +380,23 @@ pub async fn run(
     Ok(report)
 }
 
-/// Every job's status and error code.
-async fn scan_statuses(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> anyhow::Result<HashMap<String, (String, Option<String>)>> {
+/// Every job's status, with its error code once failed, or else what is moving (attempts, lease, last
+/// error): what the quiescence check compares between rounds.
+async fn scan_statuses(jobs: &JobStore) -> anyhow::Result<HashMap<String, (String, Option<String>)>> {
     let mut statuses = HashMap::new();
-    let mut start = None;
-    loop {
-        let out = dynamodb
-            .scan()
-            .table_name(table)
-            .projection_expression("jobId, #s, errorCode, attempts, leaseExpiresAt, lastErrorCode")
-            .expression_attribute_names("#s", "status")
-            .set_exclusive_start_key(start.take())
-            .consistent_read(true)
-            .send()
-            .await?;
-        for item in out.items() {
-            let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-            if let (Some(id), Some(status)) = (text("jobId"), text("status")) {
-                let number = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).cloned().unwrap_or_default();
-                let detail = match status.as_str() {
-                    "failed" => text("errorCode"),
-                    _ => Some(format!(
-                        "attempts={} lease={} last={:?}",
-                        number("attempts"),
-                        number("leaseExpiresAt"),
-                        text("lastErrorCode")
-                    )),
-                };
-                statuses.insert(id, (status, detail));
-            }
-        }
-        match out.last_evaluated_key() {
-            Some(key) => start = Some(key.clone()),
-            None => return Ok(statuses),
-        }
+    for job in jobs.scan_all().await? {
+        let detail = match job.status {
+            JobStatus::Failed => job.error.map(|error| error.code),
+            _ => Some(format!(
+                "attempts={} lease={} last={:?}",
+                job.attempts,
+                job.lease.map(|lease| lease.expires_at).unwrap_or_default(),
+                job.last_error.map(|error| error.code)
+            )),
+        };
+        statuses.insert(job.job_id.as_str().to_string(), (job.status.as_str().to_string(), detail));
     }
+    Ok(statuses)
 }
 
 /// From the table's whole stream: jobs that entered `completed` more than once, and writes that changed

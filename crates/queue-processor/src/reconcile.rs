@@ -57,10 +57,29 @@ impl Processor {
     /// `deadline`: the invocation's, when it has one; the run stops reading dead letters before it.
     pub async fn reconcile(&self, deadline: Option<Millis>) -> Result<ReconcileReport, AwsError> {
         let now = self.clock.now_ms();
-        let sweep = sweep_due(&self.store, &self.dispatcher, self.settings.dispatch_policy, now, SWEEP_LIMIT).await?;
+        // A sweep that cannot read the index this time must not keep the dead letters waiting too: the
+        // letters are worked through either way, and the run reports the sweep's failure at its end.
+        let (sweep, sweep_failure) = match sweep_due(
+            &self.store,
+            &self.dispatcher,
+            self.settings.dispatch_policy,
+            now,
+            SWEEP_LIMIT,
+        )
+        .await
+        {
+            Ok(sweep) => (sweep, None),
+            Err(error) => {
+                tracing::warn!(%error, retryable = error.is_retryable(), "the dispatch sweep failed; the next run retries it");
+                (Default::default(), Some(error))
+            }
+        };
+        for job in &sweep.expired {
+            crate::record::job_ended_metrics(job);
+        }
         let mut report = ReconcileReport {
             redispatched: sweep.redispatched,
-            expired: sweep.expired,
+            expired: sweep.expired.len(),
             rescheduled: sweep.rescheduled,
             redispatch_failures: sweep.failed,
             ..Default::default()
@@ -69,7 +88,10 @@ impl Processor {
             self.work_through_dead_letters(&dlq, deadline, &mut report).await?;
         }
         tracing::info!(?report, "reconcile finished");
-        Ok(report)
+        match sweep_failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
     }
 
     /// Reads the dead-letter queue until it is empty or the time is up: fails the unfinished jobs the

@@ -125,3 +125,30 @@ mod properties {
         }
     }
 }
+
+impl JobStore {
+    /// Every job in the table, in no particular order: a strongly consistent, paged scan. For operators
+    /// and the fault-injection run (which checks every job it submitted), never on a request path.
+    pub async fn scan_all(&self) -> Result<Vec<Job>, AwsError> {
+        let mut jobs = Vec::new();
+        let mut start_key = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("Scan (jobs)", e))?;
+            for item in out.items() {
+                jobs.push(from_item(item)?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) => start_key = Some(key.clone()),
+                None => return Ok(jobs),
+            }
+        }
+    }
+}

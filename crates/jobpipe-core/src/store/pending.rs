@@ -105,12 +105,15 @@ impl JobStore {
                     if due.len() == limit {
                         return Ok(due);
                     }
-                    due.push(PendingDispatch {
-                        job_id: JobId::parse(&get_s(item, attr::JOB_ID)?)
-                            .ok_or_else(|| AwsError::corrupt("pending dispatch", "job id is not a UUID"))?,
-                        kind: get_s(item, attr::KIND)?,
-                        correlation_id: get_s(item, attr::CORRELATION_ID).unwrap_or_default(),
-                    });
+                    // One unreadable entry must not hide every other due job: it is logged and skipped.
+                    match pending_dispatch(item) {
+                        Ok(pending) => due.push(pending),
+                        Err(error) => tracing::warn!(
+                            %error,
+                            job_id = ?item.get(attr::JOB_ID),
+                            "skipped an unreadable entry of the pending-dispatch index"
+                        ),
+                    }
                 }
                 match out.last_evaluated_key() {
                     Some(lek) => start_key = Some(lek.clone()),
@@ -120,4 +123,14 @@ impl JobStore {
         }
         Ok(due)
     }
+}
+
+/// An entry of the pending-dispatch index as the sweep needs it.
+fn pending_dispatch(item: &super::item::Item) -> Result<PendingDispatch, AwsError> {
+    Ok(PendingDispatch {
+        job_id: JobId::parse(&get_s(item, attr::JOB_ID)?)
+            .ok_or_else(|| AwsError::corrupt("pending dispatch", "job id is not a UUID"))?,
+        kind: get_s(item, attr::KIND)?,
+        correlation_id: get_s(item, attr::CORRELATION_ID).unwrap_or_default(),
+    })
 }

@@ -46,6 +46,50 @@ async fn every_metric_on_the_dashboard_is_emitted() {
     stack.stop().await;
 }
 
+/// A job the reconciler fails for its age is counted like any other failure: `JobsFailed` with its
+/// `ErrorCode` (`expired`), so the dashboard and alarms see it. (Jobs failed by the dispatch sweep were
+/// never counted.) Here every job message is swallowed, so the job can only end by expiring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_expires_is_counted_as_failed() {
+    use jobpipe_emulator::faults::{CallHook, HookVerdict};
+    let hook: CallHook = std::sync::Arc::new(|target, _| {
+        Box::pin(
+            async move { if target == "AmazonSQS.SendMessage" { HookVerdict::Swallow } else { HookVerdict::Forward } },
+        )
+    });
+    let endpoint = moto_behind(hook).await;
+    let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stack = start_stack_with(|options| {
+        options.endpoint = Some(endpoint);
+        options.log_tap = Some(tap);
+        options.schedule_override = Some(Duration::from_secs(1));
+        for (name, value) in [("DISPATCH_GRACE_SECONDS", "1"), ("JOB_MAX_AGE_SECONDS", "1")] {
+            options.extra_env.insert(name.into(), value.into());
+        }
+    })
+    .await;
+    let token = stack.token("expiring");
+    let job = post_job(&stack, &token, json!({"n": 1})).await;
+    let job_id = job["jobId"].as_str().unwrap().to_string();
+    let ended = until_terminal(&stack, &token, &job_id).await;
+    assert_eq!((ended["status"].as_str(), ended["error"]["code"].as_str()), (Some("failed"), Some("expired")));
+    let counted = async {
+        while let Some(line) = lines.recv().await {
+            let Some(document) = line.split_once("] ").and_then(|(_, json)| serde_json::from_str::<Value>(json).ok())
+            else {
+                continue;
+            };
+            if document["JobsFailed"] == 1.0 && document["ErrorCode"] == "expired" {
+                return true;
+            }
+        }
+        false
+    };
+    let counted = tokio::time::timeout(Duration::from_secs(120), counted).await.unwrap_or(false);
+    assert!(counted, "no JobsFailed data point with ErrorCode expired was logged");
+    stack.stop().await;
+}
+
 /// The functions log why a request was refused, but never a credential: no bearer token (accepted or
 /// refused, over HTTP or in the WebSocket query), no presigned result URL, no WiFi password from a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

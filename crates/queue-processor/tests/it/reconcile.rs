@@ -4,11 +4,11 @@
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use jobpipe_core::dispatch::{Dispatcher, QueueRoutes};
 use jobpipe_core::job::{JobId, JobStatus};
-use jobpipe_testkit::StackOptions;
+use jobpipe_testkit::{ScriptedFault, StackOptions};
 use queue_processor::handle_sqs;
 use serde_json::json;
 
-use crate::helpers::{event, harness, harness_with};
+use crate::helpers::{event, harness, harness_through_proxy, harness_with};
 
 #[tokio::test]
 async fn poison_messages_go_to_the_dlq_and_stay_there() {
@@ -187,4 +187,67 @@ async fn a_job_whose_message_was_never_sent_is_dispatched_by_the_reconciler() {
     let (_, response) = h.deliver().await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(h.job(&job.job_id).await.status, JobStatus::Completed);
+}
+
+/// An entry of the pending-dispatch index that cannot be read (here, a job id that is no UUID) is logged
+/// and skipped: every other due job is still dispatched, and the run goes on. (One bad entry made the
+/// whole sweep, and with it the reconciler's run, fail on every schedule.)
+#[tokio::test]
+async fn an_unreadable_pending_dispatch_entry_is_skipped_not_fatal() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use jobpipe_core::store::attr;
+    let h = harness().await;
+    let missing = format!("{}-missing", h.stack.queue_url);
+    let broken = Dispatcher::new(h.stack.clients.sqs.clone(), QueueRoutes::single(missing));
+    let job = h.submit_via(&broken, "echo", json!({"x": 1})).await;
+    let stored = h.stack.clients.dynamodb.get_item().table_name(&h.stack.table);
+    let stored = stored.key(attr::JOB_ID, AttributeValue::S(job.job_id.to_string())).send().await.unwrap();
+    let stored = stored.item.unwrap();
+    // An item in the index whose id is no job id, with the same shard and due time as the real job.
+    h.stack
+        .clients
+        .dynamodb
+        .put_item()
+        .table_name(&h.stack.table)
+        .item(attr::JOB_ID, AttributeValue::S("not-a-uuid".into()))
+        .item(attr::KIND, AttributeValue::S("echo".into()))
+        .item(attr::DISPATCH_SHARD, stored[attr::DISPATCH_SHARD].clone())
+        .item(attr::DISPATCH_DUE_AT, stored[attr::DISPATCH_DUE_AT].clone())
+        .send()
+        .await
+        .unwrap();
+
+    h.clock.advance_ms(61_000);
+    let report = h.processor.reconcile(None).await.expect("the run goes on past the bad entry");
+    assert_eq!(report.redispatched, 1, "{report:?}");
+    let (_, response) = h.deliver().await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.job(&job.job_id).await.status, JobStatus::Completed);
+}
+
+/// When the dispatch sweep cannot read the index at all (every query fails), the dead letters are still
+/// worked through in that run, and the run then reports the sweep's failure. (A failed sweep ended the
+/// run before it reached the dead-letter queue.)
+#[tokio::test]
+async fn a_failed_sweep_does_not_keep_the_dead_letters_waiting() {
+    let (h, proxy) = harness_through_proxy().await;
+    let job = h.submit(json!({"n": 1})).await;
+    let records = h.stack.receive_batch(10).await;
+    for record in &records {
+        h.stack.send_raw_to(&h.stack.dlq_url, record.body.as_deref().unwrap()).await;
+    }
+    h.stack.settle(&records, &SqsBatchResponse::default()).await;
+    // Every query of the pending-dispatch index fails, however often the SDK retries it.
+    proxy.script(ScriptedFault {
+        target: "DynamoDB_20120810.Query".into(),
+        body_contains: jobpipe_core::store::attr::PENDING_DISPATCH_INDEX.into(),
+        after_effect: false,
+        times: 1_000,
+    });
+
+    let failed = h.processor.reconcile(None).await.expect_err("the run reports the failed sweep");
+    assert!(failed.is_retryable(), "{failed}");
+    let ended = h.job(&job.job_id).await;
+    assert_eq!((ended.status, ended.error.unwrap().code.as_str()), (JobStatus::Failed, "dead_lettered"));
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 0, "the settled letter is gone");
 }
