@@ -168,21 +168,27 @@ impl Job {
     /// left out (`null`); clients fetch it with `GET /jobs/{id}` (a push must stay small: API Gateway
     /// frames are at most 32 KB).
     pub fn status_message(&self) -> Value {
+        let mut message = serde_json::to_value(self.update()).unwrap_or_default();
+        message["type"] = Value::from("job");
+        message
+    }
+
+    /// The job's live state, as a push carries it.
+    pub fn update(&self) -> JobUpdate {
         let result = match &self.result {
             Some(Payload::Inline(value)) => value.clone(),
             _ => Value::Null,
         };
-        serde_json::json!({
-            "type": "job",
-            "jobId": self.job_id,
-            "status": self.status,
-            "progress": self.progress,
-            "result": result,
-            "error": self.error,
-            "attempts": self.attempts,
-            "durationMs": self.duration_ms(),
-            "updatedAt": to_rfc3339(self.updated_at),
-        })
+        JobUpdate {
+            job_id: self.job_id.clone(),
+            status: self.status,
+            progress: self.progress,
+            result,
+            error: self.error.clone(),
+            attempts: self.attempts,
+            duration_ms: self.duration_ms(),
+            updated_at: to_rfc3339(self.updated_at),
+        }
     }
 
     /// The API's view. Payloads stored in S3 must be resolved by the caller first (see `payload`).
@@ -237,6 +243,21 @@ pub struct JobView {
     /// pages never carry them; `GET /jobs/{jobId}` does. Absent when nothing was left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub omitted: Vec<String>,
+}
+
+/// A job's live state as the WebSocket API sends it: the fields of a `{"type":"job", ...}` push (and of the
+/// `job` a `subscribed` answer carries). `result` is `null` when it is stored apart; read the job for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobUpdate {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub progress: u8,
+    pub result: Value,
+    pub error: Option<ErrorInfo>,
+    pub attempts: u32,
+    pub duration_ms: Option<i64>,
+    pub updated_at: String,
 }
 
 /// A page of `GET /jobs`.

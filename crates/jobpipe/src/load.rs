@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use jobpipe_core::job::JobStatus;
+use serde_json::json;
 
 use crate::ops::Target;
 
@@ -93,7 +94,7 @@ pub async fn run(target: &Target, options: &LoadOptions) -> anyhow::Result<LoadR
         let (elapsed, sent_at_ms, result) = task.await?;
         report.latencies_ms.push(elapsed.as_secs_f64() * 1000.0);
         match result {
-            Ok(job) => accepted.push((job["jobId"].as_str().unwrap_or_default().to_string(), sent_at_ms)),
+            Ok(job) => accepted.push((job.job_id.as_str().to_string(), sent_at_ms)),
             Err(error) => {
                 let key = error.to_string().split(':').next().unwrap_or("error").to_string();
                 *report.errors.entry(key).or_default() += 1;
@@ -109,9 +110,9 @@ pub async fn run(target: &Target, options: &LoadOptions) -> anyhow::Result<LoadR
         let mut still_open = Vec::new();
         for (id, sent_at_ms) in open {
             match target.status(&id).await {
-                Ok(job) if is_terminal(&job) => {
-                    if let Some(completed_ms) = job["completedAt"].as_str().and_then(epoch_ms)
-                        && job["status"] == "completed"
+                Ok(job) if job.status.is_terminal() => {
+                    if let Some(completed_ms) = job.completed_at.as_deref().and_then(epoch_ms)
+                        && job.status == JobStatus::Completed
                     {
                         report.completion_ms.push(completed_ms - sent_at_ms as f64);
                     }
@@ -137,8 +138,4 @@ fn now_ms() -> u64 {
 fn epoch_ms(text: &str) -> Option<f64> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some((time.unix_timestamp_nanos() / 1_000_000) as f64)
-}
-
-fn is_terminal(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled"))
 }

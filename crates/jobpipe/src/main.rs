@@ -216,11 +216,11 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
             let target = target.target().await?;
             let job = target.submit(&kind, input).await?;
-            let job_id = job["jobId"].as_str().unwrap_or_default().to_string();
+            let job_id = job.job_id.as_str().to_string();
             if wait {
                 let done = target.watch(&job_id, &mut std::io::stderr()).await?;
                 println!("{}", serde_json::to_string_pretty(&done)?);
-                if done["status"] != "completed" {
+                if done.status != jobpipe_core::JobStatus::Completed {
                     std::process::exit(1);
                 }
             } else {
@@ -239,14 +239,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::List { status, limit, target } => {
             let jobs = target.target().await?.list(status.as_deref(), limit).await?;
-            for job in jobs["jobs"].as_array().into_iter().flatten() {
+            for job in &jobs.jobs {
                 println!(
                     "{}  {:<8} {:<10} {:>3}%  {}",
-                    job["jobId"].as_str().unwrap_or_default(),
-                    job["kind"].as_str().unwrap_or_default(),
-                    job["status"].as_str().unwrap_or_default(),
-                    job["progress"].as_u64().unwrap_or(0),
-                    job["createdAt"].as_str().unwrap_or_default()
+                    job.job_id.as_str(),
+                    job.kind,
+                    job.status.as_str(),
+                    job.progress,
+                    job.created_at
                 );
             }
             Ok(())

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use futures_util::StreamExt;
+use jobpipe_core::job::{JobPage, JobStatus, JobUpdate, JobView};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// Where the commands send their requests.
@@ -111,7 +113,14 @@ impl Target {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// One API call, its answer read as `T`; an answer that is not a success is an error naming the API's
+    /// error code.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
         let mut request =
             reqwest::Client::new().request(method, format!("{}{path}", self.api_url)).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -128,18 +137,18 @@ impl Target {
                 error["code"].as_str().unwrap_or("http_error")
             );
         }
-        Ok(body)
+        serde_json::from_value(body).with_context(|| format!("reading the answer to {path}"))
     }
 
-    pub async fn submit(&self, kind: &str, input: Value) -> anyhow::Result<Value> {
+    pub async fn submit(&self, kind: &str, input: Value) -> anyhow::Result<JobView> {
         self.call(reqwest::Method::POST, "/jobs", Some(json!({"kind": kind, "input": input}))).await
     }
 
-    pub async fn status(&self, job_id: &str) -> anyhow::Result<Value> {
+    pub async fn status(&self, job_id: &str) -> anyhow::Result<JobView> {
         self.call(reqwest::Method::GET, &format!("/jobs/{job_id}"), None).await
     }
 
-    pub async fn list(&self, status: Option<&str>, limit: u32) -> anyhow::Result<Value> {
+    pub async fn list(&self, status: Option<&str>, limit: u32) -> anyhow::Result<JobPage> {
         let mut path = format!("/jobs?limit={limit}");
         if let Some(status) = status {
             path.push_str(&format!("&status={status}"));
@@ -150,11 +159,11 @@ impl Target {
     /// Follows a job until it ends, printing each change (a progress bar on a terminal). Uses the
     /// WebSocket (`ws://` locally, `wss://` deployed) and falls back to polling with backoff when the
     /// socket cannot be opened or drops.
-    pub async fn watch(&self, job_id: &str, out: &mut impl Write) -> anyhow::Result<Value> {
+    pub async fn watch(&self, job_id: &str, out: &mut impl Write) -> anyhow::Result<JobView> {
         let mut view = WatchedJob::new(job_id);
         let current = self.status(job_id).await?;
-        view.show(&current, out)?;
-        if is_terminal(&current) {
+        view.show(Seen::from(&current), out)?;
+        if current.status.is_terminal() {
             return Ok(current);
         }
         match self.watch_live(&mut view, out).await {
@@ -166,8 +175,8 @@ impl Target {
         loop {
             tokio::time::sleep(delay).await;
             let job = self.status(job_id).await?;
-            view.show(&job, out)?;
-            if is_terminal(&job) {
+            view.show(Seen::from(&job), out)?;
+            if job.status.is_terminal() {
                 return Ok(job);
             }
             delay = (delay * 2).min(Duration::from_secs(10));
@@ -176,7 +185,7 @@ impl Target {
 
     /// Follows the job over the WebSocket, subscribed at `$connect`. Answers the finished job, `None`
     /// when the socket closed before it ended, or why the socket failed.
-    async fn watch_live(&self, view: &mut WatchedJob, out: &mut impl Write) -> anyhow::Result<Option<Value>> {
+    async fn watch_live(&self, view: &mut WatchedJob, out: &mut impl Write) -> anyhow::Result<Option<JobView>> {
         let job_id = view.job_id.clone();
         if !(self.ws_url.starts_with("ws://") || self.ws_url.starts_with("wss://")) {
             bail!("no WebSocket URL for this stack ({:?})", self.ws_url);
@@ -191,8 +200,8 @@ impl Target {
         // was not pushed to us (and on AWS, one pushed while `$connect` ran was answered Gone), so read
         // the job once now that the subscription exists.
         let confirmed = self.status(&job_id).await?;
-        view.show(&confirmed, out)?;
-        if is_terminal(&confirmed) {
+        view.show(Seen::from(&confirmed), out)?;
+        if confirmed.status.is_terminal() {
             let _ = socket.close(None).await;
             return Ok(Some(confirmed));
         }
@@ -200,15 +209,13 @@ impl Target {
         // missed just after subscribing: a slow poll meanwhile means nothing waits forever.
         let mut slow_poll = SLOW_POLL_FIRST;
         loop {
-            let job = tokio::select! {
+            let job: JobUpdate = tokio::select! {
                 message = socket.next() => match message {
                     Some(Ok(message)) => {
                         let Ok(text) = message.into_text() else { continue };
-                        let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
-                        let job = if message["type"] == "subscribed" { message["job"].clone() } else { message };
-                        if job["jobId"] != job_id.as_str() {
+                        let Some(job) = job_update(&text).filter(|job| job.job_id.as_str() == job_id) else {
                             continue;
-                        }
+                        };
                         job
                     }
                     Some(Err(error)) => bail!("the WebSocket failed: {error}"),
@@ -216,10 +223,15 @@ impl Target {
                 },
                 () = tokio::time::sleep(slow_poll) => {
                     slow_poll = (slow_poll * 2).min(SLOW_POLL_MAX);
-                    self.status(&job_id).await?
+                    let read = self.status(&job_id).await?;
+                    if view.show(Seen::from(&read), out)? && read.status.is_terminal() {
+                        let _ = socket.close(None).await;
+                        return Ok(Some(read));
+                    }
+                    continue;
                 }
             };
-            if view.show(&job, out)? && is_terminal(&job) {
+            if view.show(Seen::from(&job), out)? && job.status.is_terminal() {
                 let _ = socket.close(None).await;
                 // A push leaves out large results and result links: answer the full view.
                 return self.status(&job_id).await.map(Some);
@@ -319,11 +331,42 @@ async fn receive_dead_letters(
 const SLOW_POLL_FIRST: Duration = Duration::from_secs(5);
 const SLOW_POLL_MAX: Duration = Duration::from_secs(60);
 
+/// A job's `{"type":"job"}` push, or the state a `subscribed` answer carries; `None` for anything else.
+fn job_update(text: &str) -> Option<JobUpdate> {
+    let message: Value = serde_json::from_str(text).ok()?;
+    let job = match message["type"].as_str()? {
+        "subscribed" => message.get("job")?.clone(),
+        "job" => message,
+        _ => return None,
+    };
+    serde_json::from_value(job).ok()
+}
+
+/// What `watch` compares and prints of a job, from a read or a push alike.
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    status: JobStatus,
+    progress: u8,
+    updated_at: &'a str,
+}
+
+impl<'a> From<&'a JobView> for Seen<'a> {
+    fn from(job: &'a JobView) -> Self {
+        Seen { status: job.status, progress: job.progress, updated_at: &job.updated_at }
+    }
+}
+
+impl<'a> From<&'a JobUpdate> for Seen<'a> {
+    fn from(job: &'a JobUpdate) -> Self {
+        Seen { status: job.status, progress: job.progress, updated_at: &job.updated_at }
+    }
+}
+
 /// What `watch` has shown of a job: each newer state is printed once; a message older than the state
 /// already held (pushes may arrive out of order, a read may race a push) is ignored.
 struct WatchedJob {
     job_id: String,
-    printed: Option<(String, u64)>,
+    printed: Option<(JobStatus, u8)>,
     newest: Option<(time::OffsetDateTime, bool)>,
 }
 
@@ -333,11 +376,10 @@ impl WatchedJob {
     }
 
     /// Whether `job` is not older than what is held: by `updatedAt`, and a job that ended never goes back.
-    fn is_current(&mut self, job: &Value) -> bool {
-        let updated_at = job["updatedAt"]
-            .as_str()
-            .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok());
-        let terminal = is_terminal(job);
+    fn is_current(&mut self, job: Seen<'_>) -> bool {
+        let updated_at =
+            time::OffsetDateTime::parse(job.updated_at, &time::format_description::well_known::Rfc3339).ok();
+        let terminal = job.status.is_terminal();
         match (self.newest, updated_at) {
             (Some((_, true)), _) if !terminal => false,
             (Some((newest, _)), Some(at)) if at < newest => false,
@@ -351,18 +393,18 @@ impl WatchedJob {
     }
 
     /// Prints the job's status and progress if it is current and changed; answers whether it is current.
-    fn show(&mut self, job: &Value, out: &mut dyn Write) -> anyhow::Result<bool> {
+    fn show(&mut self, job: Seen<'_>, out: &mut dyn Write) -> anyhow::Result<bool> {
         if !self.is_current(job) {
             return Ok(false);
         }
-        let status = job["status"].as_str().unwrap_or("?").to_string();
-        let progress = job["progress"].as_u64().unwrap_or(0);
-        if self.printed.as_ref() != Some(&(status.clone(), progress)) {
-            let filled = (progress as usize).min(100) / 5;
+        let (status, progress) = (job.status, job.progress.min(100));
+        if self.printed != Some((status, progress)) {
+            let filled = progress as usize / 5;
             writeln!(
                 out,
-                "{}  {status:<10} [{}{}] {progress:>3}%",
+                "{}  {:<10} [{}{}] {progress:>3}%",
                 self.job_id,
+                status.as_str(),
                 "#".repeat(filled),
                 ".".repeat(20 - filled)
             )?;
@@ -370,10 +412,6 @@ impl WatchedJob {
         }
         Ok(true)
     }
-}
-
-fn is_terminal(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled"))
 }
 
 fn local_sqs(endpoint: &str) -> aws_sdk_sqs::Client {

@@ -2,13 +2,13 @@
 //! dead letters; `watch` keeping the newest state, confirming its subscription with a read, and following
 //! a deployed stack over `wss://`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use jobpipe_core::JobStatus;
+use jobpipe_emulator::faults::{CallHook, HookVerdict};
 use jobpipe_testkit::local_stack::*;
 use serde_json::json;
-
-use jobpipe_emulator::faults::{CallHook, HookVerdict};
-use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_submits_watches_lists_and_redrives_dead_letters() {
@@ -19,16 +19,16 @@ async fn the_cli_submits_watches_lists_and_redrives_dead_letters() {
             .await
             .unwrap();
     let job = target.submit("echo", json!({"sleepMs": 800})).await.unwrap();
-    let job_id = job["jobId"].as_str().unwrap();
+    let job_id = job.job_id.as_str();
     let mut printed = Vec::new();
     let done = target.watch(job_id, &mut printed).await.unwrap();
-    assert_eq!(done["status"], "completed");
+    assert_eq!(done.status, JobStatus::Completed);
     let printed = String::from_utf8(printed).unwrap();
     assert!(printed.contains("processing") && printed.contains("completed"), "{printed}");
     assert!(printed.contains("[####################] 100%"), "{printed}");
 
     let listed = target.list(Some("completed"), 10).await.unwrap();
-    assert_eq!(listed["jobs"][0]["jobId"], job_id);
+    assert_eq!(listed.jobs[0].job_id.as_str(), job_id);
     let error = target.submit("nope", json!({})).await.unwrap_err().to_string();
     assert!(error.contains("unknown_kind"), "{error}");
 
@@ -53,7 +53,7 @@ async fn the_cli_submits_watches_lists_and_redrives_dead_letters() {
     assert_eq!(moved, 1);
     // Its job had already completed: redelivery acknowledges it without running it again.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(target.status(job_id).await.unwrap()["attempts"], 1);
+    assert_eq!(target.status(job_id).await.unwrap().attempts, 1);
     stack.stop().await;
 }
 
@@ -93,7 +93,7 @@ async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
     .unwrap();
     // A job that runs for ten minutes, so only the test ends it.
     let job = target.submit("echo", json!({"sleepMs": 600_000})).await.unwrap();
-    let job_id = job["jobId"].as_str().unwrap().to_string();
+    let job_id = job.job_id.as_str().to_string();
     watched.set(job_id.clone()).unwrap();
 
     let watching = {
@@ -113,7 +113,7 @@ async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
         .expect("the watch ended without the push")
         .unwrap();
     let done = done.unwrap();
-    assert_eq!((done["status"].as_str(), done["error"]["code"].as_str()), (Some("failed"), Some("stopped_by_test")));
+    assert_eq!((done.status, done.error.unwrap().code.as_str()), (JobStatus::Failed, "stopped_by_test"));
     assert!(!printed.contains("polling"), "it stayed live: {printed}");
     stack.stop().await;
 }
@@ -125,7 +125,14 @@ async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
 async fn watch_ignores_messages_older_than_the_state_it_shows() {
     use axum::extract::ws::{Message, WebSocketUpgrade};
     let job_id = jobpipe_core::job::JobId::new_random().as_str().to_string();
-    let state = |status: &str, progress: u8, at: &str| json!({"type": "job", "jobId": job_id, "status": status, "progress": progress, "updatedAt": at});
+    // A job as `GET /jobs/{id}` answers it, which is also what a push carries (with `type`).
+    let state = |status: &str, progress: u8, at: &str| {
+        json!({
+            "type": "job", "jobId": job_id, "kind": "echo", "status": status, "input": {}, "result": null,
+            "error": null, "attempts": 1, "progress": progress, "createdAt": "2026-01-01T00:00:00Z",
+            "startedAt": null, "completedAt": null, "updatedAt": at, "durationMs": null,
+        })
+    };
     let current = Arc::new(std::sync::Mutex::new(state("processing", 0, "2026-01-01T00:00:01Z")));
     let (reads, mut reads_seen) = tokio::sync::watch::channel(0_usize);
     let reads = Arc::new(reads);
@@ -178,7 +185,7 @@ async fn watch_ignores_messages_older_than_the_state_it_shows() {
     let mut printed = Vec::new();
     let done =
         tokio::time::timeout(Duration::from_secs(60), target.watch(&job_id, &mut printed)).await.unwrap().unwrap();
-    assert_eq!(done["status"], "completed");
+    assert_eq!(done.status, JobStatus::Completed);
     let printed = String::from_utf8(printed).unwrap();
     let progress: Vec<&str> = printed.lines().map(|line| line.rsplit(' ').next().unwrap()).collect();
     assert_eq!(progress, ["0%", "50%", "100%"], "the older 20% was not shown:\n{printed}");
