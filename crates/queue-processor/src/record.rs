@@ -10,7 +10,7 @@ use jobpipe_core::clock::Millis;
 use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage};
 use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease};
 use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
-use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore};
+use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore, Release};
 use jobpipe_core::{AwsError, Clock};
 use serde_json::Value;
 use tracing::Instrument;
@@ -140,7 +140,7 @@ impl Processor {
                 }
             }
             Err(error) if error.throttled => {
-                match self.store.release_throttled(&job.job_id, &lease.token, &error.info(), now).await? {
+                match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Throttled).await? {
                     FenceOutcome::Done(job) => self.requeue(&job, throttled_delay(self.settings.throttle_window)).await,
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
@@ -159,7 +159,7 @@ impl Processor {
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
             }
-            Err(error) => match self.store.release_for_retry(&job.job_id, &lease.token, &error.info(), now).await? {
+            Err(error) => match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Retry).await? {
                 FenceOutcome::Done(job) => {
                     let delay = self.settings.backoff.delay(job.attempts);
                     tracing::info!(error = %error, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; retrying later");

@@ -61,6 +61,15 @@ pub enum ClaimOutcome {
     NotFound,
 }
 
+/// Why a lease holder gives its lease up without finishing the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// A retryable error: the attempt counts.
+    Retry,
+    /// Throttled: the attempt is given back.
+    Throttled,
+}
+
 /// The outcome of a lease holder finishing, failing or releasing a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FenceOutcome {
@@ -266,39 +275,17 @@ impl JobStore {
         fence_outcome(conditional(result, "UpdateItem (fail job)", finished_by(JobStatus::Failed, token))?)
     }
 
-    /// Gives the lease up after a retryable error: the job stays `processing`, records the error, and the
-    /// next delivery may claim it at once. A released lease keeps its token with expiry 0, which no
-    /// fenced write accepts.
-    pub async fn release_for_retry(
+    /// The lease holder gives its lease up, recording `error` as the last one: the job stays `processing`
+    /// and the next delivery may claim it at once. A released lease keeps its token with expiry 0, which
+    /// no fenced write accepts. `Release::Throttled` also gives the attempt back, since nothing about the
+    /// job failed (a quota said "not now").
+    pub async fn release(
         &self,
         job_id: &JobId,
         token: &str,
         error: &ErrorInfo,
         now: Millis,
-    ) -> Result<FenceOutcome, AwsError> {
-        self.release(job_id, token, error, now, false).await
-    }
-
-    /// Gives the lease up after the job was throttled (a quota said "not now"): like `release_for_retry`,
-    /// and the attempt is given back, since nothing about the job failed.
-    pub async fn release_throttled(
-        &self,
-        job_id: &JobId,
-        token: &str,
-        error: &ErrorInfo,
-        now: Millis,
-    ) -> Result<FenceOutcome, AwsError> {
-        self.release(job_id, token, error, now, true).await
-    }
-
-    /// The lease holder releases its lease, recording `error`; `give_back_attempt` undoes its claim's count.
-    async fn release(
-        &self,
-        job_id: &JobId,
-        token: &str,
-        error: &ErrorInfo,
-        now: Millis,
-        give_back_attempt: bool,
+        why: Release,
     ) -> Result<FenceOutcome, AwsError> {
         let mut update = self
             .fenced(job_id, token)
@@ -306,7 +293,7 @@ impl JobStore {
             .set(attr::LEASE_EXPIRES_AT, ":released")
             .set(attr::UPDATED_AT, ":now")
             .value(":now", n(now));
-        if give_back_attempt {
+        if why == Release::Throttled {
             update = update.set(attr::ATTEMPTS, &format!("{ATTEMPTS} - :one")).value(":one", n(1));
         }
         let own = |old: &Item| {
