@@ -24,3 +24,24 @@ export async function launch() {
     },
   };
 }
+
+/** A new page whose errors are collected: uncaught exceptions, and console errors unless `expected`
+ * says a message is one the run asks for. `problems` lists them; a test fails when it is not empty. */
+export async function watchedPage(browser, expected = () => false) {
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error" && !expected(message.text())) problems.push(`console: ${message.text()}`);
+  });
+  return { page, problems };
+}
+
+/** Opens the local stack's UI at `base` and signs in as dev user `user`, until the page is live. */
+export async function signInAsDevUser(page, base, user) {
+  await page.goto(base);
+  await page.getByLabel("User").fill(user);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#kind option[value=echo]").waitFor({ state: "attached", timeout: 15000 });
+  await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
+}

@@ -5,7 +5,7 @@
 // Usage: node cross-origin.mjs FRONTEND_URL API_URL WS_URL TOKEN ARTIFACT_DIR
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { launch } from "./chromium.mjs";
+import { launch, watchedPage } from "./chromium.mjs";
 
 const [frontend, api, ws, token, artifacts] = process.argv.slice(2);
 if (!frontend || !api || !ws || !token || !artifacts) {
@@ -17,15 +17,11 @@ mkdirSync(artifacts, { recursive: true });
 const { browser, close } = await launch();
 let page;
 try {
-  page = await browser.newPage();
-  const problems = [];
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  page.on("console", (message) => {
-    // Answers the run asks for are logged as failed loads: the frontend's origin has no /dev/resources
-    // (the 404 tells the page it is deployed), and a job that already started cannot be cancelled (409).
-    const expected = /status of (404|409)/.test(message.text());
-    if (message.type() === "error" && !expected) problems.push(`console: ${message.text()}`);
-  });
+  // Answers the run asks for are logged as failed loads: the frontend's origin has no /dev/resources
+  // (the 404 tells the page it is deployed), and a job that already started cannot be cancelled (409).
+  const watched = await watchedPage(browser, (text) => /status of (404|409)/.test(text));
+  page = watched.page;
+  const problems = watched.problems;
 
   await page.goto(frontend);
   await page.getByLabel("HTTP API URL").fill(api);

@@ -5,7 +5,7 @@
 // Usage: node live-status.mjs BASE_URL ARTIFACT_DIR
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { launch } from "./chromium.mjs";
+import { launch, signInAsDevUser, watchedPage } from "./chromium.mjs";
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
@@ -50,16 +50,10 @@ await browser.routeWebSocket(/\/ws(\?|$)/, (ws) => {
 
 let page;
 try {
-  page = await browser.newPage();
-  const problems = [];
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  page.on("console", (message) => { if (message.type() === "error") problems.push(`console: ${message.text()}`); });
-
-  await page.goto(base);
-  await page.getByLabel("User").fill("live-status-user");
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("#kind option[value=echo]").waitFor({ state: "attached", timeout: 15000 });
-  await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
+  const watched = await watchedPage(browser);
+  page = watched.page;
+  const problems = watched.problems;
+  await signInAsDevUser(page, base, "live-status-user");
 
   // Out of order: the job's end arrives first, then its older `processing` pushes. The page keeps the end.
   const ignored = page

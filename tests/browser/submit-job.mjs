@@ -2,7 +2,7 @@
 // completed with its result. Usage: node submit-job.mjs BASE_URL ARTIFACT_DIR
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { launch } from "./chromium.mjs";
+import { launch, signInAsDevUser, watchedPage } from "./chromium.mjs";
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
@@ -14,16 +14,10 @@ mkdirSync(artifacts, { recursive: true });
 const { browser, close } = await launch();
 let page;
 try {
-  page = await browser.newPage();
-  const problems = [];
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  page.on("console", (message) => { if (message.type() === "error") problems.push(`console: ${message.text()}`); });
-
-  await page.goto(base);
-  await page.getByLabel("User").fill("browser-user");
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("#kind option[value=echo]").waitFor({ state: "attached", timeout: 15000 });
-  await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
+  const watched = await watchedPage(browser);
+  page = watched.page;
+  const problems = watched.problems;
+  await signInAsDevUser(page, base, "browser-user");
 
   // Anything the page keeps across the wait proves it never reloaded.
   await page.evaluate(() => { window.__noReload = true; });
