@@ -5,11 +5,10 @@ the parent exits for any reason (including SIGKILL) the pipe closes, `stdin.read
 stops, so no test run leaves a server behind. The first line on stdout is `READY <port>`; port 0 picks a
 free port, which avoids the race of choosing one in the parent.
 
-moto serves each request on a thread of the pool and its DynamoDB backend takes no lock, so two conditional
-writes to one item can both pass their condition (measured: two workers claiming one job both
-succeeded). Real DynamoDB applies each write atomically. To keep that guarantee, which the job state
-machine relies on, DynamoDB requests are served one at a time here; other services stay concurrent so a
-long-polling ReceiveMessage never blocks the rest.
+DynamoDB is not served from here: the local stack and the tests send DynamoDB and DynamoDB Streams calls
+to Amazon's DynamoDB Local (infra/dynamodb_local.py), whose conditional writes are atomic as DynamoDB's
+are. (moto's were not: its DynamoDB backend takes no lock, and two concurrent claims of one job could both
+pass their condition; this script used to serialize DynamoDB requests to hide that.)
 """
 
 import argparse
@@ -20,26 +19,13 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from waitress.server import create_server
 
 
-def serialize_dynamodb(app):
-    lock = threading.Lock()
-
-    def wrapped(environ, start_response):
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
-            with lock:
-                # Materialize the body inside the lock: the write happens while the response is built.
-                return list(app(environ, start_response))
-        return app(environ, start_response)
-
-    return wrapped
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
-    app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    app = DomainDispatcherApplication(create_backend_app)
     # waitress keeps HTTP/1.1 connections open as AWS endpoints do (werkzeug's server closes every
     # connection after one request: a TCP handshake per AWS call, in every test and benchmark). Threads
     # cover long-polling ReceiveMessage calls, which each hold one for up to 20 s.

@@ -1,10 +1,11 @@
-//! The local AWS side: the engines that serve AWS APIs (moto, or an endpoint the user gives, such as
-//! their own LocalStack), the SDK configuration that reaches them, and the template's resources created
-//! in them (`LocalAws`).
+//! The local AWS side: the engines that serve AWS APIs (Amazon's DynamoDB Local for DynamoDB and its
+//! streams, moto for the rest; or endpoints the user gives, such as their own LocalStack), the SDK
+//! configuration that reaches them, and the template's resources created in them (`LocalAws`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use jobpipe_core::config::AwsClients;
 use local_engines::Engine;
 
 use crate::dev_key::{DEV_AUDIENCE, DEV_ISSUER, DevKeyServer};
@@ -15,6 +16,49 @@ use crate::template::{Resolver, Template};
 pub const REGION: &str = "us-east-1";
 /// The account id of local ARNs (moto's default).
 pub const ACCOUNT: &str = "123456789012";
+
+/// Where local AWS calls go: DynamoDB and DynamoDB Streams to one endpoint (DynamoDB Local), every other
+/// service to another (moto). The functions get them as `AWS_ENDPOINT_URL_DYNAMODB`,
+/// `AWS_ENDPOINT_URL_DYNAMODB_STREAMS` and `AWS_ENDPOINT_URL`, which the SDK reads per service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub aws: String,
+    pub dynamodb: String,
+}
+
+impl Endpoints {
+    /// One endpoint for every service (a LocalStack, or a proxy in front of both engines).
+    pub fn one(url: impl Into<String>) -> Endpoints {
+        let url = url.into();
+        Endpoints { aws: url.clone(), dynamodb: url }
+    }
+
+    /// What the environment names: `AWS_ENDPOINT_URL`, and `AWS_ENDPOINT_URL_DYNAMODB` when it sends
+    /// DynamoDB elsewhere; `None` without `AWS_ENDPOINT_URL` (the local stack then starts its engines).
+    pub fn from_env() -> Option<Endpoints> {
+        let aws = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty())?;
+        let dynamodb = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok().filter(|e| !e.is_empty());
+        Some(Endpoints { dynamodb: dynamodb.unwrap_or_else(|| aws.clone()), aws })
+    }
+}
+
+/// The clients the functions' code uses (`AwsClients`), reaching these endpoints.
+pub fn aws_clients(endpoints: &Endpoints) -> AwsClients {
+    let mut clients = AwsClients::from_sdk_config(&sdk_config(&endpoints.aws));
+    clients.dynamodb = dynamodb_client(endpoints);
+    clients
+}
+
+/// A DynamoDB client of these endpoints.
+pub fn dynamodb_client(endpoints: &Endpoints) -> aws_sdk_dynamodb::Client {
+    let shared = sdk_config(&endpoints.dynamodb);
+    aws_sdk_dynamodb::Client::new(&shared)
+}
+
+/// A DynamoDB Streams client of these endpoints.
+pub fn streams_client(endpoints: &Endpoints) -> aws_sdk_dynamodbstreams::Client {
+    aws_sdk_dynamodbstreams::Client::new(&sdk_config(&endpoints.dynamodb))
+}
 
 /// SDK configuration for a local endpoint: its URL, the local Region, and dummy credentials. Every
 /// client the local stack, the tests and the tools build for local engines starts from this.
@@ -29,28 +73,39 @@ pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .build()
 }
 
-/// The clients the local stack itself uses (S3 path-style, as any hostname endpoint needs).
-pub fn clients(shared: &aws_config::SdkConfig) -> Clients {
+/// The clients the local stack itself uses to create resources (S3 path-style, as any hostname endpoint
+/// needs).
+pub fn clients(endpoints: &Endpoints) -> Clients {
+    let shared = sdk_config(&endpoints.aws);
     Clients {
-        dynamodb: aws_sdk_dynamodb::Client::new(shared),
-        sqs: aws_sdk_sqs::Client::new(shared),
-        s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(shared).force_path_style(true).build()),
+        dynamodb: dynamodb_client(endpoints),
+        sqs: aws_sdk_sqs::Client::new(&shared),
+        s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&shared).force_path_style(true).build()),
     }
 }
 
-/// Starts moto from the checkout's `.venv`, installing or updating the pinned Python tools first
-/// (`cargo xtask setup-python`, which does nothing when they are current).
-pub fn start_moto(root: &Path) -> anyhow::Result<Engine> {
-    crate::setup::xtask(root, &["setup-python"])?;
-    Ok(Engine::moto(root, &local_engines::venv_python(root))?)
+/// The local engines, running: DynamoDB Local and moto, with where they serve. Dropping it stops them.
+pub struct Engines {
+    pub endpoints: Endpoints,
+    pub dynamodb_local: Engine,
+    pub moto: Engine,
 }
 
-/// The local AWS side: moto (or a given endpoint) with the template's resources created in it.
+/// Starts DynamoDB Local and moto from the checkout, installing or updating the pinned tools first
+/// (`cargo xtask setup-engines`, which does nothing when they are current).
+pub fn start_engines(root: &Path) -> anyhow::Result<Engines> {
+    crate::setup::xtask(root, &["setup-engines"])?;
+    let python = local_engines::venv_python(root);
+    let (dynamodb_local, moto) = (Engine::dynamodb_local(root, &python)?, Engine::moto(root, &python)?);
+    let endpoints = Endpoints { aws: moto.endpoint().to_string(), dynamodb: dynamodb_local.endpoint().to_string() };
+    Ok(Engines { endpoints, dynamodb_local, moto })
+}
+
+/// The local AWS side: the engines (or given endpoints) with the template's resources created in them.
 pub struct LocalAws {
-    pub endpoint: String,
-    /// The moto this stack started (none when it was given an endpoint); stops when dropped.
-    pub moto: Option<Engine>,
-    pub shared: aws_config::SdkConfig,
+    pub endpoints: Endpoints,
+    /// The engines this stack started (none when it was given endpoints); they stop when dropped.
+    pub engines: Option<Engines>,
     pub clients: Clients,
     pub resolver: Resolver,
     pub created: Created,
@@ -65,18 +120,17 @@ impl LocalAws {
     pub async fn start(
         root: &Path,
         template: &Template,
-        endpoint: Option<String>,
+        endpoints: Option<Endpoints>,
         prefix: &str,
     ) -> anyhow::Result<LocalAws> {
-        let (endpoint, moto) = match endpoint {
-            Some(endpoint) => (endpoint, None),
+        let (endpoints, engines) = match endpoints {
+            Some(endpoints) => (endpoints, None),
             None => {
-                let moto = start_moto(root)?;
-                (moto.endpoint().to_string(), Some(moto))
+                let engines = start_engines(root)?;
+                (engines.endpoints.clone(), Some(engines))
             }
         };
-        let shared = sdk_config(&endpoint);
-        let clients = clients(&shared);
+        let clients = clients(&endpoints);
         let mut resolver = Resolver::default();
         let parameters = HashMap::from([
             ("JwtIssuer".to_string(), DEV_ISSUER.to_string()),
@@ -99,9 +153,8 @@ impl LocalAws {
         }
         let dev_keys = DevKeyServer::start().await?;
         Ok(LocalAws {
-            endpoint,
-            moto,
-            shared,
+            endpoints,
+            engines,
             clients,
             resolver,
             created,

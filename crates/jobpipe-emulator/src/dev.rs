@@ -1,5 +1,5 @@
-//! `jobpipe dev`: the whole pipeline on one machine. Builds the functions, starts moto (or uses
-//! `AWS_ENDPOINT_URL`), creates what `template.yaml` declares, runs every function through the local
+//! `jobpipe dev`: the whole pipeline on one machine. Builds the functions, starts the local engines
+//! (DynamoDB Local and moto; or uses `AWS_ENDPOINT_URL`), creates what `template.yaml` declares, runs every function through the local
 //! Runtime API, and wires the template's event sources and APIs to them (`DevStack`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,12 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use local_engines::Engine;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::aws::{LocalAws, REGION};
+use crate::aws::{Endpoints, Engines, LocalAws, REGION};
 use crate::dev_key::{DEV_JWKS_PATH, dev_token};
 use crate::functions::local_sqs_concurrency;
 use crate::gateway::{Cors, DevHelpers, Gateway, HttpRoute, SocketRoute};
@@ -29,8 +28,8 @@ pub struct DevOptions {
     pub root: PathBuf,
     /// 0 picks a free port.
     pub port: u16,
-    /// Use this AWS endpoint instead of starting moto.
-    pub endpoint: Option<String>,
+    /// Use these AWS endpoints instead of starting the local engines.
+    pub endpoints: Option<Endpoints>,
     /// Resource names start with this (unique per stack when sharing an endpoint).
     pub prefix: String,
     /// Build the function binaries first (`cargo build`).
@@ -66,7 +65,7 @@ impl DevOptions {
         DevOptions {
             root,
             port: 3000,
-            endpoint: std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty()),
+            endpoints: Endpoints::from_env(),
             prefix: "jobpipe-local".into(),
             build: true,
             release: false,
@@ -81,15 +80,15 @@ impl DevOptions {
     }
 }
 
-/// A running local stack. Dropping it stops the functions and moto.
+/// A running local stack. Dropping it stops the functions and the engines it started.
 pub struct DevStack {
     pub address: SocketAddr,
-    pub endpoint: String,
+    pub endpoints: Endpoints,
     pub created: Created,
     pub functions: HashMap<String, Function>,
     pub gateway: Arc<Gateway>,
     tasks: Vec<JoinHandle<()>>,
-    moto: Option<Engine>,
+    engines: Option<Engines>,
 }
 
 impl DevStack {
@@ -124,8 +123,8 @@ impl DevStack {
         let address = listener.local_addr()?;
         let base_url = format!("http://{address}");
         // The gateway serves the dev JWKS here, so the key server of its own is dropped.
-        let LocalAws { endpoint, moto, shared, clients, mut resolver, created, .. } =
-            LocalAws::start(&options.root, &template, options.endpoint.clone(), &options.prefix).await?;
+        let LocalAws { endpoints, engines, clients, mut resolver, created, .. } =
+            LocalAws::start(&options.root, &template, options.endpoints.clone(), &options.prefix).await?;
         for (name, value) in &options.parameters {
             resolver.set(name, value);
         }
@@ -161,9 +160,8 @@ impl DevStack {
             }
         }
         let local = LocalAws {
-            endpoint: endpoint.clone(),
-            moto: None,
-            shared: shared.clone(),
+            endpoints: endpoints.clone(),
+            engines: None,
             clients,
             resolver,
             created,
@@ -178,7 +176,7 @@ impl DevStack {
         let LocalAws { clients, created, .. } = local;
 
         let mut http_routes = Vec::new();
-        let streams = aws_sdk_dynamodbstreams::Client::new(&shared);
+        let streams = crate::aws::streams_client(&endpoints);
         for spec in &functions {
             let function = running[&spec.logical_id].clone();
             for event in &spec.events {
@@ -231,7 +229,7 @@ impl DevStack {
             .collect::<anyhow::Result<Vec<_>>>()?;
 
         let dev = Arc::new(LocalDev {
-            endpoint: endpoint.clone(),
+            endpoints: endpoints.clone(),
             base_url: base_url.clone(),
             created: created.clone(),
             functions: functions.iter().map(|f| f.logical_id.clone()).collect(),
@@ -244,10 +242,10 @@ impl DevStack {
             }
         }));
 
-        Ok(DevStack { address, endpoint, created, functions: running, gateway, tasks, moto })
+        Ok(DevStack { address, endpoints, created, functions: running, gateway, tasks, engines })
     }
 
-    /// Stops every event source and function process (waiting until each has exited), then moto.
+    /// Stops every event source and function process (waiting until each has exited), then the engines.
     pub async fn stop(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
@@ -265,7 +263,7 @@ impl DevStack {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        drop(self.moto.take());
+        drop(self.engines.take());
     }
 }
 
@@ -276,7 +274,7 @@ impl Drop for DevStack {
 }
 
 struct LocalDev {
-    endpoint: String,
+    endpoints: Endpoints,
     base_url: String,
     created: Created,
     functions: Vec<String>,
@@ -291,7 +289,8 @@ impl DevHelpers for LocalDev {
         let queues: serde_json::Map<String, Value> =
             self.created.queues.iter().map(|(id, (url, arn))| (id.clone(), json!({"url": url, "arn": arn}))).collect();
         json!({
-            "endpointUrl": self.endpoint,
+            "endpointUrl": self.endpoints.aws,
+            "dynamodbEndpointUrl": self.endpoints.dynamodb,
             "region": REGION,
             "httpApiUrl": self.base_url,
             "webSocketUrl": format!("{}/ws", self.base_url.replacen("http", "ws", 1)),

@@ -15,6 +15,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::aws::Endpoints;
+
 #[derive(Debug, Default)]
 pub struct FaultCounts {
     pub before: AtomicU64,
@@ -56,7 +58,8 @@ pub type CallHook =
     Arc<dyn Fn(String, serde_json::Value) -> Pin<Box<dyn Future<Output = HookVerdict> + Send>> + Send + Sync>;
 
 pub struct FaultProxy {
-    upstream: String,
+    /// Where calls go on: DynamoDB and its streams to `dynamodb`, the rest to `aws`.
+    upstream: Endpoints,
     scripted: Mutex<Vec<ScriptedFault>>,
     hook: Mutex<Option<CallHook>>,
     client: reqwest::Client,
@@ -69,9 +72,10 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    pub fn new(upstream: &str, rate: f64, send_message_rate: f64) -> Arc<FaultProxy> {
+    pub fn new(upstream: &Endpoints, rate: f64, send_message_rate: f64) -> Arc<FaultProxy> {
+        let trimmed = |url: &str| url.trim_end_matches('/').to_string();
         Arc::new(FaultProxy {
-            upstream: upstream.trim_end_matches('/').to_string(),
+            upstream: Endpoints { aws: trimmed(&upstream.aws), dynamodb: trimmed(&upstream.dynamodb) },
             scripted: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
             client: reqwest::Client::new(),
@@ -190,7 +194,11 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         return injected(service);
     }
 
-    let url = format!("{}{}", proxy.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let upstream = match service {
+        Service::DynamoDb => &proxy.upstream.dynamodb,
+        Service::Sqs | Service::S3 => &proxy.upstream.aws,
+    };
+    let url = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut upstream = proxy.client.request(parts.method.clone(), url).body(body);
     for (name, value) in &parts.headers {
         if name != "host" && name != "content-length" {

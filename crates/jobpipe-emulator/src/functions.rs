@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::aws::{LocalAws, REGION};
+use crate::aws::{Endpoints, LocalAws, REGION};
 use crate::dev_key::{DEV_AUDIENCE, DEV_ISSUER};
 use crate::runtime::FunctionProcess;
 use crate::template::{EventSpec, FunctionSpec, Resolver};
@@ -22,7 +22,7 @@ impl LocalAws {
         extra_env: &BTreeMap<String, String>,
     ) -> anyhow::Result<FunctionProcess> {
         let process = FunctionProcess {
-            environment: environment(spec, &self.resolver, &self.endpoint, base_url, &self.jwks_url, extra_env)?,
+            environment: environment(spec, &self.resolver, &self.endpoints, base_url, &self.jwks_url, extra_env)?,
             timeout: spec.timeout,
             memory_mb: spec.memory_mb,
             instances: instances(spec),
@@ -66,7 +66,7 @@ pub fn local_sqs_concurrency(max_concurrency: usize) -> usize {
 fn environment(
     spec: &FunctionSpec,
     resolver: &Resolver,
-    endpoint: &str,
+    endpoints: &Endpoints,
     base_url: &str,
     jwks_url: &str,
     extra: &BTreeMap<String, String>,
@@ -77,7 +77,10 @@ fn environment(
         env.insert(name.clone(), resolved);
     }
     let local = [
-        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ENDPOINT_URL", endpoints.aws.as_str()),
+        // DynamoDB and its streams are served by DynamoDB Local (the SDK reads these per service).
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb.as_str()),
+        ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", endpoints.dynamodb.as_str()),
         ("AWS_REGION", REGION),
         ("AWS_DEFAULT_REGION", REGION),
         ("AWS_ACCESS_KEY_ID", "local"),

@@ -1,5 +1,6 @@
 //! `jobpipe invoke FUNCTION -e EVENT`: runs one function of the template once with an event file, like
-//! `sam local invoke`, but without Docker: the real binary under the local Runtime API, against moto.
+//! `sam local invoke`, but without Docker: the real binary under the local Runtime API, against the local
+//! engines.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,15 +19,15 @@ use crate::template::Template;
 pub struct InvokeOptions {
     /// Build the function first.
     pub build: bool,
-    /// Use this AWS endpoint instead of a fresh moto (default: `AWS_ENDPOINT_URL`).
-    pub endpoint: Option<String>,
+    /// Use these AWS endpoints instead of fresh local engines (default: `AWS_ENDPOINT_URL`).
+    pub endpoints: Option<crate::aws::Endpoints>,
     /// Resource name prefix.
     pub prefix: String,
 }
 
 impl Default for InvokeOptions {
     fn default() -> Self {
-        InvokeOptions { build: true, endpoint: None, prefix: "jobpipe-invoke".into() }
+        InvokeOptions { build: true, endpoints: None, prefix: "jobpipe-invoke".into() }
     }
 }
 
@@ -43,8 +44,8 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
         build(root, std::slice::from_ref(spec), false)?;
     }
     let defaults = DevOptions::new(root.to_path_buf());
-    let endpoint = options.endpoint.or(defaults.endpoint);
-    let local = LocalAws::start(root, &template, endpoint, &options.prefix).await?;
+    let endpoints = options.endpoints.or(defaults.endpoints);
+    let local = LocalAws::start(root, &template, endpoints, &options.prefix).await?;
     let mut process = local.function_process(spec, &defaults.binaries, "http://127.0.0.1:9", &BTreeMap::new())?;
     process.instances = 1;
     let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();

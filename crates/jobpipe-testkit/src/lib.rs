@@ -14,16 +14,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use jobpipe_core::config::AwsClients;
+use jobpipe_emulator::aws::Endpoints;
 pub use jobpipe_emulator::faults::{FaultProxy, ScriptedFault};
 use local_engines::Engine;
 
 /// The app client id test tokens are for (`aud`, or `client_id` in Cognito-style access tokens).
 pub const TEST_AUDIENCE: &str = "jobpipe-test";
 
-struct Moto {
-    endpoint: String,
-    // Held so the server keeps running: it exits when this process does.
-    _engine: Option<Engine>,
+/// The engines the tests use: started by the test command for the whole run, or by this process.
+struct TestEngines {
+    endpoints: Endpoints,
+    // Held so the engines keep running: they exit when this process does.
+    _engines: Vec<Engine>,
 }
 
 /// The repository checkout (fixtures in `events/`, the venv in `.venv/`).
@@ -31,41 +33,54 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The moto endpoint: `JOBPIPE_TEST_AWS_ENDPOINT` when the test command started one for the whole run,
-/// otherwise a server of this process's own on a free port.
-pub fn moto_endpoint() -> &'static str {
-    static MOTO: OnceLock<Moto> = OnceLock::new();
-    &MOTO
+/// Where the tests' AWS calls go: `JOBPIPE_TEST_AWS_ENDPOINT` (moto) and `JOBPIPE_TEST_DYNAMODB_ENDPOINT`
+/// (DynamoDB Local) when the test command started the engines for the whole run, otherwise engines of
+/// this process's own on free ports.
+pub fn endpoints() -> &'static Endpoints {
+    static ENGINES: OnceLock<TestEngines> = OnceLock::new();
+    &ENGINES
         .get_or_init(|| {
-            if let Ok(endpoint) = std::env::var("JOBPIPE_TEST_AWS_ENDPOINT") {
-                return Moto { endpoint, _engine: None };
+            if let (Ok(aws), Ok(dynamodb)) =
+                (std::env::var("JOBPIPE_TEST_AWS_ENDPOINT"), std::env::var("JOBPIPE_TEST_DYNAMODB_ENDPOINT"))
+            {
+                return TestEngines { endpoints: Endpoints { aws, dynamodb }, _engines: Vec::new() };
             }
             let venv_python = local_engines::venv_python(&repo_root());
             let python = std::env::var_os("JOBPIPE_PYTHON")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| if venv_python.exists() { venv_python } else { "python3".into() });
-            let engine = Engine::moto(&repo_root(), &python).unwrap_or_else(|error| panic!("{error}"));
-            Moto { endpoint: engine.endpoint().to_string(), _engine: Some(engine) }
+            let start = |engine: Result<Engine, local_engines::EngineError>| engine.unwrap_or_else(|e| panic!("{e}"));
+            let moto = start(Engine::moto(&repo_root(), &python));
+            let dynamodb_local = start(Engine::dynamodb_local(&repo_root(), &python));
+            let endpoints =
+                Endpoints { aws: moto.endpoint().to_string(), dynamodb: dynamodb_local.endpoint().to_string() };
+            TestEngines { endpoints, _engines: vec![moto, dynamodb_local] }
         })
-        .endpoint
+        .endpoints
 }
 
-/// SDK configuration pointing at moto with dummy credentials.
+/// moto's endpoint (every service but DynamoDB).
+pub fn moto_endpoint() -> &'static str {
+    &endpoints().aws
+}
+
+/// SDK configuration for moto with dummy credentials (clients of every service but DynamoDB; those
+/// come from `clients()`).
 pub fn sdk_config() -> aws_config::SdkConfig {
-    sdk_config_at(moto_endpoint())
+    jobpipe_emulator::aws::sdk_config(moto_endpoint())
 }
 
-/// A fault proxy in front of moto, and clients that reach moto through it: script a fault on one call
-/// (`FaultProxy::script`) to see what the code under test makes of it. It serves until the test ends.
+/// The functions' clients, reaching the tests' engines.
+pub fn clients() -> AwsClients {
+    jobpipe_emulator::aws::aws_clients(endpoints())
+}
+
+/// A fault proxy in front of the engines, and clients that reach them through it: script a fault on one
+/// call (`FaultProxy::script`) to see what the code under test makes of it. It serves until the test ends.
 pub async fn through_fault_proxy() -> (std::sync::Arc<FaultProxy>, AwsClients) {
-    let proxy = FaultProxy::new(moto_endpoint(), 0.0, 0.0);
+    let proxy = FaultProxy::new(endpoints(), 0.0, 0.0);
     let (url, _serving) = proxy.serve().await.expect("serving the fault proxy");
-    (proxy, AwsClients::from_sdk_config(&sdk_config_at(&url)))
-}
-
-/// SDK configuration pointing at `endpoint` (a `FaultProxy` in front of moto, say) with dummy credentials.
-pub fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
-    jobpipe_emulator::aws::sdk_config(endpoint)
+    (proxy, jobpipe_emulator::aws::aws_clients(&Endpoints::one(url)))
 }
 
 /// The issuer `TestStack::config` trusts: a server of this process that publishes the signing key's

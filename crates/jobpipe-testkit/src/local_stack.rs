@@ -11,7 +11,9 @@ use jobpipe_emulator::template::Template;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{moto_endpoint, repo_root};
+use jobpipe_emulator::aws::Endpoints;
+
+use crate::{endpoints, repo_root};
 
 /// Builds the function binaries once per test process.
 pub fn build_functions() {
@@ -39,19 +41,19 @@ pub async fn start_stack_with(edit: impl FnOnce(&mut DevOptions)) -> DevStack {
     let mut options = DevOptions::new(repo_root());
     options.port = 0;
     options.build = false;
-    options.endpoint = Some(moto_endpoint().to_string());
+    options.endpoints = Some(endpoints().clone());
     options.prefix = unique("t");
     edit(&mut options);
     DevStack::start(options).await.expect("starting the local stack")
 }
 
-/// moto behind a proxy that shows every AWS call to `hook` first; answers the proxy's URL, to give the
-/// local stack as its AWS endpoint. It serves until the test ends.
-pub async fn moto_behind(hook: CallHook) -> String {
-    let proxy = FaultProxy::new(moto_endpoint(), 0.0, 0.0);
+/// The engines behind a proxy that shows every AWS call to `hook` first; answers the proxy as the
+/// endpoints to give the local stack. It serves until the test ends.
+pub async fn engines_behind(hook: CallHook) -> Endpoints {
+    let proxy = FaultProxy::new(endpoints(), 0.0, 0.0);
     proxy.set_hook(hook);
     let (url, _serving) = proxy.serve().await.expect("serving the proxy");
-    url
+    Endpoints::one(url)
 }
 
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -51,7 +51,7 @@ impl TestStack {
     /// Creates the resources `template.yaml` declares (so tests exercise the deployed table and queue
     /// definitions), then tightens the main queue's redrive and visibility for the test.
     pub async fn with(options: StackOptions) -> TestStack {
-        let clients = AwsClients::from_sdk_config(&sdk_config());
+        let clients = crate::clients();
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let template = Template::load(&repo_root().join("template.yaml")).expect("reading template.yaml");
         let mut resolver = Resolver::default();

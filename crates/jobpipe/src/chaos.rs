@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use jobpipe_core::JobStatus;
 use jobpipe_core::store::{JobStore, job_from_stream_image};
-use jobpipe_emulator::aws::{sdk_config, start_moto};
+use jobpipe_emulator::aws::{Endpoints, dynamodb_client, sdk_config, start_engines, streams_client};
 use jobpipe_emulator::dev::{DevOptions, DevStack};
 use jobpipe_emulator::faults::FaultProxy;
 use jobpipe_emulator::resources::queue_depth;
@@ -170,28 +170,28 @@ impl ChaosReport {
     }
 }
 
-/// Runs the whole thing against a fresh local stack on its own moto (or `endpoint`).
+/// Runs the whole thing against a fresh local stack on engines of its own (or `endpoints`).
 pub async fn run(
     root: &std::path::Path,
     options: &ChaosOptions,
-    endpoint: Option<String>,
+    endpoints: Option<Endpoints>,
     build: bool,
 ) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
-    let (moto_url, moto) = match endpoint {
-        Some(url) => (url, None),
+    let (endpoints, engines) = match endpoints {
+        Some(endpoints) => (endpoints, None),
         None => {
-            let moto = start_moto(root)?;
-            (moto.endpoint().to_string(), Some(moto))
+            let engines = start_engines(root)?;
+            (engines.endpoints.clone(), Some(engines))
         }
     };
-    let proxy = FaultProxy::new(&moto_url, options.aws_fault_rate, options.send_fault_rate);
+    let proxy = FaultProxy::new(&endpoints, options.aws_fault_rate, options.send_fault_rate);
     let (proxy_url, proxy_task) = proxy.serve().await?;
 
     let mut dev = DevOptions::new(root.to_path_buf());
     dev.port = 0;
     dev.build = build;
-    dev.endpoint = Some(proxy_url);
+    dev.endpoints = Some(Endpoints::one(proxy_url));
     dev.prefix = format!("chaos{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Short timeouts so killed work comes back in seconds, not minutes (a lease ends 5 s after its
     // invocation's deadline); still far above what a batch of echo jobs needs, so no job depends on how
@@ -205,10 +205,10 @@ pub async fn run(
         dev.extra_env.insert(name.into(), value.into());
     }
     let stack = DevStack::start(dev).await?;
-    let direct = sdk_config(&moto_url);
-    let sqs = aws_sdk_sqs::Client::new(&direct);
-    let jobs = JobStore::new(aws_sdk_dynamodb::Client::new(&direct), stack.created.tables["JobsTable"].clone(), 86_400);
-    let streams = aws_sdk_dynamodbstreams::Client::new(&direct);
+    // What the run itself reads goes to the engines directly, past the faults.
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(&endpoints.aws));
+    let jobs = JobStore::new(dynamodb_client(&endpoints), stack.created.tables["JobsTable"].clone(), 86_400);
+    let streams = streams_client(&endpoints);
     let queue_url = stack.created.queues["JobsQueue"].0.clone();
     let dlq_url = stack.created.queues["JobsDeadLetterQueue"].0.clone();
 
@@ -376,7 +376,7 @@ pub async fn run(
 
     stack.stop().await;
     proxy_task.abort();
-    drop(moto);
+    drop(engines);
     Ok(report)
 }
 

@@ -202,9 +202,11 @@ async fn main() -> anyhow::Result<()> {
             options.build = !no_build;
             let stack = DevStack::start(options).await?;
             println!(
-                "jobpipe is running: open {}  (AWS endpoint {}; Ctrl-C stops everything)",
+                "jobpipe is running: open {}  (AWS endpoints: {} for DynamoDB, {} for the rest; Ctrl-C stops \
+                 everything)",
                 stack.base_url(),
-                stack.endpoint
+                stack.endpoints.dynamodb,
+                stack.endpoints.aws
             );
             tokio::signal::ctrl_c().await?;
             println!("stopping");
@@ -275,8 +277,8 @@ async fn main() -> anyhow::Result<()> {
                 stall: std::time::Duration::from_secs(stall),
                 ..Default::default()
             };
-            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
-            let report = jobpipe::chaos::run(&root.canonicalize()?, &options, endpoint, !no_build).await?;
+            let endpoints = jobpipe_emulator::aws::Endpoints::from_env();
+            let report = jobpipe::chaos::run(&root.canonicalize()?, &options, endpoints, !no_build).await?;
             println!("fault-injection run\n{}", report.table());
             let violations = report.violations();
             for violation in &violations {

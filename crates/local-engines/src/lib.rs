@@ -1,5 +1,6 @@
-//! Starts the local engines that stand in for AWS services, each as a child process that stops when its
-//! [`Engine`] handle is dropped, and also when the process that started it dies (it watches its stdin).
+//! Starts the local engines that stand in for AWS services (moto, and Amazon's DynamoDB Local for
+//! DynamoDB), each as a child process that stops when its [`Engine`] handle is dropped, and also when the
+//! process that started it dies (its launch script watches its stdin).
 //!
 //! This is the one place that knows how an engine is launched and how it says it is ready; the test
 //! command (`xtask`), the test harness and the local stack all start engines through it.
@@ -33,27 +34,40 @@ impl std::error::Error for EngineError {}
 
 impl Engine {
     /// moto (`infra/moto_server.py` of the checkout at `root`, run by `python`, which must have the
-    /// pinned `infra/requirements.txt` installed) on a free port of 127.0.0.1. It serves SQS, S3,
-    /// DynamoDB and the other services the project uses; see the script for why DynamoDB requests are
-    /// served one at a time.
+    /// pinned `infra/requirements.txt` installed) on a free port of 127.0.0.1. It serves SQS, S3, IAM,
+    /// STS, CloudFormation and the other services the project uses, except DynamoDB.
     pub fn moto(root: &Path, python: &Path) -> Result<Engine, EngineError> {
-        let failed = |message: String| EngineError { engine: "moto", message };
+        Engine::launch("moto", python, &root.join("infra/moto_server.py"), "run `cargo xtask setup` first")
+    }
+
+    /// Amazon's DynamoDB Local (`infra/dynamodb_local.py` starts the jar that `cargo xtask setup`
+    /// installs into `infra/dynamodb-local`, on Java) on a free port of 127.0.0.1: DynamoDB and
+    /// DynamoDB Streams, as the official engine serves them.
+    pub fn dynamodb_local(root: &Path, python: &Path) -> Result<Engine, EngineError> {
+        let hint = "run `cargo xtask setup` first (it installs Java and DynamoDB Local)";
+        Engine::launch("DynamoDB Local", python, &root.join("infra/dynamodb_local.py"), hint)
+    }
+
+    /// Runs a launch script that prints `READY <port>` once its engine serves, and stops the engine when
+    /// its stdin closes.
+    fn launch(name: &'static str, python: &Path, script: &Path, hint: &str) -> Result<Engine, EngineError> {
+        let failed = |message: String| EngineError { engine: name, message };
         let mut child = Command::new(python)
-            .arg(root.join("infra/moto_server.py"))
+            .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| failed(format!("running {python:?} (run `cargo xtask setup` first): {e}")))?;
+            .map_err(|e| failed(format!("running {python:?} ({hint}): {e}")))?;
         let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout is piped");
         BufReader::new(stdout).read_line(&mut line).map_err(|e| failed(format!("reading its READY line: {e}")))?;
         let Some(port) = line.strip_prefix("READY ").and_then(|p| p.trim().parse::<u16>().ok()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(failed(format!("is moto[server] installed for {python:?}? it printed {line:?}")));
+            return Err(failed(format!("{script:?} printed {line:?} instead of READY ({hint})")));
         };
-        Ok(Engine { name: "moto", endpoint: format!("http://127.0.0.1:{port}"), child })
+        Ok(Engine { name, endpoint: format!("http://127.0.0.1:{port}"), child })
     }
 
     /// Where the engine serves AWS API calls (`http://127.0.0.1:PORT`).

@@ -159,14 +159,16 @@ impl Processor {
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
             }
-            Err(error) => match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Retry).await? {
-                FenceOutcome::Done(job) => {
-                    let delay = self.settings.backoff.delay(job.attempts);
-                    tracing::info!(error = %error, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; retrying later");
-                    RecordOutcome::RetryScheduled { attempt: job.attempts, delay }
+            Err(error) => {
+                match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Retry).await? {
+                    FenceOutcome::Done(job) => {
+                        let delay = self.settings.backoff.delay(job.attempts);
+                        tracing::info!(error = %error, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; retrying later");
+                        RecordOutcome::RetryScheduled { attempt: job.attempts, delay }
+                    }
+                    FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
-                FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
-            },
+            }
         };
         match &outcome {
             RecordOutcome::Completed(job) => {

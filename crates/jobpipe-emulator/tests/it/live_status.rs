@@ -96,7 +96,7 @@ async fn a_gone_connection_is_forgotten_without_blocking_the_others() {
     let job = post_job(&stack, &token, json!({"sleepMs": 800})).await;
     let job_id = job["jobId"].as_str().unwrap().to_string();
     // A subscription whose socket no longer exists (its $disconnect never ran).
-    let dynamodb = aws_sdk_dynamodb::Client::new(&jobpipe_testkit::sdk_config());
+    let dynamodb = jobpipe_testkit::clients().dynamodb;
     let connections_table = stack.created.tables["ConnectionsTable"].clone();
     for (key, value) in [("-", "alice"), (job_id.as_str(), "alice")] {
         dynamodb
@@ -184,8 +184,8 @@ async fn connections_answer_gone_until_connect_has_returned() {
             HookVerdict::Forward
         })
     });
-    let endpoint = moto_behind(hook).await;
-    let stack = start_stack_with(|options| options.endpoint = Some(endpoint)).await;
+    let endpoints = engines_behind(hook).await;
+    let stack = start_stack_with(|options| options.endpoints = Some(endpoints)).await;
     let url = format!("{}?token={}", stack.websocket_url(), stack.token("held-at-connect"));
     let opening = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await.map(|(socket, _)| socket) });
     let connection_id = tokio::time::timeout(Duration::from_secs(120), connection_ids.recv())

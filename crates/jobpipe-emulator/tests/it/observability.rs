@@ -57,10 +57,10 @@ async fn a_job_that_expires_is_counted_as_failed() {
             async move { if target == "AmazonSQS.SendMessage" { HookVerdict::Swallow } else { HookVerdict::Forward } },
         )
     });
-    let endpoint = moto_behind(hook).await;
+    let endpoints = engines_behind(hook).await;
     let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stack = start_stack_with(|options| {
-        options.endpoint = Some(endpoint);
+        options.endpoints = Some(endpoints);
         options.log_tap = Some(tap);
         options.schedule_override = Some(Duration::from_secs(1));
         for (name, value) in [("DISPATCH_GRACE_SECONDS", "1"), ("JOB_MAX_AGE_SECONDS", "1")] {

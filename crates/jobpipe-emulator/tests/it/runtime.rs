@@ -21,11 +21,8 @@ async fn invoke_runs_each_function_against_its_fixture() {
         serde_json::from_str(&std::fs::read_to_string(root().join("events").join(name)).unwrap()).unwrap()
     };
     let invoke = async |function: &str, event: &str| {
-        let options = InvokeOptions {
-            build: false,
-            endpoint: Some(jobpipe_testkit::moto_endpoint().to_string()),
-            prefix: unique("i"),
-        };
+        let options =
+            InvokeOptions { build: false, endpoints: Some(jobpipe_testkit::endpoints().clone()), prefix: unique("i") };
         invoke_once(&root(), function, fixture(event), options).await.unwrap()
     };
     let body = |response: &Value| -> Value { serde_json::from_str(response["body"].as_str().unwrap()).unwrap() };
@@ -76,7 +73,7 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
     let local = jobpipe_emulator::aws::LocalAws::start(
         &root(),
         &template,
-        Some(jobpipe_testkit::moto_endpoint().into()),
+        Some(jobpipe_testkit::endpoints().clone()),
         &unique("w"),
     )
     .await

@@ -1,6 +1,6 @@
 //! `jobpipe bench`: speed and cost figures of the template's functions next to the floor (a bare
 //! `lambda_runtime` binary) and the Python Powertools baseline (`infra/baseline/`), all measured the same
-//! way in one run against the same moto, and the local stack end to end. It prints one table; it
+//! way in one run against the same local engines (DynamoDB Local and moto), and the local stack end to end. It prints one table; it
 //! asserts nothing about time (targets are reported, met or not).
 //!
 //! `environment` is one measured execution environment, `workloads` what each function is given to do,
@@ -156,7 +156,8 @@ async fn measure(
             dir: Some(options.root.join("infra/baseline")),
             environment: BTreeMap::from_iter(
                 [
-                    ("AWS_ENDPOINT_URL", local.endpoint.as_str()),
+                    ("AWS_ENDPOINT_URL", local.endpoints.aws.as_str()),
+                    ("AWS_ENDPOINT_URL_DYNAMODB", local.endpoints.dynamodb.as_str()),
                     ("AWS_REGION", REGION),
                     ("AWS_DEFAULT_REGION", REGION),
                     ("AWS_ACCESS_KEY_ID", "local"),
@@ -189,13 +190,13 @@ async fn measure(
         report.pipelines.push(pipelines::pipeline("python", &ingest, &process, &bench, options).await?);
     }
 
-    report.moto_writes_per_s = moto_write_rate(local).await?;
+    report.dynamodb_writes_per_s = dynamodb_write_rate(local).await?;
 
     eprintln!("end to end through the local stack ...");
     let mut dev = DevOptions::new(options.root.clone()).release();
     dev.build = false;
     dev.port = 0;
-    dev.endpoint = Some(local.endpoint.clone());
+    dev.endpoints = Some(local.endpoints.clone());
     dev.prefix = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stack = DevStack::start(dev).await?;
     let target = crate::ops::Target::resolve(&crate::ops::TargetOptions {
@@ -213,11 +214,19 @@ async fn measure(
     };
     report.stack_steady = Some(crate::load::run(&target, &steady).await?);
     let saturated = LoadOptions { rate: 1000, duration: Duration::from_secs(options.e2e_seconds.min(10)), ..steady };
-    let moto_pid = local.moto.as_ref().map(|moto| moto.pid());
-    let (moto_before, started) = (moto_pid.map(usage_of), Instant::now());
+    let engines: Vec<(&'static str, u32)> = match &local.engines {
+        Some(engines) => vec![
+            (engines.dynamodb_local.name(), engines.dynamodb_local.pid()),
+            (engines.moto.name(), engines.moto.pid()),
+        ],
+        None => Vec::new(),
+    };
+    let before: Vec<Usage> = engines.iter().map(|(_, pid)| usage_of(*pid)).collect();
+    let started = Instant::now();
     report.stack_saturated = Some(crate::load::run(&target, &saturated).await?);
-    if let (Some(pid), Some(before)) = (moto_pid, moto_before) {
-        report.moto_busy = Some((usage_of(pid).cpu - before.cpu).as_secs_f64() / started.elapsed().as_secs_f64());
+    for ((engine, pid), before) in engines.into_iter().zip(before) {
+        let busy = (usage_of(pid).cpu - before.cpu).as_secs_f64() / started.elapsed().as_secs_f64();
+        report.engines_busy.push((engine, busy));
     }
     stack.stop().await;
     Ok(report)
@@ -261,7 +270,7 @@ where
     Ok(figures)
 }
 
-/// A table keyed by a string `id`, for the Python baseline's idempotency records and moto's probe.
+/// A table keyed by a string `id`, for the Python baseline's idempotency records and the write probe.
 async fn create_scratch_table(local: &LocalAws, purpose: &str) -> anyhow::Result<String> {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let name = format!("bench-{purpose}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -280,8 +289,8 @@ async fn create_scratch_table(local: &LocalAws, purpose: &str) -> anyhow::Result
     Ok(name)
 }
 
-/// moto's own ceiling: conditional-free PutItems from 4 tasks for 3 s, into a table of their own.
-async fn moto_write_rate(local: &LocalAws) -> anyhow::Result<f64> {
+/// DynamoDB Local's own ceiling: conditional-free PutItems from 4 tasks for 3 s, into a table of their own.
+async fn dynamodb_write_rate(local: &LocalAws) -> anyhow::Result<f64> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let table = create_scratch_table(local, "probe").await?;
     let started = Instant::now();
@@ -295,7 +304,7 @@ async fn moto_write_rate(local: &LocalAws) -> anyhow::Result<f64> {
                 dynamodb
                     .put_item()
                     .table_name(&table)
-                    .item("id", AttributeValue::S(format!("moto-probe-{worker}-{writes}")))
+                    .item("id", AttributeValue::S(format!("probe-{worker}-{writes}")))
                     .send()
                     .await?;
                 writes += 1;

@@ -81,8 +81,8 @@ async fn watch_ends_though_the_push_it_subscribed_to_never_comes() {
             })
         })
     };
-    let endpoint = moto_behind(hook).await;
-    let stack = start_stack_with(|options| options.endpoint = Some(endpoint)).await;
+    let endpoints = engines_behind(hook).await;
+    let stack = start_stack_with(|options| options.endpoints = Some(endpoints)).await;
     let target = jobpipe::ops::Target::resolve(&jobpipe::ops::TargetOptions {
         api: stack.base_url(),
         stack: None,
@@ -222,7 +222,7 @@ async fn tls_front(upstream: std::net::SocketAddr) -> (u16, std::path::PathBuf) 
 /// Ends a running job as the reconciler would once its attempt's lease had expired (a day from now).
 async fn end_job(stack: &jobpipe_emulator::dev::DevStack, job_id: &str) {
     let jobs = jobpipe_core::store::JobStore::new(
-        aws_sdk_dynamodb::Client::new(&jobpipe_testkit::sdk_config()),
+        jobpipe_testkit::clients().dynamodb,
         &stack.created.tables["JobsTable"],
         3600,
     );

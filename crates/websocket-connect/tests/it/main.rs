@@ -175,66 +175,32 @@ async fn any_frame_is_answered_in_the_reply_shape() {
     }
 }
 
-/// A proxy in front of moto that, at each read of a job in the jobs table, looks up (directly in moto,
+/// A proxy in front of the engines that, at each read of a job in the jobs table, looks up (directly,
 /// through the `byJob` index the notifier queries) which connections are subscribed to that job.
-/// Answers the proxy's URL and, per read, the subscribers it found.
-async fn subscribers_at_each_job_read(stack: &TestStack) -> (String, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
-    use axum::extract::{Request, State};
-    use axum::response::{IntoResponse, Response};
-
-    #[derive(Clone)]
-    struct Proxy {
-        jobs_table: String,
-        subscribers: jobpipe_core::connections::ConnectionStore,
-        reads: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
-        http: reqwest::Client,
-    }
-    async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
-        let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if target.ends_with(".GetItem") {
-            let call: Value = serde_json::from_slice(&body).unwrap();
-            if call["TableName"] == proxy.jobs_table {
-                let job_id = JobId::parse(call["Key"]["jobId"]["S"].as_str().unwrap()).unwrap();
-                let subscribers = proxy.subscribers.subscribers(&job_id).await.unwrap();
-                proxy.reads.lock().unwrap().push(subscribers);
-            }
-        }
-        let url = format!("{}{}", jobpipe_testkit::moto_endpoint(), parts.uri.path_and_query().unwrap());
-        let mut forwarded = proxy.http.request(parts.method, url).body(body);
-        for (name, value) in &parts.headers {
-            if name != "host" && name != "content-length" {
-                forwarded = forwarded.header(name, value);
-            }
-        }
-        let answer = forwarded.send().await.unwrap();
-        let status = answer.status();
-        let headers = answer.headers().clone();
-        let mut response = (status, answer.bytes().await.unwrap()).into_response();
-        for (name, value) in &headers {
-            if name != "content-length" && name != "transfer-encoding" {
-                response.headers_mut().insert(name, value.clone());
-            }
-        }
-        response
-    }
-
+/// Answers the clients that go through the proxy and, per read, the subscribers it found.
+async fn subscribers_at_each_job_read(
+    stack: &TestStack,
+) -> (jobpipe_core::config::AwsClients, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    use jobpipe_emulator::faults::{CallHook, FaultProxy, HookVerdict};
     let reads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let proxy = Proxy {
-        jobs_table: stack.table.clone(),
-        subscribers: jobpipe_core::connections::ConnectionStore::new(
-            stack.clients.dynamodb.clone(),
-            &stack.connections_table,
-        ),
-        reads: reads.clone(),
-        http: reqwest::Client::new(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, reads)
+    let subscribers =
+        jobpipe_core::connections::ConnectionStore::new(stack.clients.dynamodb.clone(), &stack.connections_table);
+    let (jobs_table, seen) = (stack.table.clone(), reads.clone());
+    let hook: CallHook = Arc::new(move |target, call| {
+        let (jobs_table, seen, subscribers) = (jobs_table.clone(), seen.clone(), subscribers.clone());
+        Box::pin(async move {
+            if target.ends_with(".GetItem") && call["TableName"] == jobs_table.as_str() {
+                let job_id = JobId::parse(call["Key"]["jobId"]["S"].as_str().unwrap()).unwrap();
+                let found = subscribers.subscribers(&job_id).await.unwrap();
+                seen.lock().unwrap().push(found);
+            }
+            HookVerdict::Forward
+        })
+    });
+    let proxy = FaultProxy::new(jobpipe_testkit::endpoints(), 0.0, 0.0);
+    proxy.set_hook(hook);
+    let (url, _serving) = proxy.serve().await.unwrap();
+    (jobpipe_emulator::aws::aws_clients(&jobpipe_emulator::aws::Endpoints::one(url)), reads)
 }
 
 /// The notifier finds a job's subscribers through the `byJob` index, so a change made after `subscribe`
@@ -244,10 +210,7 @@ async fn subscribers_at_each_job_read(stack: &TestStack) -> (String, Arc<std::sy
 #[tokio::test]
 async fn subscribing_writes_the_subscription_before_reading_the_state_it_answers() {
     let stack = TestStack::new().await;
-    let (proxy_url, reads) = subscribers_at_each_job_read(&stack).await;
-    let clients = jobpipe_core::config::AwsClients::from_sdk_config(
-        &jobpipe_testkit::sdk_config().to_builder().endpoint_url(&proxy_url).build(),
-    );
+    let (clients, reads) = subscribers_at_each_job_read(&stack).await;
     let sockets = Arc::new(Sockets::new(&stack.config(), &clients, Arc::new(SystemClock)).unwrap());
     let last_read = || reads.lock().unwrap().last().cloned().expect("the job was read");
 
