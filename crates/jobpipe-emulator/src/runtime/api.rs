@@ -8,12 +8,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::{Instance, Invocation, InvokeError, Phase, Ready};
+use super::{Instance, Invocation, InvokeError, MAX_PAYLOAD_BYTES, Phase, Ready};
 use crate::aws::{ACCOUNT, REGION};
 
 /// Where the Lambda Runtime API lives on its endpoint.
@@ -26,6 +26,8 @@ fn routes(instance: Arc<Instance>) -> Router {
         .route(&format!("{RUNTIME_API}/invocation/{{id}}/response"), post(respond))
         .route(&format!("{RUNTIME_API}/invocation/{{id}}/error"), post(fail))
         .route(&format!("{RUNTIME_API}/init/error"), post(init_error))
+        // Larger than any answer Lambda accepts, so an oversized one is read and refused as Lambda refuses it.
+        .layer(DefaultBodyLimit::max(4 * MAX_PAYLOAD_BYTES))
         .with_state(instance)
 }
 
@@ -107,6 +109,15 @@ async fn finish(instance: &Instance, id: &str, result: Result<Bytes, InvokeError
 }
 
 async fn respond(State(instance): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    // A response over the synchronous payload limit fails the invocation, and the Runtime API answers
+    // the process 413, as Lambda's does.
+    if body.len() > MAX_PAYLOAD_BYTES {
+        let too_large = InvokeError::ResponseTooLarge { function: instance.function.clone(), bytes: body.len() };
+        return match finish(&instance, &id, Err(too_large)).await {
+            StatusCode::ACCEPTED => StatusCode::PAYLOAD_TOO_LARGE,
+            other => other,
+        };
+    }
     finish(&instance, &id, Ok(body)).await
 }
 

@@ -43,7 +43,22 @@ pub enum InvokeError {
     NotStarted { function: String, waited: Duration },
     #[error("{function} is stopped")]
     Stopped { function: String },
+    /// The event is larger than Lambda accepts for a synchronous invocation (`RequestTooLargeException`):
+    /// the function never saw it.
+    #[error("the event of {bytes} bytes exceeds {function}'s invocation payload limit of {MAX_PAYLOAD_BYTES} bytes")]
+    RequestTooLarge { function: String, bytes: usize },
+    /// The function's answer is larger than Lambda returns for a synchronous invocation.
+    #[error("{function}'s response of {bytes} bytes exceeds the payload limit of {MAX_PAYLOAD_BYTES} bytes")]
+    ResponseTooLarge { function: String, bytes: usize },
+    /// The process used more memory than the function's `MemorySize` and was killed, as Lambda kills it.
+    #[error("{function} ran out of memory: it used {used_mb} MB of its {limit_mb} MB")]
+    OutOfMemory { function: String, used_mb: u64, limit_mb: u64 },
 }
+
+/// The largest event, and the largest response, of a synchronous invocation: Lambda's 6 MB quota.
+pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// How often a process's memory is read against its `MemorySize`.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Where an invocation's outcome goes.
 type Reply = oneshot::Sender<Result<Bytes, InvokeError>>;
@@ -240,6 +255,9 @@ impl Function {
     /// Invokes the function and waits for its response. The function's timeout runs from when an
     /// execution environment takes the invocation; the supervisor of that environment enforces it.
     pub async fn invoke(&self, payload: Bytes) -> Result<Bytes, InvokeError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(InvokeError::RequestTooLarge { function: self.spec.name.clone(), bytes: payload.len() });
+        }
         let (reply, response) = oneshot::channel();
         let (taken, started) = oneshot::channel();
         let invocation = Invocation { request_id: uuid::Uuid::new_v4().to_string(), payload, taken, reply };
@@ -362,15 +380,19 @@ impl Function {
                         continue;
                     }
                 };
+                let out_of_memory = memory_exceeded(child.id(), function.spec.memory_mb);
+                tokio::pin!(out_of_memory);
                 let status = loop {
                     tokio::select! {
                         status = child.wait() => break status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                        used_mb = &mut out_of_memory => break function.kill_out_of_memory(&instance, &mut child, used_mb, &label, &log).await,
                         Some((request_id, budget)) = started_rx.recv() => {
                             // The process took an invocation: it must answer before the deadline.
                             let instance = instance.clone();
                             let answered = tokio::time::timeout(budget + Duration::from_millis(200), instance.answered(&request_id));
                             tokio::select! {
                                 status = child.wait() => break status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                                used_mb = &mut out_of_memory => break function.kill_out_of_memory(&instance, &mut child, used_mb, &label, &log).await,
                                 result = answered => if result.is_err() {
                                     let _ = log.send((label.clone(), format!("invocation {request_id} timed out after {:?}; stopping this environment", function.spec.timeout)));
                                     if let Some((_, reply)) = instance.current.lock().await.take() {
@@ -412,6 +434,26 @@ impl Function {
             }
         });
         self.supervisors.lock().expect("not poisoned").push(supervisor);
+    }
+
+    /// Kills a process that used more than its `MemorySize`, failing the invocation it was handling with
+    /// `OutOfMemory`. Answers the exit status to report.
+    async fn kill_out_of_memory(
+        &self,
+        instance: &Instance,
+        child: &mut Child,
+        used_mb: u64,
+        label: &str,
+        log: &mpsc::UnboundedSender<(String, String)>,
+    ) -> String {
+        let limit_mb = self.spec.memory_mb;
+        let _ =
+            log.send((label.to_string(), format!("used {used_mb} MB of its {limit_mb} MB; killed (out of memory)")));
+        if let Some((_, reply)) = instance.current.lock().await.take() {
+            let _ = reply.send(Err(InvokeError::OutOfMemory { function: self.spec.name.clone(), used_mb, limit_mb }));
+        }
+        let _ = child.kill().await;
+        "killed: out of memory".to_string()
     }
 
     fn spawn(
@@ -456,4 +498,24 @@ impl Function {
         }
         Ok(child)
     }
+}
+
+/// Resolves, with the megabytes it uses, once the process's resident memory exceeds `limit_mb` (its
+/// `MemorySize`); never for a process without an id (it has exited).
+async fn memory_exceeded(pid: Option<u32>, limit_mb: u64) -> u64 {
+    let Some(pid) = pid else { return std::future::pending().await };
+    loop {
+        if let Some(used_kb) = resident_kb(pid)
+            && used_kb > limit_mb * 1024
+        {
+            return used_kb / 1024;
+        }
+        tokio::time::sleep(MEMORY_CHECK_EVERY).await;
+    }
+}
+
+/// The process's resident memory (`VmRSS`), from `/proc`.
+fn resident_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }

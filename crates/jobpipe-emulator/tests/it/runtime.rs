@@ -154,18 +154,39 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
 
 /// A Runtime API client in Python standing in for a function: it answers each invocation, after
 /// sleeping `sleepMs`, with the time its deadline left it when it took the invocation.
-const DEADLINE_REPORTER: &str = r#"
-import json, os, time, urllib.request
+/// A Runtime API client in Python standing in for a function. Per invocation it sleeps `sleepMs`, holds
+/// `allocateMb` of memory, and answers with the time its deadline left it when it took the invocation,
+/// padded to `answerBytes` when asked.
+const RUNTIME_CLIENT: &str = r#"
+import json, os, time, urllib.error, urllib.request
 api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+held = []
 while True:
     with urllib.request.urlopen(api + "next") as r:
         request_id = r.headers["lambda-runtime-aws-request-id"]
         left = int(r.headers["lambda-runtime-deadline-ms"]) - int(time.time() * 1000)
         event = json.loads(r.read())
-    time.sleep(event["sleepMs"] / 1000)
-    body = json.dumps({"leftAtStart": left}).encode()
-    urllib.request.urlopen(urllib.request.Request(api + request_id + "/response", data=body, method="POST")).read()
+    held.append(bytearray(event.get("allocateMb", 0) * 1024 * 1024))
+    time.sleep(event.get("sleepMs", 0) / 1000)
+    answer = {"leftAtStart": left, "padding": "x" * event.get("answerBytes", 0)}
+    body = json.dumps(answer).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(api + request_id + "/response", data=body, method="POST")).read()
+    except urllib.error.HTTPError as refused:
+        print("response refused:", refused.code, flush=True)
 "#;
+
+/// Writes `RUNTIME_CLIENT` as an executable `bootstrap` in a fresh directory; answers both.
+fn runtime_client() -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let python = std::env::var("JOBPIPE_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
+    let dir = std::env::temp_dir().join(unique("jobpipe-runtime-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("bootstrap");
+    std::fs::write(&binary, format!("#!{}\n{RUNTIME_CLIENT}", python.display())).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, binary)
+}
 
 /// Waiting for an execution environment never counts against the function's timeout: an invocation's
 /// deadline is set when an environment takes it, as Lambda's is, even when invocations queue behind each
@@ -173,14 +194,7 @@ while True:
 /// run started with their time nearly gone and failed as `deadline_exceeded`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invocation_gets_its_whole_timeout_from_when_an_environment_takes_it() {
-    use std::os::unix::fs::PermissionsExt;
-    let python = std::env::var("JOBPIPE_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
-    let dir = std::env::temp_dir().join(unique("jobpipe-runtime-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let binary = dir.join("bootstrap");
-    std::fs::write(&binary, format!("#!{}\n{DEADLINE_REPORTER}", python.display())).unwrap();
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-
+    let (dir, binary) = runtime_client();
     let timeout = Duration::from_secs(3);
     let work_ms = 2_000;
     let process =
@@ -198,4 +212,36 @@ async fn an_invocation_gets_its_whole_timeout_from_when_an_environment_takes_it(
         let left = answer["leftAtStart"].as_i64().unwrap();
         assert!(left > work_ms, "an invocation started with {left} ms of its {timeout:?} left: {answer}");
     }
+}
+
+/// Lambda's limits hold locally: an event over 6 MB is refused before the function sees it, a response
+/// over 6 MB fails its invocation, and a process that uses more memory than its `MemorySize` is killed
+/// and replaced by a new execution environment. After each, the function serves the next invocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambdas_payload_and_memory_limits_hold() {
+    use jobpipe_emulator::runtime::{InvokeError, MAX_PAYLOAD_BYTES};
+    let (dir, binary) = runtime_client();
+    let process = FunctionProcess { memory_mb: 64, ..FunctionProcess::new("Limited", binary) };
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let function = jobpipe_emulator::runtime::Function::start(process, log).await.unwrap();
+    let served = || async {
+        function.invoke_json(&json!({})).await.expect("a small invocation is served")["leftAtStart"].is_i64()
+    };
+
+    let oversized = json!({"padding": "x".repeat(MAX_PAYLOAD_BYTES)});
+    let refused = function.invoke_json(&oversized).await;
+    assert!(matches!(refused, Err(InvokeError::RequestTooLarge { .. })), "{refused:?}");
+    assert!(served().await);
+
+    let answer = function.invoke_json(&json!({"answerBytes": MAX_PAYLOAD_BYTES})).await;
+    assert!(matches!(answer, Err(InvokeError::ResponseTooLarge { .. })), "{answer:?}");
+    assert!(served().await);
+
+    let restarts = function.restarts.load(std::sync::atomic::Ordering::SeqCst);
+    let greedy = function.invoke_json(&json!({"allocateMb": 128, "sleepMs": 60_000})).await;
+    assert!(matches!(greedy, Err(InvokeError::OutOfMemory { limit_mb: 64, .. })), "{greedy:?}");
+    assert!(served().await, "a new execution environment serves the next invocation");
+    assert_eq!(function.restarts.load(std::sync::atomic::Ordering::SeqCst), restarts + 1);
+    function.stop_and_wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
