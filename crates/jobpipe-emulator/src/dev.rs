@@ -50,6 +50,9 @@ pub struct DevOptions {
     pub log_tap: Option<mpsc::UnboundedSender<String>>,
     /// Template parameters to set (`CorsAllowedOrigin`, say), over the local defaults.
     pub parameters: BTreeMap<String, String>,
+    /// How far global secondary indexes lag behind writes, as on AWS, where they are eventually
+    /// consistent (`index_lag`); none by default.
+    pub index_lag: Option<std::time::Duration>,
 }
 
 impl DevOptions {
@@ -76,6 +79,7 @@ impl DevOptions {
             queue_visibility: None,
             log_tap: None,
             parameters: BTreeMap::new(),
+            index_lag: None,
         }
     }
 }
@@ -122,9 +126,29 @@ impl DevStack {
             .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
         let address = listener.local_addr()?;
         let base_url = format!("http://{address}");
+        let (endpoints, engines) = match options.endpoints.clone() {
+            Some(endpoints) => (endpoints, None),
+            None => {
+                let engines = crate::aws::start_engines(&options.root)?;
+                (engines.endpoints.clone(), Some(engines))
+            }
+        };
+        let mut tasks = Vec::new();
+        // Eventually consistent indexes: everything goes through a proxy that holds fresh writes out of
+        // index reads, from the tables' creation on (it learns their keys from it).
+        let endpoints = match options.index_lag {
+            Some(lag) => {
+                let proxy = crate::faults::FaultProxy::new(&endpoints, 0.0, 0.0);
+                proxy.set_index_lag(lag);
+                let (url, serving) = proxy.serve().await.context("serving the index-lag proxy")?;
+                tasks.push(serving);
+                Endpoints::one(url)
+            }
+            None => endpoints,
+        };
         // The gateway serves the dev JWKS here, so the key server of its own is dropped.
-        let LocalAws { endpoints, engines, clients, mut resolver, created, .. } =
-            LocalAws::start(&options.root, &template, options.endpoints.clone(), &options.prefix).await?;
+        let LocalAws { endpoints, clients, mut resolver, created, .. } =
+            LocalAws::start(&options.root, &template, Some(endpoints), &options.prefix).await?;
         for (name, value) in &options.parameters {
             resolver.set(name, value);
         }
@@ -132,7 +156,7 @@ impl DevStack {
 
         let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
         let tap = options.log_tap.clone();
-        let mut tasks = vec![tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while let Some((label, line)) = lines.recv().await {
                 let line = format!("[{label}] {line}");
                 println!("{line}");
@@ -140,7 +164,7 @@ impl DevStack {
                     let _ = tap.send(line);
                 }
             }
-        })];
+        }));
 
         if let Some(visibility) = options.queue_visibility {
             for (id, props) in template.resources("AWS::SQS::Queue") {

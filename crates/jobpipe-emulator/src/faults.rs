@@ -16,6 +16,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Endpoints;
+use crate::index_lag::IndexLag;
 
 #[derive(Debug, Default)]
 pub struct FaultCounts {
@@ -62,6 +63,7 @@ pub struct FaultProxy {
     upstream: Endpoints,
     scripted: Mutex<Vec<ScriptedFault>>,
     hook: Mutex<Option<CallHook>>,
+    index_lag: Mutex<Option<Arc<IndexLag>>>,
     client: reqwest::Client,
     /// Fraction of calls that fail (half before, half after reaching the upstream).
     pub rate: f64,
@@ -78,6 +80,7 @@ impl FaultProxy {
             upstream: Endpoints { aws: trimmed(&upstream.aws), dynamodb: trimmed(&upstream.dynamodb) },
             scripted: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
+            index_lag: Mutex::new(None),
             client: reqwest::Client::new(),
             rate,
             send_message_rate,
@@ -94,6 +97,12 @@ impl FaultProxy {
     /// Shows every later call to `hook` first.
     pub fn set_hook(&self, hook: CallHook) {
         *self.hook.lock().expect("not poisoned") = Some(hook);
+    }
+
+    /// Makes every global secondary index read through the proxy lag `lag` behind the writes (see
+    /// `index_lag`). Only tables created through the proxy afterwards are known to it.
+    pub fn set_index_lag(&self, lag: std::time::Duration) {
+        *self.index_lag.lock().expect("not poisoned") = Some(Arc::new(IndexLag::new(lag)));
     }
 
     /// How many scripted faults have not happened yet.
@@ -125,7 +134,7 @@ impl FaultProxy {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Service {
     DynamoDb,
     Sqs,
@@ -176,6 +185,12 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
     {
         return ([(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")], "{}").into_response();
     }
+    let index_lag = proxy.index_lag.lock().expect("not poisoned").clone().filter(|_| service == Service::DynamoDb);
+    let json_call: serde_json::Value =
+        if index_lag.is_some() { serde_json::from_slice(&body).unwrap_or_default() } else { serde_json::Value::Null };
+    if let Some(index_lag) = &index_lag {
+        index_lag.observe(&target, &json_call);
+    }
     let scripted = proxy.scripted_for(&call, &body);
     let enabled = proxy.enabled.load(Ordering::SeqCst);
     // Long polls are left alone: failing them only slows the run without testing anything.
@@ -215,17 +230,31 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         proxy.counts.after.fetch_add(1, Ordering::SeqCst);
         return injected(service);
     }
-    let mut response = Response::builder().status(answer.status().as_u16());
-    for (name, value) in answer.headers() {
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let mut bytes = answer.bytes().await.unwrap_or_default();
+    // An index read answers only what the (emulated) index has caught up with; the body changed, so its
+    // checksum header goes.
+    let mut rewritten = false;
+    if let Some(index_lag) = &index_lag
+        && status.is_success()
+        && let Some(filtered) = index_lag.filter(&target, &json_call, &bytes)
+    {
+        bytes = Bytes::from(filtered);
+        rewritten = true;
+    }
+    let mut response = Response::builder().status(status.as_u16());
+    for (name, value) in &headers {
         let hop_by_hop = name == "connection" || name == "transfer-encoding" || name == "content-length";
+        let checksum = rewritten && name == "x-amz-crc32";
         if !hop_by_hop
+            && !checksum
             && let (Ok(name), Ok(value)) =
                 (HeaderName::from_bytes(name.as_ref()), HeaderValue::from_bytes(value.as_bytes()))
         {
             response = response.header(name, value);
         }
     }
-    let bytes = answer.bytes().await.unwrap_or_default();
     response.body(Body::from(bytes)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 

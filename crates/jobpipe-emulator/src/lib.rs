@@ -7,7 +7,8 @@
 //! - `runtime`: the Lambda Runtime API and execution environments (timeouts, crashes, restarts).
 //! - `sources`: event source mappings (SQS, DynamoDB streams, schedules).
 //! - `gateway`: API Gateway (HTTP API, WebSocket API, `@connections`), with the dev helpers and the UI.
-//! - `bedrock`: a Bedrock runtime stand-in; `faults`: an AWS proxy that injects faults.
+//! - `bedrock`: a Bedrock runtime stand-in; `faults`: an AWS proxy that injects faults, and through
+//!   `index_lag` makes global secondary indexes eventually consistent.
 //! - `dev`: `DevStack`, all of it wired together (`jobpipe dev`); `invoke`: one function, once.
 
 pub mod aws;
@@ -18,6 +19,7 @@ pub mod faults;
 mod font;
 pub mod functions;
 pub mod gateway;
+pub mod index_lag;
 pub mod invoke;
 pub mod resources;
 pub mod runtime;

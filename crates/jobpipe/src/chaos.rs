@@ -43,6 +43,9 @@ pub struct ChaosOptions {
     pub send_fault_rate: f64,
     /// Submissions in flight at once.
     pub concurrency: usize,
+    /// How far global secondary indexes lag behind writes (as on AWS, where they are eventually
+    /// consistent; zero: consistent at once).
+    pub index_lag: Duration,
     /// Give up when no accepted job has changed (status, attempts, lease) and no queue has moved for this
     /// long: progress stopped. A slow machine makes the run longer, not red.
     pub stall: Duration,
@@ -60,6 +63,7 @@ impl Default for ChaosOptions {
             aws_fault_rate: 0.02,
             send_fault_rate: 0.05,
             concurrency: 8,
+            index_lag: Duration::from_secs(1),
             stall: Duration::from_secs(120),
         }
     }
@@ -186,6 +190,9 @@ pub async fn run(
         }
     };
     let proxy = FaultProxy::new(&endpoints, options.aws_fault_rate, options.send_fault_rate);
+    if !options.index_lag.is_zero() {
+        proxy.set_index_lag(options.index_lag);
+    }
     let (proxy_url, proxy_task) = proxy.serve().await?;
 
     let mut dev = DevOptions::new(root.to_path_buf());

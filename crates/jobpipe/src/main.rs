@@ -128,6 +128,9 @@ enum Commands {
         aws_fault_rate: f64,
         #[arg(long, default_value_t = 0.05)]
         send_fault_rate: f64,
+        /// How far global secondary indexes lag behind writes, in milliseconds (eventual consistency).
+        #[arg(long, default_value_t = 1000)]
+        index_lag_ms: u64,
         /// Report when nothing has moved for this many seconds (progress stopped).
         #[arg(long, default_value_t = 120)]
         stall: u64,
@@ -267,13 +270,24 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Chaos { jobs, poison, kill_every_jobs, aws_fault_rate, send_fault_rate, stall, no_build, root } => {
+        Commands::Chaos {
+            jobs,
+            poison,
+            kill_every_jobs,
+            aws_fault_rate,
+            send_fault_rate,
+            index_lag_ms,
+            stall,
+            no_build,
+            root,
+        } => {
             let options = jobpipe::chaos::ChaosOptions {
                 jobs,
                 poison,
                 kill_every_jobs,
                 aws_fault_rate,
                 send_fault_rate,
+                index_lag: std::time::Duration::from_millis(index_lag_ms),
                 stall: std::time::Duration::from_secs(stall),
                 ..Default::default()
             };

@@ -103,6 +103,8 @@ impl Notifier {
         let job_id = jobpipe_core::JobId::parse(message["jobId"].as_str().unwrap_or_default())
             .ok_or_else(|| AwsError::corrupt("stream record", "job id is not a UUID"))?;
         let subscribers = self.connections.subscribers(&job_id).await?;
+        let status = message["status"].as_str().unwrap_or_default();
+        tracing::debug!(%job_id, status, subscribers = subscribers.len(), "pushing a job change");
         let body = Blob::new(message.to_string().into_bytes());
         let mut posts = JoinSet::new();
         for connection_id in subscribers {

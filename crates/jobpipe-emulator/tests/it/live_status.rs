@@ -209,3 +209,46 @@ async fn connections_answer_gone_until_connect_has_returned() {
     assert_eq!(next_json(&mut socket, Duration::from_secs(20)).await, Some(json!({"late": true})));
     stack.stop().await;
 }
+
+/// On AWS a global secondary index is eventually consistent: the notifier's `byJob` lookup can miss a
+/// subscription made a moment ago, and the change goes unpushed, which is why clients confirm a
+/// subscription with a read. The local stack's index lag makes that happen here (DynamoDB Local's indexes
+/// are consistent at once): the subscription is answered with the job's state, the notifier finds no
+/// subscriber for any of the job's changes, no push arrives, and a read shows the job completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_index_has_not_caught_up_with_gets_no_push() {
+    let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stack = start_stack_with(|options| {
+        options.index_lag = Some(Duration::from_secs(600));
+        options.log_tap = Some(tap);
+        options.extra_env.insert("RUST_LOG".into(), "info,notifier=debug".into());
+    })
+    .await;
+    let token = stack.token("lagging");
+    let mut socket = connect(&stack, &format!("token={token}")).await.unwrap();
+    let job = post_job(&stack, &token, json!({"sleepMs": 1000})).await;
+    let job_id = job["jobId"].as_str().unwrap().to_string();
+    socket.send(Message::Text(json!({"action": "subscribe", "jobId": job_id}).to_string().into())).await.unwrap();
+    let subscribed = next_json(&mut socket, Duration::from_secs(60)).await.expect("the subscription is answered");
+    assert_eq!(
+        (subscribed["type"].as_str(), subscribed["jobId"].as_str()),
+        (Some("subscribed"), Some(job_id.as_str()))
+    );
+
+    let done = until_terminal(&stack, &token, &job_id).await;
+    assert_eq!(done["status"], "completed");
+    // The notifier handled the completion, and found nobody to push it to.
+    let completion = async {
+        while let Some(line) = lines.recv().await {
+            if line.contains("pushing a job change") && line.contains(&job_id) && line.contains("completed") {
+                return Some(line);
+            }
+        }
+        None
+    };
+    let completion = tokio::time::timeout(Duration::from_secs(120), completion).await.ok().flatten();
+    let completion = completion.expect("the notifier handled the job's completion");
+    assert!(completion.contains(r#""subscribers":0"#), "{completion}");
+    assert_eq!(next_json(&mut socket, Duration::from_secs(2)).await, None, "no change was pushed");
+    stack.stop().await;
+}
