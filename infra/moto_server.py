@@ -27,9 +27,12 @@ def main() -> None:
 
     app = DomainDispatcherApplication(create_backend_app)
     # waitress keeps HTTP/1.1 connections open as AWS endpoints do (werkzeug's server closes every
-    # connection after one request: a TCP handshake per AWS call, in every test and benchmark). Threads
-    # cover long-polling ReceiveMessage calls, which each hold one for up to 20 s.
-    server = create_server(app, host=args.host, port=args.port, threads=48, connection_limit=1000, channel_timeout=120)
+    # connection after one request: a TCP handshake per AWS call, in every test and benchmark). Each
+    # long-polling ReceiveMessage holds a thread for up to 20 s, even after its client has gone (a stopped
+    # local stack leaves its event source mappings' polls running out here), and every local stack polls
+    # with several: with too few threads, calls queue behind the polls for seconds (measured: SendMessage
+    # stalled up to 14 s with 48 threads and two test runs at once). Idle threads cost next to nothing.
+    server = create_server(app, host=args.host, port=args.port, threads=512, connection_limit=4000, channel_timeout=120)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     print(f"READY {server.effective_port}", flush=True)

@@ -41,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no completion push for {job_id} within 30 s");
             };
             let message: Value = serde_json::from_str(&text)?;
-            if message["type"] == "job" && message["jobId"] == job_id.as_str() && message["status"] == "completed" {
+            // The completion is pushed, or, when the job finished before the subscription was written,
+            // the `subscribed` answer already carries it.
+            let job = if message["type"] == "subscribed" { &message["job"] } else { &message };
+            if job["jobId"] == job_id.as_str() && job["status"] == "completed" {
                 break now_ms();
             }
         };
