@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 mod clients;
+mod engines;
 mod http_api;
 mod live_status;
 mod observability;
