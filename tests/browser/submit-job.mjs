@@ -41,8 +41,11 @@ try {
   await second.locator(".status[data-status=processing]").waitFor({ timeout: 20000 });
   const { webSocketConnections } = await (await fetch(`${base}/dev/resources`)).json();
   if (!webSocketConnections.length) throw new Error("the page holds no WebSocket connection");
+  // As the operator would, with the local stack's own key (the stack judges @connections calls by IAM).
+  const operator = "AWS4-HMAC-SHA256 Credential=local/20261202/us-east-1/execute-api/aws4_request, SignedHeaders=host, Signature=0";
   for (const id of webSocketConnections) {
-    await fetch(`${base}/@connections/${encodeURIComponent(id)}`, { method: "DELETE" });
+    const closed = await fetch(`${base}/@connections/${encodeURIComponent(id)}`, { method: "DELETE", headers: { authorization: operator } });
+    if (closed.status !== 204) throw new Error(`DeleteConnection answered ${closed.status}`);
   }
   await page.locator(".live[data-mode=polling]").waitFor({ timeout: 10000 });
   await second.locator(".status[data-status=completed]").waitFor({ timeout: 30000 });

@@ -60,15 +60,22 @@ pub fn streams_client(endpoints: &Endpoints) -> aws_sdk_dynamodbstreams::Client 
     aws_sdk_dynamodbstreams::Client::new(&sdk_config(&endpoints.dynamodb))
 }
 
-/// SDK configuration for a local endpoint: its URL, the local Region, and dummy credentials. Every
-/// client the local stack, the tests and the tools build for local engines starts from this.
+/// SDK configuration for a local endpoint: its URL, the local Region, and the local stack's own
+/// credentials (`iam::ADMIN_ACCESS_KEY`, which may do anything). Every client the local stack, the tests
+/// and the tools build for local engines starts from this.
 pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    sdk_config_as(endpoint, crate::iam::ADMIN_ACCESS_KEY)
+}
+
+/// `sdk_config` with another access key: a function role's (`iam::access_key`), to call AWS as that
+/// function does.
+pub fn sdk_config_as(endpoint: &str, access_key: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            aws_sdk_dynamodb::config::Credentials::new("local", "local", None, None, "jobpipe-local"),
+            aws_sdk_dynamodb::config::Credentials::new(access_key, "local", None, None, "jobpipe-local"),
         ))
         .build()
 }

@@ -12,10 +12,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::aws::{Endpoints, Engines, LocalAws, REGION};
+use crate::aws::{ACCOUNT, Endpoints, Engines, LocalAws, REGION};
 use crate::dev_key::{DEV_JWKS_PATH, dev_token};
+use crate::faults::FaultProxy;
 use crate::functions::local_sqs_concurrency;
-use crate::gateway::{Cors, DevHelpers, Gateway, HttpRoute, SocketRoute};
+use crate::gateway::{Cors, DevHelpers, Gateway, GatewayAccess, HttpRoute, SocketRoute};
+use crate::iam::{Iam, access_key};
 use crate::resources::Created;
 use crate::runtime::Function;
 use crate::setup::build;
@@ -26,6 +28,9 @@ use crate::template::{EventSpec, Resolver, Template};
 pub struct DevOptions {
     /// The repository root (template.yaml, web/, infra/).
     pub root: PathBuf,
+    /// The template the stack is made from: the root's `template.yaml`, or `JOBPIPE_TEMPLATE` (the IAM
+    /// mutation run points it at a copy with one statement removed).
+    pub template: PathBuf,
     /// 0 picks a free port.
     pub port: u16,
     /// Use these AWS endpoints instead of starting the local engines.
@@ -65,7 +70,10 @@ impl DevOptions {
 
     pub fn new(root: PathBuf) -> DevOptions {
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let template =
+            std::env::var_os("JOBPIPE_TEMPLATE").map(PathBuf::from).unwrap_or_else(|| root.join("template.yaml"));
         DevOptions {
+            template,
             root,
             port: 3000,
             endpoints: Endpoints::from_env(),
@@ -87,7 +95,12 @@ impl DevOptions {
 /// A running local stack. Dropping it stops the functions and the engines it started.
 pub struct DevStack {
     pub address: SocketAddr,
+    /// Where the stack's AWS calls go: its AWS proxy, which judges them by the callers' roles.
     pub endpoints: Endpoints,
+    /// The proxy every AWS call of the stack goes through (tests script faults and hooks on it).
+    pub proxy: Arc<FaultProxy>,
+    /// The functions' roles, as the proxy and the gateway judge calls by them.
+    pub iam: Arc<Iam>,
     pub created: Created,
     pub functions: HashMap<String, Function>,
     pub gateway: Arc<Gateway>,
@@ -110,7 +123,7 @@ impl DevStack {
     }
 
     pub async fn start(options: DevOptions) -> anyhow::Result<DevStack> {
-        let template = Template::load(&options.root.join("template.yaml"))?;
+        let template = Template::load(&options.template)?;
         let mut functions = template.functions()?;
         if let Some(timeout) = options.function_timeout {
             for function in &mut functions {
@@ -134,18 +147,16 @@ impl DevStack {
             }
         };
         let mut tasks = Vec::new();
-        // Eventually consistent indexes: everything goes through a proxy that holds fresh writes out of
-        // index reads, from the tables' creation on (it learns their keys from it).
-        let endpoints = match options.index_lag {
-            Some(lag) => {
-                let proxy = crate::faults::FaultProxy::new(&endpoints, 0.0, 0.0);
-                proxy.set_index_lag(lag);
-                let (url, serving) = proxy.serve().await.context("serving the index-lag proxy")?;
-                tasks.push(serving);
-                Endpoints::one(url)
-            }
-            None => endpoints,
-        };
+        // Every AWS call goes through the stack's proxy: it judges calls by the callers' roles, and with
+        // an index lag holds fresh writes out of index reads from the tables' creation on (it learns
+        // their keys from it).
+        let proxy = FaultProxy::new(&endpoints, 0.0, 0.0);
+        if let Some(lag) = options.index_lag {
+            proxy.set_index_lag(lag);
+        }
+        let (url, serving) = proxy.serve().await.context("serving the AWS proxy")?;
+        tasks.push(serving);
+        let endpoints = Endpoints::one(url);
         // The gateway serves the dev JWKS here, so the key server of its own is dropped.
         let LocalAws { endpoints, clients, mut resolver, created, .. } =
             LocalAws::start(&options.root, &template, Some(endpoints), &options.prefix).await?;
@@ -153,6 +164,13 @@ impl DevStack {
             resolver.set(name, value);
         }
         let cors = template.http_api_cors().map(|spec| cors(&spec, &resolver)).transpose()?;
+        let iam = Arc::new(Iam::from_template(&functions, &resolver).context("building the functions' roles")?);
+        proxy.set_iam(iam.clone());
+        let websocket_stage_arn = format!(
+            "arn:aws:execute-api:{REGION}:{ACCOUNT}:{}/{}",
+            resolver.get("WebSocketApi").unwrap_or("WebSocketApi"),
+            resolver.get("Stage").unwrap_or("local"),
+        );
 
         let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
         let tap = options.log_tap.clone();
@@ -197,12 +215,13 @@ impl DevStack {
             let process = local.function_process(spec, &options.binaries, &base_url, &options.extra_env)?;
             running.insert(spec.logical_id.clone(), Function::start(process, log.clone()).await?);
         }
-        let LocalAws { clients, created, .. } = local;
+        let LocalAws { created, .. } = local;
 
         let mut http_routes = Vec::new();
-        let streams = crate::aws::streams_client(&endpoints);
         for spec in &functions {
             let function = running[&spec.logical_id].clone();
+            // The mappings poll with the function's role, as Lambda's do.
+            let as_function = crate::aws::sdk_config_as(&endpoints.aws, &access_key(&spec.logical_id));
             for event in &spec.events {
                 match event.clone() {
                     EventSpec::HttpApi { method, path, authorized } => {
@@ -211,19 +230,21 @@ impl DevStack {
                     EventSpec::Sqs { queue, batch_size, batching_window, max_concurrency, report_failures } => {
                         let (url, arn) =
                             created.queues.get(&queue).cloned().with_context(|| format!("queue {queue}"))?;
+                        mapping_allowed(&iam, &spec.logical_id, SQS_MAPPING_ACTIONS, &arn)?;
                         let mapping = SqsMapping {
                             batch_size,
                             batching_window,
                             report_failures,
-                            ..SqsMapping::new(clients.sqs.clone(), url, arn)
+                            ..SqsMapping::new(aws_sdk_sqs::Client::new(&as_function), url, arn)
                         };
                         tasks.push(tokio::spawn(mapping.run(function.clone(), local_sqs_concurrency(max_concurrency))));
                     }
                     EventSpec::DynamoDb { table, batch_size, report_failures, max_retries } => {
                         let stream_arn =
                             created.stream_arns.get(&table).cloned().with_context(|| format!("stream of {table}"))?;
+                        mapping_allowed(&iam, &spec.logical_id, STREAM_MAPPING_ACTIONS, &stream_arn)?;
                         let mapping = StreamMapping {
-                            streams: streams.clone(),
+                            streams: aws_sdk_dynamodbstreams::Client::new(&as_function),
                             stream_arn,
                             batch_size,
                             report_failures,
@@ -258,7 +279,8 @@ impl DevStack {
             created: created.clone(),
             functions: functions.iter().map(|f| f.logical_id.clone()).collect(),
         });
-        let gateway = Gateway::new(http_routes, cors, socket_routes, options.root.join("web"), dev);
+        let access = GatewayAccess { iam: iam.clone(), websocket_stage_arn };
+        let gateway = Gateway::new(http_routes, cors, socket_routes, options.root.join("web"), dev, Some(access));
         let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
@@ -266,7 +288,7 @@ impl DevStack {
             }
         }));
 
-        Ok(DevStack { address, endpoints, created, functions: running, gateway, tasks, engines })
+        Ok(DevStack { address, endpoints, proxy, iam, created, functions: running, gateway, tasks, engines })
     }
 
     /// Stops every event source and function process (waiting until each has exited), then the engines.
@@ -295,6 +317,28 @@ impl Drop for DevStack {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// What Lambda checks a function's role may do on an SQS queue before it creates a mapping of it.
+const SQS_MAPPING_ACTIONS: &[&str] = &["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"];
+/// What Lambda checks a function's role may do on a DynamoDB stream before it creates a mapping of it
+/// (`ListStreams` is granted on `*`).
+const STREAM_MAPPING_ACTIONS: &[&str] =
+    &["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"];
+
+/// Refuses an event source mapping whose function's role lacks what Lambda requires of it, as
+/// `CreateEventSourceMapping` (and so the deployment) fails on AWS.
+fn mapping_allowed(iam: &Iam, function: &str, actions: &[&str], source_arn: &str) -> anyhow::Result<()> {
+    let key = access_key(function);
+    for action in actions {
+        let resource = if *action == "dynamodb:ListStreams" { "*" } else { source_arn };
+        if iam.judge(Some(&key), &[(action.to_string(), resource.to_string())]) != crate::iam::Verdict::Allowed {
+            anyhow::bail!(
+                "InvalidParameterValueException: the event source mapping of {function} on {source_arn} cannot                  be created: the provided execution role does not have permissions to call {action} on {resource}"
+            );
+        }
+    }
+    Ok(())
 }
 
 struct LocalDev {

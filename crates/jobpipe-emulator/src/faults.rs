@@ -1,7 +1,9 @@
-//! A fault-injecting proxy in front of the local AWS endpoint: a fraction of DynamoDB, SQS and S3 calls
-//! answer throttling or 5xx, either before reaching moto (the call did not happen) or after (it happened,
-//! but the caller is told it failed: the ambiguous case). Used by the fault-injection run, and by tests
-//! that script one fault on one named call (`FaultProxy::script`) or watch and hold calls with a hook
+//! The AWS proxy in front of the local engines. Every local stack's calls go through one: it judges
+//! each call by the caller's role (`FaultProxy::set_iam`, see `iam`), can make global secondary indexes
+//! lag (`set_index_lag`), and injects faults: a fraction of DynamoDB, SQS and S3 calls answer throttling
+//! or 5xx, either before reaching the engine (the call did not happen) or after (it happened, but the
+//! caller is told it failed: the ambiguous case). The fault-injection run uses the random faults; tests
+//! script one fault on one named call (`FaultProxy::script`) or watch and hold calls with a hook
 //! (`FaultProxy::set_hook`).
 
 use std::future::Future;
@@ -16,6 +18,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Endpoints;
+use crate::iam::{self, Iam, Verdict};
 use crate::index_lag::IndexLag;
 
 #[derive(Debug, Default)]
@@ -64,6 +67,7 @@ pub struct FaultProxy {
     scripted: Mutex<Vec<ScriptedFault>>,
     hook: Mutex<Option<CallHook>>,
     index_lag: Mutex<Option<Arc<IndexLag>>>,
+    iam: Mutex<Option<Arc<Iam>>>,
     client: reqwest::Client,
     /// Fraction of calls that fail (half before, half after reaching the upstream).
     pub rate: f64,
@@ -81,6 +85,7 @@ impl FaultProxy {
             scripted: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
             index_lag: Mutex::new(None),
+            iam: Mutex::new(None),
             client: reqwest::Client::new(),
             rate,
             send_message_rate,
@@ -103,6 +108,12 @@ impl FaultProxy {
     /// `index_lag`). Only tables created through the proxy afterwards are known to it.
     pub fn set_index_lag(&self, lag: std::time::Duration) {
         *self.index_lag.lock().expect("not poisoned") = Some(Arc::new(IndexLag::new(lag)));
+    }
+
+    /// Judges every later call by the caller's role: what the role does not allow is refused as AWS
+    /// refuses it, before anything else happens to the call.
+    pub fn set_iam(&self, iam: Arc<Iam>) {
+        *self.iam.lock().expect("not poisoned") = Some(iam);
     }
 
     /// How many scripted faults have not happened yet.
@@ -164,6 +175,72 @@ fn injected(service: Service) -> Response {
     response
 }
 
+/// AWS's answer to a call IAM refused, in the service's own protocol.
+fn refused(service: Service, verdict: &Verdict) -> Response {
+    let (status, code, message) = match verdict {
+        Verdict::Denied { message, .. } => (
+            StatusCode::FORBIDDEN,
+            match service {
+                Service::DynamoDb => "AccessDeniedException",
+                Service::Sqs | Service::S3 => "AccessDenied",
+            },
+            message.clone(),
+        ),
+        Verdict::UnknownKey => (
+            StatusCode::FORBIDDEN,
+            match service {
+                Service::DynamoDb => "UnrecognizedClientException",
+                Service::Sqs => "InvalidClientTokenId",
+                Service::S3 => "InvalidAccessKeyId",
+            },
+            "The security token included in the request is invalid.".to_string(),
+        ),
+        Verdict::Allowed => unreachable!("only refusals are answered here"),
+    };
+    let mut response = match service {
+        // DynamoDB answers 400 with the error type in the body.
+        Service::DynamoDb => (
+            StatusCode::BAD_REQUEST,
+            [(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+            serde_json::json!({"__type": format!("com.amazon.coral.service#{code}"), "Message": message}).to_string(),
+        )
+            .into_response(),
+        Service::Sqs => {
+            let mut response = (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                serde_json::json!({"__type": format!("com.amazonaws.sqs#{code}"), "message": message}).to_string(),
+            )
+                .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("{code};Sender")) {
+                response.headers_mut().insert("x-amzn-query-error", value);
+            }
+            response
+        }
+        Service::S3 => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/xml")],
+            format!("<Error><Code>{code}</Code><Message>{}</Message></Error>", xml_escape(&message)),
+        )
+            .into_response(),
+    };
+    response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static("AccessDeniedException"));
+    response
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// What the call asks IAM for, and with which key.
+fn requested(service: Service, target: &str, parts: &http::request::Parts, body: &[u8]) -> Vec<(String, String)> {
+    match service {
+        Service::DynamoDb => iam::dynamodb_requests(target, &serde_json::from_slice(body).unwrap_or_default()),
+        Service::Sqs => iam::sqs_requests(target, &serde_json::from_slice(body).unwrap_or_default()),
+        Service::S3 => iam::s3_requests(&parts.method, parts.uri.path(), parts.uri.query()),
+    }
+}
+
 async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Response {
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let service = if target.starts_with("DynamoDB") {
@@ -179,6 +256,15 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };
     let call = if target.is_empty() { format!("{} {}", parts.method, parts.uri.path()) } else { target.clone() };
+    let iam = proxy.iam.lock().expect("not poisoned").clone();
+    let caller = iam::caller_key(parts.headers.get("authorization").and_then(|v| v.to_str().ok()), parts.uri.query());
+    let requested = if iam.is_some() { requested(service, &target, &parts, &body) } else { vec![] };
+    if let Some(iam) = &iam {
+        let verdict = iam.judge(caller.as_deref(), &requested);
+        if verdict != Verdict::Allowed {
+            return refused(service, &verdict);
+        }
+    }
     let hook = proxy.hook.lock().expect("not poisoned").clone();
     if let Some(hook) = hook
         && hook(call.clone(), serde_json::from_slice(&body).unwrap_or_default()).await == HookVerdict::Swallow
@@ -231,6 +317,17 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         return injected(service);
     }
     let status = answer.status();
+    // S3 answers a missing key with 403, not 404, to a caller that may not list the bucket.
+    if let (Some(iam), Some((action, object))) = (&iam, requested.first())
+        && service == Service::S3
+        && status == StatusCode::NOT_FOUND
+        && action == "s3:GetObject"
+    {
+        let list = [("s3:ListBucket".to_string(), iam::bucket_of(object).to_string())];
+        if let verdict @ Verdict::Denied { .. } = iam.judge(caller.as_deref(), &list) {
+            return refused(service, &verdict);
+        }
+    }
     let headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.unwrap_or_default();
     // An index read answers only what the (emulated) index has caught up with; the body changed, so its

@@ -61,7 +61,7 @@ pub fn local_sqs_concurrency(max_concurrency: usize) -> usize {
 }
 
 /// The function's environment as the template sets it, resolved to local resources, plus what makes
-/// it work locally: the endpoint, dummy credentials, and the dev key's JWKS. This is the one list of
+/// it work locally: the endpoints, its role's access key, and the dev key's JWKS. This is the one list of
 /// what the local stack changes about a function's environment.
 fn environment(
     spec: &FunctionSpec,
@@ -72,6 +72,7 @@ fn environment(
     extra: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
+    let access_key = crate::iam::access_key(&spec.logical_id);
     for (name, value) in &spec.environment {
         let resolved = resolver.resolve(value).with_context(|| format!("{}: environment {name}", spec.logical_id))?;
         env.insert(name.clone(), resolved);
@@ -83,7 +84,8 @@ fn environment(
         ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", endpoints.dynamodb.as_str()),
         ("AWS_REGION", REGION),
         ("AWS_DEFAULT_REGION", REGION),
-        ("AWS_ACCESS_KEY_ID", "local"),
+        // The function's own role: where the local stack judges calls, it allows what the role does.
+        ("AWS_ACCESS_KEY_ID", access_key.as_str()),
         ("AWS_SECRET_ACCESS_KEY", "local"),
         ("ECHO_KIND_ENABLED", "true"),
         ("WEBSOCKET_ENDPOINT", base_url),

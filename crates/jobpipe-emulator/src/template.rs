@@ -39,6 +39,17 @@ pub struct FunctionSpec {
     /// Environment variables, still unresolved.
     pub environment: BTreeMap<String, Yaml>,
     pub events: Vec<EventSpec>,
+    /// The statements of its inline policies (`Policies: - Statement: [...]`), still unresolved.
+    pub statements: Vec<StatementSpec>,
+}
+
+/// One `Effect: Allow` statement of a function's inline policy: its `Sid`, actions and resources (the
+/// resources still unresolved).
+#[derive(Debug, Clone)]
+pub struct StatementSpec {
+    pub sid: String,
+    pub actions: Vec<String>,
+    pub resources: Vec<Yaml>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +145,8 @@ impl Template {
                 }
             }
             events.extend(self.event_source_mappings(&logical_id)?);
+            let statements = policy_statements(get(props, "Policies"))
+                .map_err(|e| invalid(format!("{logical_id} Policies: {e}")))?;
             functions.push(FunctionSpec {
                 logical_id,
                 binary,
@@ -141,6 +154,7 @@ impl Template {
                 memory_mb: setting(props, "MemorySize").and_then(|v| v.as_u64()).unwrap_or(128),
                 environment,
                 events,
+                statements,
             });
         }
         Ok(functions)
@@ -304,6 +318,45 @@ fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
 }
 
 /// `rate(1 minute)`, `rate(5 minutes)`, `rate(30 seconds)` (not valid on AWS, handy locally), `rate(2 hours)`.
+/// The statements of a function's `Policies`. Only inline `Allow` statements with `Action` and
+/// `Resource` are understood; anything else (a managed policy, a SAM policy template, `Deny`,
+/// `NotAction`, `Condition`) is refused, so the local roles never silently differ from the deployed ones.
+fn policy_statements(policies: Option<&Yaml>) -> Result<Vec<StatementSpec>, String> {
+    let list = |value: Option<&Yaml>| -> Vec<Yaml> {
+        match value {
+            Some(Yaml::Sequence(items)) => items.clone(),
+            Some(other) => vec![other.clone()],
+            None => vec![],
+        }
+    };
+    let mut statements = Vec::new();
+    for policy in list(policies) {
+        let Some(document) = get(&policy, "Statement") else {
+            return Err(format!("only inline policies (`- Statement: [...]`) are emulated, not {policy:?}"));
+        };
+        for statement in list(Some(document)) {
+            let sid = get(&statement, "Sid").and_then(scalar).ok_or("every statement needs a Sid")?;
+            let keys: Vec<String> = mapping(Some(&statement)).map(|(key, _)| key).collect();
+            if let Some(key) = keys.iter().find(|k| !["Sid", "Effect", "Action", "Resource"].contains(&k.as_str())) {
+                return Err(format!("statement {sid}: {key} is not emulated"));
+            }
+            if get(&statement, "Effect").and_then(scalar).as_deref() != Some("Allow") {
+                return Err(format!("statement {sid}: only Effect: Allow is emulated"));
+            }
+            let actions = list(get(&statement, "Action"))
+                .iter()
+                .map(|action| scalar(action).ok_or_else(|| format!("statement {sid}: an action is not a string")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let resources = list(get(&statement, "Resource"));
+            if actions.is_empty() || resources.is_empty() {
+                return Err(format!("statement {sid}: needs an Action and a Resource"));
+            }
+            statements.push(StatementSpec { sid, actions, resources });
+        }
+    }
+    Ok(statements)
+}
+
 pub fn parse_rate(expression: &str) -> Result<Duration, String> {
     let inner = expression
         .trim()

@@ -189,16 +189,15 @@ pub async fn run(
             (engines.endpoints.clone(), Some(engines))
         }
     };
+    // The faults come from a proxy behind the stack's own (which judges IAM and lags the indexes).
     let proxy = FaultProxy::new(&endpoints, options.aws_fault_rate, options.send_fault_rate);
-    if !options.index_lag.is_zero() {
-        proxy.set_index_lag(options.index_lag);
-    }
     let (proxy_url, proxy_task) = proxy.serve().await?;
 
     let mut dev = DevOptions::new(root.to_path_buf());
     dev.port = 0;
     dev.build = build;
     dev.endpoints = Some(Endpoints::one(proxy_url));
+    dev.index_lag = Some(options.index_lag).filter(|lag| !lag.is_zero());
     dev.prefix = format!("chaos{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Short timeouts so killed work comes back in seconds, not minutes (a lease ends 5 s after its
     // invocation's deadline); still far above what a batch of echo jobs needs, so no job depends on how

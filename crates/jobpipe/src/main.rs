@@ -1,6 +1,6 @@
 //! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
 //! from `jobpipe-emulator`); `submit`, `status`, `watch`, `list` and `dlq` operate a local or deployed
-//! stack; `load`, `chaos` and `bench` measure it.
+//! stack; `load`, `chaos` and `bench` measure it; `iam-mutations` proves each IAM statement is needed.
 
 use std::path::PathBuf;
 
@@ -175,6 +175,16 @@ enum Commands {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Proof by mutation: removes each IAM statement of template.yaml in turn and shows the local
+    /// stack's role test then fails, naming the refused action; prints the table, exits non-zero if a
+    /// statement is not proven needed.
+    IamMutations {
+        /// Where the template copies and each run's output go.
+        #[arg(long, default_value = "target/iam-mutations")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
     /// Invoke one function of template.yaml once with an event file, like `sam local invoke`.
     Invoke {
         /// The function's logical id in template.yaml (e.g. QueueProcessorFunction) or its crate name.
@@ -312,6 +322,33 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = jobpipe::load::run(&target.target().await?, &options).await?;
             println!("load run ({rate}/s for {seconds} s)\n{}", report.table());
+            Ok(())
+        }
+        Commands::IamMutations { work_dir, root } => {
+            let root = root.canonicalize()?;
+            let engines = jobpipe_emulator::aws::start_engines(&root)?;
+            let environment = [
+                ("JOBPIPE_TEST_AWS_ENDPOINT".to_string(), engines.endpoints.aws.clone()),
+                ("JOBPIPE_TEST_DYNAMODB_ENDPOINT".to_string(), engines.endpoints.dynamodb.clone()),
+            ];
+            let work_dir = if work_dir.is_absolute() { work_dir } else { root.join(work_dir) };
+            let outcomes = jobpipe::iam_mutations::run(&root, &work_dir, &environment, |outcome| {
+                eprintln!(
+                    "{}/{}: role test {}, refused {}",
+                    outcome.mutation.function,
+                    outcome.mutation.sid,
+                    if outcome.failed { "fails" } else { "PASSES" },
+                    outcome.refusal.as_deref().unwrap_or("nothing naming its actions")
+                );
+            })
+            .await?;
+            println!("{}", jobpipe::iam_mutations::table(&outcomes));
+            let unproven = outcomes.iter().filter(|o| !o.proven()).count();
+            println!("{} of {} statements proven needed and enforced", outcomes.len() - unproven, outcomes.len());
+            drop(engines);
+            if unproven > 0 {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Commands::Bench { cold_starts, records, no_zips, no_baseline, rate, seconds, root } => {

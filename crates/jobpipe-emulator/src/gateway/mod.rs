@@ -1,8 +1,10 @@
 //! The local API Gateway, one server on one port: the HTTP API's routes as API Gateway v2 events
 //! (`http_api`), the WebSocket API as a real WebSocket endpoint (`/ws`) routed to its functions
 //! (`websocket`), the `@connections` management API that pushes to those sockets (`connections`), the
-//! dev helpers (`/dev/*`), the Bedrock stand-in, and the web UI's files.
+//! dev helpers (`/dev/*`), the Bedrock stand-in, and the web UI's files; `access` judges the calls
+//! that need IAM.
 
+mod access;
 mod connections;
 mod http_api;
 mod websocket;
@@ -21,6 +23,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+pub use access::GatewayAccess;
 pub use http_api::{Cors, HttpRoute, match_path};
 pub use websocket::SocketRoute;
 
@@ -42,6 +45,8 @@ pub struct Gateway {
     pub dev: Arc<dyn DevHelpers>,
     /// The Bedrock runtime stand-in (`/model/{id}/invoke`), served on the same port.
     pub bedrock: Arc<BedrockStandIn>,
+    /// Judges `@connections` and Bedrock calls by the caller's role; without it, anyone may.
+    pub access: Option<GatewayAccess>,
     connections: Mutex<HashMap<String, Connection>>,
 }
 
@@ -52,6 +57,7 @@ impl Gateway {
         socket_routes: Vec<SocketRoute>,
         web_dir: PathBuf,
         dev: Arc<dyn DevHelpers>,
+        access: Option<GatewayAccess>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             http_routes,
@@ -60,6 +66,7 @@ impl Gateway {
             web_dir,
             dev,
             bedrock: Arc::new(BedrockStandIn::default()),
+            access,
             connections: Mutex::new(HashMap::new()),
         })
     }
@@ -77,6 +84,7 @@ impl Gateway {
             .fallback(http_api::http_api)
             .with_state(self.clone())
             .merge(self.bedrock.router())
+            .layer(axum::middleware::from_fn_with_state(self.clone(), access::judge))
     }
 
     /// How many WebSocket connections are open.

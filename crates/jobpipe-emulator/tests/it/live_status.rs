@@ -195,16 +195,21 @@ async fn connections_answer_gone_until_connect_has_returned() {
 
     let http = reqwest::Client::new();
     let connection_url = format!("{}/@connections/{}", stack.base_url(), encoded(&connection_id));
-    let early = http.post(&connection_url).body(r#"{"early":true}"#).send().await.unwrap();
+    let notifier = signed_as(&jobpipe_emulator::iam::access_key("NotifierFunction"));
+    let as_notifier = |request: reqwest::RequestBuilder| request.header("authorization", &notifier);
+    // The notifier's role may only POST; reading a connection is the operator's.
+    let operator = signed_as(jobpipe_emulator::iam::ADMIN_ACCESS_KEY);
+    let as_operator = |request: reqwest::RequestBuilder| request.header("authorization", &operator);
+    let early = as_notifier(http.post(&connection_url)).body(r#"{"early":true}"#).send().await.unwrap();
     assert_eq!(early.status(), 410, "a push while $connect runs is refused");
     assert_eq!(early.headers()["x-amzn-errortype"], "GoneException");
-    assert_eq!(http.get(&connection_url).send().await.unwrap().status(), 410, "GetConnection too");
+    assert_eq!(as_operator(http.get(&connection_url)).send().await.unwrap().status(), 410, "GetConnection too");
 
     release.send_replace(true);
     let mut socket = opening.await.unwrap().expect("the connection opens once $connect returns");
-    let pushed = http.post(&connection_url).body(r#"{"late":true}"#).send().await.unwrap();
+    let pushed = as_notifier(http.post(&connection_url)).body(r#"{"late":true}"#).send().await.unwrap();
     assert_eq!(pushed.status(), 200);
-    let info = json_of(http.get(&connection_url)).await;
+    let info = json_of(as_operator(http.get(&connection_url))).await;
     assert!(info["connectedAt"].is_string(), "{info}");
     assert_eq!(next_json(&mut socket, Duration::from_secs(20)).await, Some(json!({"late": true})));
     stack.stop().await;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 mod clients;
 mod engines;
 mod http_api;
+mod iam;
 mod live_status;
 mod observability;
 mod runtime;
