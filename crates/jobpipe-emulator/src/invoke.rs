@@ -1,16 +1,19 @@
 //! `jobpipe invoke FUNCTION -e EVENT`: runs one function of the template once with an event file, like
 //! `sam local invoke`, but without Docker: the real binary under the local Runtime API, against the local
-//! engines.
+//! engines, with its own role's permissions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::aws::LocalAws;
+use crate::aws::{Endpoints, LocalAws};
 use crate::dev::DevOptions;
+use crate::faults::FaultProxy;
+use crate::iam::Iam;
 use crate::runtime::{Function, InvokeError};
 use crate::setup::build;
 use crate::template::Template;
@@ -45,7 +48,12 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
     }
     let defaults = DevOptions::new(root.to_path_buf());
     let endpoints = options.endpoints.or(defaults.endpoints);
-    let local = LocalAws::start(root, &template, endpoints, &options.prefix).await?;
+    let mut local = LocalAws::start(root, &template, endpoints, &options.prefix).await?;
+    // The function's AWS calls go through a proxy that judges them by its role, as in `jobpipe dev`.
+    let proxy = FaultProxy::new(&local.endpoints, 0.0, 0.0);
+    proxy.set_iam(Arc::new(Iam::from_template(&functions, &local.resolver)?));
+    let (proxy_url, serving) = proxy.serve().await?;
+    local.endpoints = Endpoints::one(proxy_url);
     let mut process = local.function_process(spec, &defaults.binaries, "http://127.0.0.1:9", &BTreeMap::new())?;
     process.instances = 1;
     let (log, mut lines) = mpsc::unbounded_channel::<(String, String)>();
@@ -59,6 +67,7 @@ pub async fn invoke_once(root: &Path, function: &str, event: Value, options: Inv
     let result = running.invoke_json(&event).await;
     running.stop_and_wait().await;
     printer.abort();
+    serving.abort();
     drop(local);
     match result {
         Ok(value) => Ok(value),

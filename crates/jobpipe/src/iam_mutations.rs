@@ -84,16 +84,24 @@ pub fn without_statement(text: &str, function: &str, sid: &str) -> anyhow::Resul
 
 /// Runs the role test once per statement, each with a template copy under `work_dir` that lacks it
 /// (its output beside it, `<function>-<sid>.log`). `environment` is what the test process needs besides
-/// (the engines' endpoints). The role test bounds its own waits, so every run ends.
+/// (the engines' endpoints). `only` (`Function/Sid`), when not empty, picks the statements. The role
+/// test bounds its own waits, so every run ends.
 pub async fn run(
     root: &Path,
     work_dir: &Path,
     environment: &[(String, String)],
+    only: &[String],
     mut progress: impl FnMut(&Outcome),
 ) -> anyhow::Result<Vec<Outcome>> {
     let template_path = root.join("template.yaml");
     let text = std::fs::read_to_string(&template_path).with_context(|| format!("reading {template_path:?}"))?;
-    let all = mutations(&Template::load(&template_path)?)?;
+    let mut all = mutations(&Template::load(&template_path)?)?;
+    if !only.is_empty() {
+        all.retain(|m| only.contains(&format!("{}/{}", m.function, m.sid)));
+        if all.len() != only.len() {
+            bail!("--only names statements the template does not have: {only:?}");
+        }
+    }
     std::fs::create_dir_all(work_dir)?;
     let test_binary = build_role_test(root).await?;
     let mut outcomes = Vec::new();

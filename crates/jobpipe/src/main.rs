@@ -182,6 +182,9 @@ enum Commands {
         /// Where the template copies and each run's output go.
         #[arg(long, default_value = "target/iam-mutations")]
         work_dir: PathBuf,
+        /// Only these statements (`Function/Sid`, repeatable).
+        #[arg(long)]
+        only: Vec<String>,
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
@@ -324,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             println!("load run ({rate}/s for {seconds} s)\n{}", report.table());
             Ok(())
         }
-        Commands::IamMutations { work_dir, root } => {
+        Commands::IamMutations { work_dir, only, root } => {
             let root = root.canonicalize()?;
             let engines = jobpipe_emulator::aws::start_engines(&root)?;
             let environment = [
@@ -332,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
                 ("JOBPIPE_TEST_DYNAMODB_ENDPOINT".to_string(), engines.endpoints.dynamodb.clone()),
             ];
             let work_dir = if work_dir.is_absolute() { work_dir } else { root.join(work_dir) };
-            let outcomes = jobpipe::iam_mutations::run(&root, &work_dir, &environment, |outcome| {
+            let outcomes = jobpipe::iam_mutations::run(&root, &work_dir, &environment, &only, |outcome| {
                 eprintln!(
                     "{}/{}: role test {}, refused {}",
                     outcome.mutation.function,

@@ -280,10 +280,15 @@ fn classify(error: aws_sdk_bedrockruntime::error::SdkError<InvokeModelError>) ->
         Some(InvokeModelError::ValidationException(_)) => {
             JobError::permanent("invalid_request", format!("Bedrock rejected the request: {message}"))
         }
-        Some(InvokeModelError::AccessDeniedException(_)) => JobError::permanent(
-            "model_access_denied",
-            "This account has no access to the model; enable it in the Bedrock console (Model access).",
-        ),
+        // AWS's reason names the role and account, so it goes to the operator's log, not to the job.
+        Some(InvokeModelError::AccessDeniedException(_)) => {
+            tracing::warn!(reason = %message, "Bedrock refused access to the model");
+            JobError::permanent(
+                "model_access_denied",
+                "Bedrock refused access to the model: the function's role may not invoke it, or the account has \
+                 no access to it (Bedrock console, Model access). The function's log has AWS's reason.",
+            )
+        }
         Some(InvokeModelError::ResourceNotFoundException(_)) => {
             JobError::permanent("model_not_found", format!("The model does not exist in this region: {message}"))
         }
@@ -462,5 +467,32 @@ mod tests {
         assert_eq!(seed_for(&input, "job-1"), seed_for(&input, "job-1"));
         assert!(seed_for(&input, "job-1") <= MAX_SEED);
         assert_eq!(seed_for(&ImageInput { seed: Some(9), ..input }, "job-1"), 9);
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use aws_sdk_bedrockruntime::error::SdkError;
+    use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
+    use aws_sdk_bedrockruntime::types::error::AccessDeniedException;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+
+    /// Bedrock's AccessDenied comes both from the role (IAM) and from model access; the job's error must
+    /// not send the operator to the console when the role is what refused (it once did), and AWS's
+    /// reason, which names the role and account, stays out of what the job's owner sees.
+    #[test]
+    fn an_access_refusal_names_both_causes_and_keeps_awss_reason_from_the_job() {
+        let reason =
+            "User: arn:aws:sts::123456789012:assumed-role/r/f is not authorized to perform: bedrock:InvokeModel";
+        let error = SdkError::service_error(
+            InvokeModelError::AccessDeniedException(AccessDeniedException::builder().message(reason).build()),
+            Response::new(StatusCode::try_from(403).unwrap(), SdkBody::empty()),
+        );
+        let job_error = super::classify(error);
+        let info = job_error.info();
+        assert_eq!(info.code, "model_access_denied");
+        assert!(info.message.contains("role may not invoke it"), "{}", info.message);
+        assert!(!info.message.contains("123456789012"), "{}", info.message);
     }
 }

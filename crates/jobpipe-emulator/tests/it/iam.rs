@@ -273,7 +273,8 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     let qr = until_terminal(&stack, &token, &job_id(&reply.json().await.unwrap())).await;
     let url = qr["result"]["url"].as_str().unwrap_or_else(|| panic!("a result URL: {qr}"));
     let png = http.get(url).send().await.unwrap();
-    assert_eq!(png.status(), 200, "the presigned result URL works");
+    let status = png.status();
+    assert_eq!(status, 200, "the presigned result URL works: {}", png.text().await.unwrap_or_default());
 
     // An image, generated after one throttled call (sent again, delayed, after the quota window).
     stack.gateway.bedrock.set_faults(1, Duration::ZERO).await;
@@ -286,6 +287,21 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     let retried = job_id(&post_job(&stack, &token, json!({"failTimes": 1})).await);
     let ended = until_terminal(&stack, &token, &retried).await;
     assert_eq!((&ended["status"], &ended["attempts"]), (&json!("completed"), &json!(2)), "{ended}");
+
+    // A dead letter of a job that has ended is settled: the reconciler reads and deletes it.
+    let (dlq_url, _) = stack.created.queues["JobsDeadLetterQueue"].clone();
+    let letter = json!({"jobId": job_id(&redispatched)}).to_string();
+    admin.sqs.send_message().queue_url(&dlq_url).message_body(letter).send().await.unwrap();
+    let mut depth = u64::MAX;
+    // The reconciler runs every second: over a hundred runs without settling it means it never will.
+    for _ in 0..240 {
+        depth = jobpipe_emulator::resources::queue_depth(&admin.sqs, &dlq_url).await.unwrap();
+        if depth == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(depth, 0, "the reconciler settled the dead letter");
 
     // Listed by owner.
     let page = json_of(http.get(format!("{}/jobs", stack.base_url())).bearer_auth(&token)).await;
