@@ -334,7 +334,7 @@ fn mapping_allowed(iam: &Iam, function: &str, actions: &[&str], source_arn: &str
         let resource = if *action == "dynamodb:ListStreams" { "*" } else { source_arn };
         if iam.judge(Some(&key), &[(action.to_string(), resource.to_string())]) != crate::iam::Verdict::Allowed {
             anyhow::bail!(
-                "InvalidParameterValueException: the event source mapping of {function} on {source_arn} cannot                  be created: the provided execution role does not have permissions to call {action} on {resource}"
+                "InvalidParameterValueException: the event source mapping of {function} on {source_arn} cannot be created: the provided execution role does not have permissions to call {action} on {resource}"
             );
         }
     }

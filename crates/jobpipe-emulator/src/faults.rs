@@ -224,7 +224,10 @@ fn refused(service: Service, verdict: &Verdict) -> Response {
         )
             .into_response(),
     };
-    response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static("AccessDeniedException"));
+    // The SDKs read the error code from this header before the body's.
+    if let Ok(value) = HeaderValue::from_str(code) {
+        response.headers_mut().insert("x-amzn-errortype", value);
+    }
     response
 }
 

@@ -118,6 +118,12 @@ impl Iam {
             return Verdict::Allowed;
         }
         let Some(role) = key.and_then(|key| self.roles.get(key)) else { return Verdict::UnknownKey };
+        // A call that names nothing to authorize (a malformed batch, say) is refused, never waved through.
+        if requested.is_empty() {
+            let message =
+                format!("User: {} made a call that names no resource the local stack can judge", role.principal());
+            return Verdict::Denied { action: "unknown".into(), resource: "*".into(), message };
+        }
         for (action, resource) in requested {
             match role.statements.iter().find(|statement| statement.allows(action, resource)) {
                 Some(statement) => {
@@ -265,11 +271,11 @@ pub fn sqs_requests(target: &str, body: &Value) -> Vec<(String, String)> {
     let action = format!("sqs:{}", operation.strip_suffix("Batch").unwrap_or(operation));
     let queue_arn = match (body.get("QueueUrl").and_then(Value::as_str), body.get("QueueName").and_then(Value::as_str))
     {
+        // Local queue ARNs always carry the local account (`resources`), whatever account the engine puts
+        // in its URLs (LocalStack's 000000000000, ElasticMQ's `/queue/`).
         (Some(url), _) => {
-            let mut parts = url.trim_end_matches('/').rsplit('/');
-            let name = parts.next().unwrap_or_default();
-            let account = parts.next().unwrap_or(ACCOUNT);
-            format!("arn:aws:sqs:{REGION}:{account}:{name}")
+            let name = url.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+            format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}")
         }
         (None, Some(name)) => format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
         (None, None) => "*".into(),
@@ -379,6 +385,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(iam.judge(Some(&key), &[]), Verdict::Denied { .. }), "a call naming nothing is refused");
         assert_eq!(iam.judge(Some("SOMEONEELSE"), &get), Verdict::UnknownKey);
         assert_eq!(iam.judge(None, &get), Verdict::UnknownKey);
         assert_eq!(iam.judge(Some(ADMIN_ACCESS_KEY), &scan), Verdict::Allowed);
@@ -419,6 +426,11 @@ mod tests {
                 &json!({"QueueUrl": "http://127.0.0.1:1/123456789012/jobs-dlq", "Entries": []})
             ),
             vec![("sqs:DeleteMessage".to_string(), "arn:aws:sqs:us-east-1:123456789012:jobs-dlq".to_string())]
+        );
+        assert_eq!(
+            sqs_requests("AmazonSQS.SendMessage", &json!({"QueueUrl": "http://localhost:4566/000000000000/jobs"})),
+            vec![("sqs:SendMessage".to_string(), "arn:aws:sqs:us-east-1:123456789012:jobs".to_string())],
+            "local queue ARNs carry the local account, whatever the engine's URLs say"
         );
         assert_eq!(
             s3_requests(&http::Method::GET, "/bucket/results/a%2Fb.png", Some("X-Amz-Credential=K")),

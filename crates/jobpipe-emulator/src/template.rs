@@ -317,7 +317,6 @@ fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
     }))
 }
 
-/// `rate(1 minute)`, `rate(5 minutes)`, `rate(30 seconds)` (not valid on AWS, handy locally), `rate(2 hours)`.
 /// The statements of a function's `Policies`. Only inline `Allow` statements with `Action` and
 /// `Resource` are understood; anything else (a managed policy, a SAM policy template, `Deny`,
 /// `NotAction`, `Condition`) is refused, so the local roles never silently differ from the deployed ones.
@@ -357,6 +356,7 @@ fn policy_statements(policies: Option<&Yaml>) -> Result<Vec<StatementSpec>, Stri
     Ok(statements)
 }
 
+/// `rate(1 minute)`, `rate(5 minutes)`, `rate(30 seconds)` (not valid on AWS, handy locally), `rate(2 hours)`.
 pub fn parse_rate(expression: &str) -> Result<Duration, String> {
     let inner = expression
         .trim()

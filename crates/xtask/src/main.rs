@@ -132,18 +132,18 @@ fn test(extra: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // CI builds a fresh clone once, where incremental compilation's caches only fill the disk (1.4 GB of
     // the 7.5 GB a run left; a CI run once failed with the disk full).
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    let incremental = if ci { "0" } else { "1" };
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let incremental = |command: &mut Command| {
+        if ci {
+            command.env("CARGO_INCREMENTAL", "0");
+        }
+    };
 
     run(Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]))?;
-    run(Command::new(&cargo).current_dir(&root).env("CARGO_INCREMENTAL", incremental).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let mut clippy = Command::new(&cargo);
+    clippy.current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    incremental(&mut clippy);
+    run(&mut clippy)?;
     run(Command::new(bin.join("cfn-lint")).current_dir(&root).arg("template.yaml"))?;
     run(Command::new(bin.join("sam"))
         .current_dir(&root)
@@ -172,16 +172,16 @@ fn test(extra: &[String]) -> Result<()> {
     let moto = Engine::moto(&root, &bin.join("python")).map_err(|e| e.to_string())?;
     let dynamodb_local = Engine::dynamodb_local(&root, &bin.join("python")).map_err(|e| e.to_string())?;
     eprintln!("xtask: moto on {}, DynamoDB Local on {}", moto.endpoint(), dynamodb_local.endpoint());
-    let totals = run_tests(
-        Command::new(&cargo)
-            .current_dir(&root)
-            .args(["test", "--workspace", "--all-targets"])
-            .args(extra)
-            .env("CARGO_INCREMENTAL", incremental)
-            .env("JOBPIPE_TEST_AWS_ENDPOINT", moto.endpoint())
-            .env("JOBPIPE_TEST_DYNAMODB_ENDPOINT", dynamodb_local.endpoint())
-            .env("JOBPIPE_PYTHON", bin.join("python")),
-    )?;
+    let mut tests = Command::new(&cargo);
+    tests
+        .current_dir(&root)
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra)
+        .env("JOBPIPE_TEST_AWS_ENDPOINT", moto.endpoint())
+        .env("JOBPIPE_TEST_DYNAMODB_ENDPOINT", dynamodb_local.endpoint())
+        .env("JOBPIPE_PYTHON", bin.join("python"));
+    incremental(&mut tests);
+    let totals = run_tests(&mut tests)?;
     drop((moto, dynamodb_local));
     // One closing line for the whole run: cargo's last line speaks only for its last test binary.
     println!("{} passed, {} failed", totals.passed, totals.failed);
