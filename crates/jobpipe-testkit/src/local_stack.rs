@@ -4,6 +4,7 @@
 use std::sync::Once;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::StreamExt;
 use jobpipe_emulator::dev::{DevOptions, DevStack};
 use jobpipe_emulator::faults::{CallHook, FaultProxy};
@@ -114,6 +115,40 @@ pub async fn until_terminal(stack: &DevStack, token: &str, job_id: &str) -> Valu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("job {job_id} did not finish");
+}
+
+/// The connection id of `add_gone_subscriber`'s subscriber.
+pub const GONE_CONNECTION: &str = "ghost";
+
+/// Subscribes a connection whose socket no longer exists (its `$disconnect` never ran) to `job_id`, as
+/// `owner`, written straight to the connections table.
+pub async fn add_gone_subscriber(stack: &DevStack, job_id: &str, owner: &str) {
+    let dynamodb = crate::clients().dynamodb;
+    for key in ["-", job_id] {
+        dynamodb
+            .put_item()
+            .table_name(&stack.created.tables["ConnectionsTable"])
+            .item("connectionId", AttributeValue::S(GONE_CONNECTION.into()))
+            .item("jobId", AttributeValue::S(key.into()))
+            .item("owner", AttributeValue::S(owner.into()))
+            .send()
+            .await
+            .expect("writing the gone subscriber");
+    }
+}
+
+/// How many connections-table items the gone subscriber still has.
+pub async fn gone_subscriber_items(stack: &DevStack) -> i32 {
+    crate::clients()
+        .dynamodb
+        .query()
+        .table_name(&stack.created.tables["ConnectionsTable"])
+        .key_condition_expression("connectionId = :c")
+        .expression_attribute_values(":c", AttributeValue::S(GONE_CONNECTION.into()))
+        .send()
+        .await
+        .expect("querying the connections table")
+        .count()
 }
 
 /// Whether an AWS call a proxy hook sees (`target`, JSON `call`) is a DynamoDB PutItem of a

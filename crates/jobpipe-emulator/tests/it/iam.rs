@@ -221,19 +221,7 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     // Pushed live to a subscriber; a subscription whose socket is gone is forgotten.
     let pushed = job_id(&post_job(&stack, &token, json!({"sleepMs": 1500})).await);
     let admin = jobpipe_testkit::clients();
-    let connections_table = stack.created.tables["ConnectionsTable"].clone();
-    for key in ["-", pushed.as_str()] {
-        admin
-            .dynamodb
-            .put_item()
-            .table_name(&connections_table)
-            .item("connectionId", AttributeValue::S("ghost".into()))
-            .item("jobId", AttributeValue::S(key.into()))
-            .item("owner", AttributeValue::S("iam".into()))
-            .send()
-            .await
-            .unwrap();
-    }
+    add_gone_subscriber(&stack, &pushed, "iam").await;
     let mut socket = connect(&stack, &format!("token={token}&jobId={pushed}")).await.expect("the socket opens");
     let mut completed_push = false;
     while let Some(message) = next_json(&mut socket, Duration::from_secs(60)).await {
@@ -243,16 +231,7 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
         }
     }
     assert!(completed_push, "the subscriber saw the job complete");
-    let ghost = admin
-        .dynamodb
-        .query()
-        .table_name(&connections_table)
-        .key_condition_expression("connectionId = :c")
-        .expression_attribute_values(":c", AttributeValue::S("ghost".into()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ghost.count(), 0, "the gone connection was forgotten");
+    assert_eq!(gone_subscriber_items(&stack).await, 0, "the gone connection was forgotten");
 
     // A large input travels through S3; once its object is gone, the API shows it as null.
     let large = json!({"blob": "x".repeat(20_000)});

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
 use futures_util::SinkExt;
 use jobpipe_testkit::local_stack::*;
 use serde_json::json;
@@ -95,20 +93,7 @@ async fn a_gone_connection_is_forgotten_without_blocking_the_others() {
     let token = stack.token("alice");
     let job = post_job(&stack, &token, json!({"sleepMs": 800})).await;
     let job_id = job["jobId"].as_str().unwrap().to_string();
-    // A subscription whose socket no longer exists (its $disconnect never ran).
-    let dynamodb = jobpipe_testkit::clients().dynamodb;
-    let connections_table = stack.created.tables["ConnectionsTable"].clone();
-    for (key, value) in [("-", "alice"), (job_id.as_str(), "alice")] {
-        dynamodb
-            .put_item()
-            .table_name(&connections_table)
-            .item("connectionId", AttributeValue::S("ghost".into()))
-            .item("jobId", AttributeValue::S(key.into()))
-            .item("owner", AttributeValue::S(value.into()))
-            .send()
-            .await
-            .unwrap();
-    }
+    add_gone_subscriber(&stack, &job_id, "alice").await;
     let mut socket = connect(&stack, &format!("token={token}&jobId={job_id}")).await.unwrap();
     let mut last = None;
     while let Some(message) = next_json(&mut socket, Duration::from_secs(20)).await {
@@ -118,15 +103,7 @@ async fn a_gone_connection_is_forgotten_without_blocking_the_others() {
         }
     }
     assert!(last.is_some(), "the live connection got every push despite the dead one");
-    let ghost_rows = dynamodb
-        .query()
-        .table_name(&connections_table)
-        .key_condition_expression("connectionId = :c")
-        .expression_attribute_values(":c", AttributeValue::S("ghost".into()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ghost_rows.count(), 0, "GoneException removed the dead connection");
+    assert_eq!(gone_subscriber_items(&stack).await, 0, "GoneException removed the dead connection");
     stack.stop().await;
 }
 
