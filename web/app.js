@@ -2,6 +2,8 @@
 // polling GET /jobs/{id} with backoff while the socket is down. Plain ES module, no build step.
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+// What the owner may still cancel: jobs that have not started.
+const CANCELLABLE = new Set(["scheduled", "queued"]);
 const STORAGE_KEY = "jobpipe.session";
 // Polling paces. FAST while the socket is down. SLOW while a job is followed over the socket: its first
 // read confirms the state a subscription answered (the notifier finds subscribers through an eventually
@@ -283,9 +285,12 @@ async function submitJob(event) {
   button.disabled = true;
   try {
     const input = formInput(kind, form);
+    const submission = { kind, input };
+    const runAt = startTime(form.elements.runAt.value);
+    if (runAt) submission.runAt = runAt;
     const job = await api("/jobs", {
       method: "POST",
-      body: JSON.stringify({ kind, input }),
+      body: JSON.stringify(submission),
       headers: { "idempotency-key": crypto.randomUUID() },
     });
     upsert(job);
@@ -295,6 +300,14 @@ async function submitJob(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** The `runAt` of a `datetime-local` value (the person's own time zone), or null for "now". */
+function startTime(value) {
+  if (!value) return null;
+  const at = new Date(value);
+  if (Number.isNaN(at.getTime())) throw new Error("The start time is not a date and time.");
+  return at.toISOString();
 }
 
 function describeError(error) {
@@ -363,17 +376,25 @@ function render(job) {
   bar.firstElementChild.style.width = `${progress}%`;
   item.querySelector(".meta").textContent = meta(job);
   item.querySelector(".error-text").textContent = job.error ? errorInWords(job.error) : "";
-  item.querySelector(".job-actions").hidden = job.status !== "queued";
+  item.querySelector(".job-actions").hidden = !CANCELLABLE.has(job.status);
   renderResult(item.querySelector(".result"), job);
 }
 
 function meta(job) {
   const parts = [];
   if (job.createdAt) parts.push(`submitted ${new Date(job.createdAt).toLocaleTimeString()}`);
+  if (job.runAt) parts.push(`${job.status === "scheduled" ? "starts" : "scheduled for"} ${when(job.runAt)}`);
   if (job.attempts > 1) parts.push(`attempt ${job.attempts}`);
   if (job.durationMs != null) parts.push(`took ${(job.durationMs / 1000).toFixed(1)} s`);
   else if (job.status === "processing" && job.progress) parts.push(`${job.progress}%`);
   return parts.join(" · ");
+}
+
+/** A time as a person reads it: the time alone today, with the date otherwise. */
+function when(iso) {
+  const at = new Date(iso);
+  const today = at.toDateString() === new Date().toDateString();
+  return today ? at.toLocaleTimeString() : at.toLocaleString();
 }
 
 function errorInWords(error) {

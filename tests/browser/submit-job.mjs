@@ -33,6 +33,34 @@ try {
   const progress = await job.locator(".progress").getAttribute("aria-valuenow");
   if (progress !== "100") throw new Error(`progress shows ${progress}, not 100`);
 
+  // Scheduled jobs: one an hour ahead shows as scheduled with its start and is cancelled from the page;
+  // one a few seconds ahead waits, then runs. The start is typed in the person's own time zone.
+  const localInput = (msAhead) => page.evaluate((ms) => {
+    const at = new Date(Date.now() + ms);
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}T${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;
+  }, msAhead);
+  await page.getByLabel("Message").fill("an hour from now");
+  await page.getByLabel("Work for (ms)").fill("0");
+  await page.getByLabel("Start at").fill(await localInput(3600 * 1000));
+  await page.getByRole("button", { name: "Submit" }).click();
+  const later = page.locator(".job").first();
+  await later.locator(".status[data-status=scheduled]").waitFor({ timeout: 20000 });
+  const laterMeta = await later.locator(".meta").textContent();
+  if (!/starts /.test(laterMeta)) throw new Error(`a scheduled job's line says "${laterMeta}", not when it starts`);
+  await later.getByRole("button", { name: "Cancel" }).click();
+  await later.locator(".status[data-status=cancelled]").waitFor({ timeout: 20000 });
+  if (!(await later.locator(".job-actions").isHidden())) throw new Error("a cancelled job still offers Cancel");
+
+  await page.getByLabel("Message").fill("in a few seconds");
+  await page.getByLabel("Start at").fill(await localInput(4000));
+  await page.getByRole("button", { name: "Submit" }).click();
+  const soon = page.locator(".job").first();
+  await soon.locator(".result pre", { hasText: "in a few seconds" }).waitFor({ timeout: 60000 });
+  const soonMeta = await soon.locator(".meta").textContent();
+  if (!/scheduled for /.test(soonMeta)) throw new Error(`a job that was scheduled says "${soonMeta}"`);
+  await page.getByLabel("Start at").fill("");
+
   // The socket drops while a job runs: the page falls back to polling and still sees it finish.
   await page.getByLabel("Message").fill("survives a dropped socket");
   await page.getByLabel("Work for (ms)").fill("4000");

@@ -71,9 +71,10 @@ pub async fn list(
     }
     let status = match query.get("status").map(String::as_str) {
         None => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request("status", "must be one of queued, processing, completed, failed, cancelled")
-        })?),
+        Some(s) => Some(
+            JobStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request("status", format!("must be one of {}", JobStatus::names())))?,
+        ),
     };
     let limit =
         match query.get("limit") {
@@ -114,7 +115,7 @@ pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated)
     Json(KindList { kinds: api.kinds.names().collect() })
 }
 
-/// Cancels a job that is still queued.
+/// Cancels a job that has not started: queued, or scheduled.
 #[utoipa::path(
     delete,
     path = "/jobs/{jobId}",
@@ -124,7 +125,7 @@ pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated)
     responses(
         (status = 200, description = "Cancelled; the job as it is now.", body = JobView),
         (status = 404, description = "No such job (or not yours).", body = ErrorBody),
-        (status = 409, description = "The job is no longer queued.", body = ErrorBody),
+        (status = 409, description = "The job has started (or ended).", body = ErrorBody),
         CommonErrors,
     )
 )]
@@ -143,7 +144,7 @@ pub async fn cancel(
         CancelOutcome::NotCancellable(job) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
-            format!("job is {}; only queued jobs can be cancelled", job.status.as_str()),
+            format!("job is {}; only scheduled or queued jobs can be cancelled", job.status.as_str()),
         )),
         CancelOutcome::NotFound => Err(ApiError::not_found()),
     }

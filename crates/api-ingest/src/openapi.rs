@@ -8,6 +8,7 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
+use jobpipe_core::intake::MAX_SCHEDULE_AHEAD;
 use jobpipe_core::kinds::KindRegistry;
 
 /// Where the document is served (without a token).
@@ -75,9 +76,20 @@ pub fn document(openapi: &OpenApi, kinds: &KindRegistry) -> Value {
             "description": format!("A job of kind `{name}`."),
             "additionalProperties": false,
             "required": if input_required { json!(["kind", "input"]) } else { json!(["kind"]) },
+            // A start is given one way or the other, never both.
+            "not": {"required": ["runAt", "delaySeconds"]},
             "properties": {
                 "kind": {"type": "string", "const": name},
                 "input": {"$ref": format!("#/components/schemas/{input_name}")},
+                "runAt": {
+                    "type": "string", "format": "date-time",
+                    "description": "Start at this time, not before (up to 365 days ahead); the job is \
+                        `scheduled` until then. Not with `delaySeconds`.",
+                },
+                "delaySeconds": {
+                    "type": "integer", "minimum": 0, "maximum": MAX_SCHEDULE_AHEAD.as_secs(),
+                    "description": "Start this many seconds after acceptance. Not with `runAt`.",
+                },
             },
         });
         for (component, schema) in [(&input_name, input), (&job_name, job)] {

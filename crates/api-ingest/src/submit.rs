@@ -1,4 +1,5 @@
-//! `POST /jobs`: validate, store the job as `queued`, send its message, answer `202`.
+//! `POST /jobs`: validate, store the job as `queued` (or `scheduled`, with `runAt` or `delaySeconds`),
+//! send its message, answer `202`.
 
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use jobpipe_core::intake::{Accepted, Intake, NewJob};
+use jobpipe_core::clock::{Millis, from_rfc3339};
+use jobpipe_core::intake::{Accepted, Intake, MAX_SCHEDULE_AHEAD, NewJob, StartAt};
 use jobpipe_core::job::JobView;
 use jobpipe_core::metrics::{self, Unit};
 use serde_json::{Map, Value};
@@ -19,16 +21,21 @@ use crate::{Api, CorrelationId};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// How far in the past a `runAt` may be (a client's clock running behind): it then starts at once.
+/// Further back is most likely a mistake (a wrong year or time zone), refused rather than run now.
+const RUN_AT_PAST_TOLERANCE_MS: Millis = 5 * 60 * 1000;
 
 /// A validated submission.
 #[derive(Debug)]
 struct Submission {
     kind: String,
     input: Value,
+    start: StartAt,
 }
 
-/// Submits a job. It is stored as `queued` and sent to the queue before this answers; follow it with
-/// `GET /jobs/{jobId}` (the `Location` header) or the WebSocket.
+/// Submits a job. It is stored as `queued` and sent to the queue before this answers, or, with `runAt` or
+/// `delaySeconds`, as `scheduled` to start then (up to 365 days ahead; cancellable until it starts);
+/// follow it with `GET /jobs/{jobId}` (the `Location` header) or the WebSocket.
 #[utoipa::path(
     post,
     path = "/jobs",
@@ -47,7 +54,8 @@ struct Submission {
         (status = 400, description = "The body is not JSON or not a job.", body = ErrorBody),
         (status = 413, description = "The body is over the size limit.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
-        (status = 422, description = "Unknown kind, input the kind rejects, or a reused Idempotency-Key.",
+        (status = 422, description = "Unknown kind, input the kind rejects, a start time in the past or more \
+            than 365 days ahead, or a reused Idempotency-Key.",
             body = ErrorBody),
         CommonErrors,
     )
@@ -69,6 +77,8 @@ pub async fn submit(
     }
     let idempotency_key = idempotency_key(&headers)?;
     let submission = parse_submission(&body)?;
+    let now = api.clock.now_ms();
+    check_start(submission.start, now)?;
     let kind = api.kinds.get(&submission.kind).ok_or_else(|| {
         let known: Vec<_> = api.kinds.names().collect();
         ApiError::new(
@@ -87,9 +97,15 @@ pub async fn submit(
         dispatcher: &api.dispatcher,
         dispatch_grace: api.dispatch_grace,
     };
-    let new =
-        NewJob { owner: caller.sub, kind: submission.kind, input: submission.input, idempotency_key, correlation_id };
-    let (job, replayed) = match intake.accept(new, api.clock.now_ms()).await? {
+    let new = NewJob {
+        owner: caller.sub,
+        kind: submission.kind,
+        input: submission.input,
+        idempotency_key,
+        correlation_id,
+        start: submission.start,
+    };
+    let (job, replayed) = match intake.accept(new, now).await? {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {
@@ -101,7 +117,7 @@ pub async fn submit(
             .field("Idempotency-Key"));
         }
     };
-    tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, "job accepted");
+    tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, run_at = job.run_at, "job accepted");
     if !replayed {
         metrics::emit(crate::SERVICE, "JobsAccepted", Unit::Count, 1.0, &[("Kind", job.kind.as_str())]);
     }
@@ -157,8 +173,11 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("body", "must be a JSON object with kind and input"));
     };
-    if let Some(unknown) = fields.keys().find(|k| !["kind", "input"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(unknown.clone(), "unknown field; a job has kind and input"));
+    if let Some(unknown) = fields.keys().find(|k| !["kind", "input", "runAt", "delaySeconds"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            "unknown field; a job has kind, input, and optionally runAt or delaySeconds",
+        ));
     }
     let kind = match fields.remove("kind") {
         Some(Value::String(kind)) if !kind.is_empty() => kind,
@@ -170,7 +189,63 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
         Some(input @ Value::Object(_)) => input,
         Some(_) => return Err(ApiError::bad_request("input", "must be a JSON object")),
     };
-    Ok(Submission { kind, input })
+    let start = match (fields.remove("runAt"), fields.remove("delaySeconds")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("delaySeconds", "give runAt or delaySeconds, not both"));
+        }
+        (Some(Value::String(text)), None) => StartAt::At(from_rfc3339(&text).ok_or_else(|| {
+            ApiError::bad_request("runAt", "must be an RFC 3339 time with an offset, like 2026-12-24T18:00:00Z")
+        })?),
+        (Some(_), None) => return Err(ApiError::bad_request("runAt", "must be an RFC 3339 time string")),
+        (None, Some(delay)) => match whole_number(&delay) {
+            Some(seconds) => StartAt::After(std::time::Duration::from_secs(seconds)),
+            None => return Err(ApiError::bad_request("delaySeconds", "must be a whole number of seconds")),
+        },
+        (None, None) => StartAt::Now,
+    };
+    Ok(Submission { kind, input, start })
+}
+
+/// A non-negative whole number, as JSON Schema counts integers: `60` and `60.0` alike.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let float = value.as_f64()?;
+        (float >= 0.0 && float.fract() == 0.0 && float < u64::MAX as f64).then_some(float as u64)
+    })
+}
+
+/// A start must be at most `MAX_SCHEDULE_AHEAD` away, and a `runAt` not long past.
+fn check_start(start: StartAt, now: Millis) -> Result<(), ApiError> {
+    let ahead = MAX_SCHEDULE_AHEAD.as_millis() as Millis;
+    let (field, late) = match start {
+        StartAt::Now => return Ok(()),
+        StartAt::At(at) if at < now - RUN_AT_PAST_TOLERANCE_MS => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "start_in_the_past",
+                format!(
+                    "runAt is {} s in the past; give a future time (up to {} s late is run at once)",
+                    (now - at) / 1000,
+                    RUN_AT_PAST_TOLERANCE_MS / 1000
+                ),
+            )
+            .field("runAt"));
+        }
+        StartAt::At(at) => ("runAt", at - now > ahead),
+        StartAt::After(delay) => ("delaySeconds", delay > MAX_SCHEDULE_AHEAD),
+    };
+    if late {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "start_too_far_ahead",
+            format!(
+                "{field} is more than {} days ahead; jobs are scheduled up to that",
+                MAX_SCHEDULE_AHEAD.as_secs() / 86_400
+            ),
+        )
+        .field(field));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

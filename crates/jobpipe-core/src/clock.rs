@@ -48,3 +48,25 @@ pub fn to_rfc3339(ms: Millis) -> String {
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
+
+/// Reads an RFC 3339 time (with its offset) as epoch milliseconds.
+pub fn from_rfc3339(text: &str) -> Option<Millis> {
+    use time::format_description::well_known::Rfc3339;
+    let time = time::OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    Millis::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_read_back_as_written() {
+        assert_eq!(from_rfc3339("2026-12-24T18:00:00Z"), Some(1_798_135_200_000));
+        assert_eq!(from_rfc3339("2026-12-24T19:00:00.250+01:00"), Some(1_798_135_200_250));
+        assert_eq!(from_rfc3339(&to_rfc3339(1_798_135_200_250)), Some(1_798_135_200_250));
+        for bad in ["", "2026-12-24", "2026-12-24T18:00:00", "tomorrow"] {
+            assert_eq!(from_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

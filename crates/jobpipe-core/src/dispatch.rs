@@ -8,6 +8,11 @@
 //! without dead-lettering them; a job older than its maximum age fails as `expired`. Each is then
 //! scheduled for its next check. A duplicate message is harmless: the state machine runs a job once
 //! however often it is delivered.
+//!
+//! A scheduled job (`runAt`) is in the same index. SQS delays a message by at most 15 minutes, so a job
+//! due sooner is sent at once with the rest of its wait as the message's delay; one due later is sent by
+//! the sweep that finds its check, which falls due `SCHEDULE_LEAD` before its time, again delayed to its
+//! time. Its message is then rechecked from its `runAt`, and its maximum age counts from there too.
 
 use std::collections::HashMap;
 
@@ -20,6 +25,13 @@ use crate::error::AwsError;
 use crate::job::ErrorInfo;
 use crate::job::{Job, JobId};
 use crate::store::{ForceFailOutcome, JobStore, PendingDispatch};
+
+/// The longest delay SQS gives a message (`DelaySeconds`).
+pub const MAX_MESSAGE_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
+/// How long before its `runAt` a scheduled job's check falls due: the reconciler runs every minute, so the
+/// sweep that finds the check is at most a minute or two late and its message's delay stays under
+/// `MAX_MESSAGE_DELAY`.
+pub const SCHEDULE_LEAD: std::time::Duration = std::time::Duration::from_secs(13 * 60);
 
 /// SQS message attribute carrying the request's correlation id.
 pub const CORRELATION_ID_ATTRIBUTE: &str = "correlationId";
@@ -129,18 +141,25 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Sends the message and records that it was sent (`now`).
-    pub async fn dispatch(
-        &self,
-        store: &JobStore,
-        job_id: &JobId,
-        kind: &str,
-        correlation_id: &str,
-        now: Millis,
-    ) -> Result<(), AwsError> {
-        self.send(job_id, kind, correlation_id).await?;
-        store.confirm_dispatch(job_id, now).await
+    /// Sends the job's message, delayed to the job's `runAt` when that is ahead (at most
+    /// `MAX_MESSAGE_DELAY`), and records that it was sent (`now`).
+    pub async fn dispatch(&self, store: &JobStore, job: &Job, now: Millis) -> Result<(), AwsError> {
+        let delay = delay_until(job.start_after(), now);
+        self.send_delayed(&job.job_id, &job.kind, &job.correlation_id, delay).await?;
+        store.confirm_dispatch(&job.job_id, now).await
     }
+}
+
+/// The message delay that makes a message visible at `at` (whole seconds, rounded up so it is never
+/// early), at most `MAX_MESSAGE_DELAY`.
+pub fn delay_until(at: Millis, now: Millis) -> std::time::Duration {
+    let seconds = ((at - now).max(0) as u64).div_ceil(1000);
+    std::time::Duration::from_secs(seconds).min(MAX_MESSAGE_DELAY)
+}
+
+/// Whether a job that may start at `at` can be sent now: its wait fits in one message delay.
+pub fn within_message_delay(at: Millis, now: Millis) -> bool {
+    at - now <= MAX_MESSAGE_DELAY.as_millis() as Millis
 }
 
 fn string_attribute(value: &str) -> MessageAttributeValue {
@@ -203,7 +222,8 @@ async fn sweep_one(
     if job.status.is_terminal() {
         return store.clear_dispatch_check(&job.job_id).await;
     }
-    if now - job.created_at >= policy.max_age.as_millis() as Millis {
+    let start = job.start_after();
+    if now - start >= policy.max_age.as_millis() as Millis {
         let info = ErrorInfo {
             code: "expired".into(),
             message: format!("not finished within {} s of being accepted", policy.max_age.as_secs()),
@@ -219,16 +239,22 @@ async fn sweep_one(
             ForceFailOutcome::LeaseLive => {}
         }
     }
-    match job.dispatched_at {
-        Some(sent) if now - sent < recheck => {
+    if !within_message_delay(start, now) {
+        // Scheduled beyond one message delay (its check was moved, or a clock jumped): look again then.
+        report.rescheduled += 1;
+        return store.schedule_dispatch_check(&job.job_id, start - SCHEDULE_LEAD.as_millis() as Millis).await;
+    }
+    // A message sent for a scheduled job becomes visible at its `runAt`: its age counts from there.
+    match job.dispatched_at.map(|sent| sent.max(start)) {
+        Some(visible) if now - visible < recheck => {
             report.rescheduled += 1;
-            store.schedule_dispatch_check(&job.job_id, sent + recheck).await
+            store.schedule_dispatch_check(&job.job_id, visible + recheck).await
         }
         _ => {
-            dispatcher.dispatch(store, &job.job_id, &due.kind, &due.correlation_id, now).await?;
-            tracing::info!(job_id = %job.job_id, correlation_id = %due.correlation_id, first = job.dispatched_at.is_none(), "re-dispatched job");
+            dispatcher.dispatch(store, &job, now).await?;
+            tracing::info!(job_id = %job.job_id, correlation_id = %due.correlation_id, first = job.dispatched_at.is_none(), run_at = job.run_at, "dispatched job");
             report.redispatched += 1;
-            store.schedule_dispatch_check(&job.job_id, now + recheck).await
+            store.schedule_dispatch_check(&job.job_id, now.max(start) + recheck).await
         }
     }
 }
@@ -236,6 +262,17 @@ async fn sweep_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_delay_is_never_early_and_never_over_sqss_limit() {
+        assert_eq!(delay_until(10_000, 10_000), std::time::Duration::ZERO);
+        assert_eq!(delay_until(5_000, 10_000), std::time::Duration::ZERO);
+        assert_eq!(delay_until(10_001, 10_000), std::time::Duration::from_secs(1));
+        assert_eq!(delay_until(12_000, 10_000), std::time::Duration::from_secs(2));
+        assert_eq!(delay_until(10_000 + 3_600_000, 10_000), MAX_MESSAGE_DELAY);
+        assert!(within_message_delay(900_000, 0) && !within_message_delay(900_001, 0));
+        assert!(SCHEDULE_LEAD + std::time::Duration::from_secs(120) <= MAX_MESSAGE_DELAY);
+    }
 
     #[test]
     fn parses_job_messages_and_names_poison() {

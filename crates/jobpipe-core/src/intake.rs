@@ -1,4 +1,5 @@
-//! Accepting a job: store it as `queued` (idempotently), then send its message.
+//! Accepting a job: store it as `queued` (or `scheduled`, to start later), idempotently, then send its
+//! message.
 //!
 //! Callers validate the kind and input first; this module only makes the accepted job durable and
 //! dispatched, with the guarantees described in `dispatch`.
@@ -9,7 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, SCHEDULE_LEAD, within_message_delay};
 use crate::error::AwsError;
 use crate::job::{Job, JobId, JobStatus};
 use crate::payload::PayloadStore;
@@ -23,6 +24,44 @@ pub struct NewJob {
     pub input: Value,
     pub idempotency_key: Option<String>,
     pub correlation_id: String,
+    pub start: StartAt,
+}
+
+/// When a job may start, as its submission says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// As soon as it is accepted.
+    #[default]
+    Now,
+    /// At this time (epoch ms), not before (`runAt`).
+    At(Millis),
+    /// This long after it is accepted (`delaySeconds`).
+    After(Duration),
+}
+
+/// How far ahead a job may be scheduled.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl StartAt {
+    /// When the job may start if accepted at `now`; `None` when at once.
+    pub fn run_at(self, now: Millis) -> Option<Millis> {
+        match self {
+            StartAt::Now => None,
+            StartAt::At(at) => Some(at),
+            StartAt::After(delay) if delay.is_zero() => None,
+            StartAt::After(delay) => Some(now + delay.as_millis() as Millis),
+        }
+    }
+
+    /// What the request hash adds for this start: a replay must ask for the same start (as given, so a
+    /// retried `delaySeconds` is the same request).
+    fn hash_part(self) -> Option<String> {
+        match self {
+            StartAt::Now => None,
+            StartAt::At(at) => Some(format!("at:{at}")),
+            StartAt::After(delay) => Some(format!("after:{}", delay.as_secs())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +88,26 @@ impl Intake<'_> {
             Some(key) => JobId::from_idempotency_key(&new.owner, key),
             None => JobId::new_random(),
         };
-        let request_hash = request_hash(&new.kind, &new.input);
+        let mut request_hash = request_hash(&new.kind, &new.input);
+        if let Some(part) = new.start.hash_part() {
+            request_hash = request_hash_with(&request_hash, &part);
+        }
+        let run_at = new.start.run_at(now);
+        let scheduled = run_at.filter(|at| *at > now);
+        let grace = self.dispatch_grace.as_millis() as Millis;
+        let dispatch_due_at = match scheduled {
+            // Sent by the sweep that finds this check, delayed the rest of the way.
+            Some(at) if !within_message_delay(at, now) => at - SCHEDULE_LEAD.as_millis() as Millis,
+            // Sent now, delayed to its time: checked once that has passed.
+            Some(at) => at + grace,
+            None => now + grace,
+        };
         let input = self.payloads.put_input(&job_id, &request_hash[..16], &new.input).await?;
         let job = Job {
             job_id,
             owner: new.owner,
             kind: new.kind,
-            status: JobStatus::Queued,
+            status: if scheduled.is_some() { JobStatus::Scheduled } else { JobStatus::Queued },
             input,
             result: None,
             error: None,
@@ -63,6 +115,7 @@ impl Intake<'_> {
             attempts: 0,
             progress: 0,
             created_at: now,
+            run_at,
             started_at: None,
             completed_at: None,
             updated_at: now,
@@ -70,7 +123,7 @@ impl Intake<'_> {
             idempotency_key: new.idempotency_key,
             request_hash,
             correlation_id: new.correlation_id,
-            dispatch_due_at: Some(now + self.dispatch_grace.as_millis() as Millis),
+            dispatch_due_at: Some(dispatch_due_at),
             dispatched_at: None,
         };
         let (job, accepted) = match self.store.create(&job).await? {
@@ -78,11 +131,12 @@ impl Intake<'_> {
             CreateOutcome::Replayed(job) => (job.clone(), Accepted::Replayed(job)),
             CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
         };
-        // Also for a replay: if the first request died before sending, this sends it now.
+        // Also for a replay: if the first request died before sending, this sends it now. A job scheduled
+        // beyond one message delay is sent later, by the sweep.
         if job.dispatched_at.is_none()
-            && job.status == JobStatus::Queued
-            && let Err(error) =
-                self.dispatcher.dispatch(self.store, &job.job_id, &job.kind, &job.correlation_id, now).await
+            && job.status.is_cancellable()
+            && within_message_delay(job.start_after(), now)
+            && let Err(error) = self.dispatcher.dispatch(self.store, &job, now).await
         {
             // The job is durable; the reconciler sends it after the grace period, so accepting is
             // still a promise we keep.
@@ -102,6 +156,15 @@ pub fn request_hash(kind: &str, input: &Value) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A request hash extended with a further part (a start time).
+fn request_hash_with(hash: &str, part: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(hash.as_bytes());
+    hasher.update([0]);
+    hasher.update(part.as_bytes());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +177,16 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, request_hash("echo", &json!({"a": 1, "b": {"c": 2, "d": 4}})));
         assert_ne!(a, request_hash("image", &json!({"a": 1, "b": {"c": 2, "d": 3}})));
+    }
+
+    #[test]
+    fn a_start_is_part_of_the_request_as_given() {
+        let after = |s| StartAt::After(Duration::from_secs(s)).hash_part();
+        assert_eq!(after(60), after(60));
+        assert_ne!(after(60), after(61));
+        assert_ne!(StartAt::At(60_000).hash_part(), after(60));
+        assert_eq!(StartAt::Now.hash_part(), None);
+        assert_eq!(StartAt::After(Duration::ZERO).run_at(5), None);
+        assert_eq!(StartAt::After(Duration::from_secs(2)).run_at(5), Some(2_005));
     }
 }

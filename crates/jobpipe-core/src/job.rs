@@ -48,6 +48,8 @@ impl std::fmt::Display for JobId {
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobStatus {
+    /// Accepted to start at its `runAt`, not before; cancellable until it starts.
+    Scheduled,
     Queued,
     Processing,
     Completed,
@@ -56,11 +58,18 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] =
-        [JobStatus::Queued, JobStatus::Processing, JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled];
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Scheduled,
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobStatus::Scheduled => "scheduled",
             JobStatus::Queued => "queued",
             JobStatus::Processing => "processing",
             JobStatus::Completed => "completed",
@@ -75,6 +84,16 @@ impl JobStatus {
 
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    /// Whether its owner may still cancel it: it has not started.
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, JobStatus::Scheduled | JobStatus::Queued)
+    }
+
+    /// The statuses, comma separated, for error messages.
+    pub fn names() -> String {
+        JobStatus::ALL.map(JobStatus::as_str).join(", ")
     }
 }
 
@@ -146,6 +165,8 @@ pub struct Job {
     pub attempts: u32,
     pub progress: u8,
     pub created_at: Millis,
+    /// When a scheduled job may start (`None`: as soon as it is accepted).
+    pub run_at: Option<Millis>,
     pub started_at: Option<Millis>,
     pub completed_at: Option<Millis>,
     pub updated_at: Millis,
@@ -160,6 +181,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// When the job may start: its `runAt`, or its acceptance.
+    pub fn start_after(&self) -> Millis {
+        self.run_at.map_or(self.created_at, |at| at.max(self.created_at))
+    }
+
     pub fn duration_ms(&self) -> Option<i64> {
         Some(self.completed_at? - self.started_at?)
     }
@@ -203,6 +229,7 @@ impl Job {
             attempts: self.attempts,
             progress: self.progress,
             created_at: to_rfc3339(self.created_at),
+            run_at: self.run_at.map(to_rfc3339),
             started_at: self.started_at.map(to_rfc3339),
             completed_at: self.completed_at.map(to_rfc3339),
             updated_at: to_rfc3339(self.updated_at),
@@ -232,6 +259,11 @@ pub struct JobView {
     pub progress: u8,
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    /// When a scheduled job starts, not before (`runAt` or `delaySeconds` at submission); absent for a
+    /// job that starts as soon as it is accepted.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub started_at: Option<String>,
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
@@ -306,6 +338,7 @@ mod tests {
             attempts: 2,
             progress: 40,
             created_at: "2026-01-02T03:04:05.006Z".into(),
+            run_at: Some("2026-01-02T03:04:06.000Z".into()),
             started_at: Some("2026-01-02T03:04:06.000Z".into()),
             completed_at: Some("2026-01-02T03:04:07.000Z".into()),
             updated_at: "2026-01-02T03:04:07.000Z".into(),
@@ -315,6 +348,7 @@ mod tests {
         let queued = JobView {
             status: JobStatus::Queued,
             input: Value::Null,
+            run_at: None,
             result: None,
             error: None,
             started_at: None,

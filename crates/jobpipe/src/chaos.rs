@@ -1,8 +1,10 @@
 //! The fault-injection run: many `echo` jobs through the local stack while messages are duplicated, the
 //! queue processor is killed mid-batch, jobs fail retryably and permanently, poison messages arrive, and
-//! a fraction of AWS calls fail (before or after taking effect). Then it waits for quiescence and checks
-//! the invariants: every accepted job ended, none completed twice, no write after a job ended, and the
-//! dead-letter queue holds exactly the poison that was sent.
+//! a fraction of AWS calls fail (before or after taking effect), and some jobs are scheduled a few seconds
+//! ahead (half of those cancelled before their time). Then it waits for quiescence and checks the
+//! invariants: every accepted job ended, none completed twice, none started before its time, a cancel
+//! that was answered `200` stuck, no write after a job ended, and the dead-letter queue holds exactly the
+//! poison that was sent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -32,6 +34,10 @@ pub struct ChaosOptions {
     pub retryable_rate: f64,
     /// Fraction of jobs that fail permanently.
     pub permanent_rate: f64,
+    /// Fraction of jobs scheduled 1 to 4 seconds ahead (`delaySeconds`); every other one is cancelled
+    /// right after it is accepted, and the others get a copy of their message at once, undelayed (an
+    /// early delivery, as a duplicate or a redrive would be).
+    pub scheduled_rate: f64,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
     /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
@@ -58,6 +64,7 @@ impl Default for ChaosOptions {
             duplicate_rate: 0.1,
             retryable_rate: 0.1,
             permanent_rate: 0.05,
+            scheduled_rate: 0.1,
             poison: 20,
             kill_every_jobs: 60,
             aws_fault_rate: 0.02,
@@ -76,6 +83,8 @@ enum Design {
     Complete,
     /// Fail permanently (`echo_failed`).
     FailPermanently,
+    /// Cancelled while scheduled (the cancel was answered `200`): must end `cancelled`, never run.
+    Cancelled,
 }
 
 /// Failure reasons that disruption explains: attempts used up by killed workers or failed calls, and
@@ -100,6 +109,13 @@ pub struct ChaosReport {
     /// Whether waiting stopped because nothing moved for `ChaosOptions::stall`.
     pub stalled: bool,
     pub completed_more_than_once: usize,
+    /// Jobs claimed before their `runAt`.
+    pub started_early: usize,
+    pub scheduled: usize,
+    /// Scheduled jobs whose cancel was answered `200`.
+    pub cancels_confirmed: usize,
+    /// Undelayed copies of scheduled jobs' messages, sent at acceptance.
+    pub early_deliveries_sent: usize,
     pub written_after_end: usize,
     pub duplicates_sent: usize,
     pub poison_sent: usize,
@@ -121,6 +137,9 @@ impl ChaosReport {
         }
         if self.completed_more_than_once > 0 {
             problems.push(format!("{} job(s) completed more than once", self.completed_more_than_once));
+        }
+        if self.started_early > 0 {
+            problems.push(format!("{} job(s) started before their runAt", self.started_early));
         }
         if self.written_after_end > 0 {
             problems.push(format!("{} write(s) changed a job after it ended (a stale worker)", self.written_after_end));
@@ -157,6 +176,10 @@ impl ChaosReport {
             ),
             ("still not terminal (must be 0)", format!("{} {:?}", self.not_terminal, self.not_terminal_by_status)),
             ("completed more than once (0)", self.completed_more_than_once.to_string()),
+            ("scheduled (1-4 s ahead)", self.scheduled.to_string()),
+            ("cancelled while scheduled (200)", self.cancels_confirmed.to_string()),
+            ("early deliveries sent", self.early_deliveries_sent.to_string()),
+            ("started before runAt (0)", self.started_early.to_string()),
             ("written after it ended (0)", self.written_after_end.to_string()),
             ("duplicate deliveries sent", self.duplicates_sent.to_string()),
             ("processor kills (SIGKILL)", self.kills.to_string()),
@@ -228,10 +251,12 @@ pub async fn run(
     let http = reqwest::Client::new();
     let token = stack.token("chaos");
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let early_sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for n in 0..options.jobs {
         let (http, token, permits, base) = (http.clone(), token.clone(), permits.clone(), stack.base_url());
         let (processor, accepted_count, kill_count) = (processor.clone(), accepted_count.clone(), kill_count.clone());
+        let (sqs, queue_url, early_sent) = (sqs.clone(), queue_url.clone(), early_sent.clone());
         let kill_every = options.kill_every_jobs;
         let roll = (n as f64 + 0.5) / options.jobs as f64; // spread kinds of jobs evenly
         let (design, input) = if roll < options.permanent_rate {
@@ -241,20 +266,34 @@ pub async fn run(
         } else {
             (Design::Complete, json!({"n": n, "sleepMs": (n * 37) % 120}))
         };
+        let scheduled_from = options.permanent_rate + options.retryable_rate;
+        let scheduled = roll >= scheduled_from && roll < scheduled_from + options.scheduled_rate;
+        let mut submission = json!({"kind": "echo", "input": input});
+        if scheduled {
+            submission["delaySeconds"] = json!(1 + n % 4);
+        }
+        let cancel = scheduled && n % 2 == 0;
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("open");
-            let reply = http
-                .post(format!("{base}/jobs"))
-                .bearer_auth(&token)
-                .json(&json!({"kind": "echo", "input": input}))
-                .send()
-                .await;
+            let reply = http.post(format!("{base}/jobs")).bearer_auth(&token).json(&submission).send().await;
             let id = match reply {
                 Ok(r) if r.status() == 202 => {
                     r.json::<Value>().await.ok().and_then(|v| v["jobId"].as_str().map(String::from))
                 }
                 _ => None,
             }?;
+            let mut design = design;
+            if cancel {
+                let cancelled = http.delete(format!("{base}/jobs/{id}")).bearer_auth(&token).send().await;
+                if cancelled.is_ok_and(|r| r.status() == 200) {
+                    design = Design::Cancelled;
+                }
+            } else if scheduled {
+                let body = json!({"jobId": id}).to_string();
+                if sqs.send_message().queue_url(&queue_url).message_body(body).send().await.is_ok() {
+                    early_sent.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             if kill_every > 0 && (accepted_count.fetch_add(1, Ordering::SeqCst) + 1) % kill_every == 0 {
                 processor.kill_all();
                 kill_count.fetch_add(1, Ordering::SeqCst);
@@ -267,6 +306,7 @@ pub async fn run(
     for task in tasks {
         match task.await? {
             Some((id, design)) => {
+                report.cancels_confirmed += (design == Design::Cancelled) as usize;
                 designs.insert(id.clone(), design);
                 accepted.push(id);
             }
@@ -274,7 +314,9 @@ pub async fn run(
         }
     }
     report.accepted = accepted.len();
+    report.scheduled = (options.jobs as f64 * options.scheduled_rate).round() as usize;
     report.kills = kill_count.load(Ordering::SeqCst);
+    report.early_deliveries_sent = early_sent.load(Ordering::SeqCst);
 
     // Duplicate deliveries: the same message twice more, at once.
     let duplicates = (accepted.len() as f64 * options.duplicate_rate).round() as usize;
@@ -363,7 +405,9 @@ pub async fn run(
             }
         };
         match (design, outcome.as_str()) {
-            (Design::Complete, "completed") | (Design::FailPermanently, "failed (echo_failed)") => {}
+            (Design::Complete, "completed")
+            | (Design::FailPermanently, "failed (echo_failed)")
+            | (Design::Cancelled, "cancelled") => {}
             _ if DISRUPTION_REASONS.iter().any(|reason| outcome == format!("failed ({reason})")) => {
                 report.disrupted += 1
             }
@@ -371,9 +415,10 @@ pub async fn run(
         }
     }
     let stream_arn = stack.created.stream_arns["JobsTable"].clone();
-    let (completed_twice, after_end) = stream_history(&streams, &stream_arn).await?;
-    report.completed_more_than_once = completed_twice;
-    report.written_after_end = after_end;
+    let history = stream_history(&streams, &stream_arn).await?;
+    report.completed_more_than_once = history.completed_twice;
+    report.written_after_end = history.written_after_end;
+    report.started_early = history.started_early;
     report.dead_letters = queue_depth(&sqs, &dlq_url).await? as usize;
     report.left_in_job_queue = queue_depth(&sqs, &queue_url).await? as usize;
     report.faults_injected = proxy.counts.before.load(Ordering::SeqCst) + proxy.counts.after.load(Ordering::SeqCst);
@@ -405,12 +450,21 @@ async fn scan_statuses(jobs: &JobStore) -> anyhow::Result<HashMap<String, (Strin
     Ok(statuses)
 }
 
-/// From the table's whole stream: jobs that entered `completed` more than once, and writes that changed
-/// a job after it had ended.
-async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &str) -> anyhow::Result<(usize, usize)> {
+/// What the table's whole stream shows.
+struct History {
+    /// Jobs that entered `completed` more than once.
+    completed_twice: usize,
+    /// Writes that changed a job after it had ended.
+    written_after_end: usize,
+    /// Claims (entering `processing`) made before the job's `runAt`.
+    started_early: usize,
+}
+
+async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &str) -> anyhow::Result<History> {
     let described = streams.describe_stream().stream_arn(stream_arn).send().await?;
     let mut completions: HashMap<String, usize> = HashMap::new();
     let mut after_end = 0;
+    let mut started_early = 0;
     for shard in described.stream_description().map(|d| d.shards()).unwrap_or_default() {
         let Some(shard_id) = shard.shard_id() else { continue };
         let mut iterator = streams
@@ -440,6 +494,12 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
                     let id = new.as_ref().map(|job| job.job_id.as_str().to_string()).unwrap_or_default();
                     *completions.entry(id).or_default() += 1;
                 }
+                if let Some(job) = new.as_ref().filter(|job| job.status == JobStatus::Processing)
+                    && status(&old) != Some(JobStatus::Processing)
+                    && job.run_at.is_some_and(|at| job.updated_at < at)
+                {
+                    started_early += 1;
+                }
                 let ended = old.as_ref().is_some_and(|job| job.status.is_terminal());
                 if ended && new.is_some() && record["dynamodb"]["NewImage"] != record["dynamodb"]["OldImage"] {
                     after_end += 1;
@@ -451,5 +511,9 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
             }
         }
     }
-    Ok((completions.values().filter(|n| **n > 1).count(), after_end))
+    Ok(History {
+        completed_twice: completions.values().filter(|n| **n > 1).count(),
+        written_after_end: after_end,
+        started_early,
+    })
 }

@@ -1,5 +1,5 @@
 //! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
-//! from `jobpipe-emulator`); `submit`, `status`, `watch`, `list` and `dlq` operate a local or deployed
+//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list` and `dlq` operate a local or deployed
 //! stack; `load`, `chaos` and `bench` measure it; `iam-mutations` proves each IAM statement is needed.
 
 use std::path::PathBuf;
@@ -83,11 +83,24 @@ enum Commands {
         input: String,
         #[arg(long)]
         wait: bool,
+        /// Start at this time, not before (RFC 3339 with an offset, e.g. 2026-12-24T18:00:00Z; up to 365
+        /// days ahead). The job is `scheduled` until then.
+        #[arg(long, conflicts_with = "delay")]
+        run_at: Option<String>,
+        /// Start this many seconds after it is accepted.
+        #[arg(long)]
+        delay: Option<u64>,
         #[command(flatten)]
         target: TargetArgs,
     },
     /// Print a job.
     Status {
+        job_id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Cancel a job that has not started (scheduled or queued).
+    Cancel {
         job_id: String,
         #[command(flatten)]
         target: TargetArgs,
@@ -229,11 +242,16 @@ async fn main() -> anyhow::Result<()> {
             stack.stop().await;
             Ok(())
         }
-        Commands::Submit { kind, input, wait, target } => {
+        Commands::Submit { kind, input, wait, run_at, delay, target } => {
             let input: serde_json::Value =
                 serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
+            let start = match (run_at, delay) {
+                (Some(at), _) => jobpipe::ops::Start::At(at),
+                (None, Some(seconds)) => jobpipe::ops::Start::After(std::time::Duration::from_secs(seconds)),
+                (None, None) => jobpipe::ops::Start::Now,
+            };
             let target = target.target().await?;
-            let job = target.submit(&kind, input).await?;
+            let job = target.submit_starting(&kind, input, &start).await?;
             let job_id = job.job_id.as_str().to_string();
             if wait {
                 let done = target.watch(&job_id, &mut std::io::stderr()).await?;
@@ -248,6 +266,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Status { job_id, target } => {
             println!("{}", serde_json::to_string_pretty(&target.target().await?.status(&job_id).await?)?);
+            Ok(())
+        }
+        Commands::Cancel { job_id, target } => {
+            println!("{}", serde_json::to_string_pretty(&target.target().await?.cancel(&job_id).await?)?);
             Ok(())
         }
         Commands::Watch { job_id, target } => {

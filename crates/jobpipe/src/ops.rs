@@ -1,5 +1,6 @@
-//! The operations side of the `jobpipe` CLI: `submit`, `status`, `watch`, `list` and `dlq list|redrive`,
-//! against the local stack (default) or a deployed stack (`--stack NAME`, from its CloudFormation outputs).
+//! The operations side of the `jobpipe` CLI: `submit` (now or scheduled), `status`, `cancel`, `watch`,
+//! `list` and `dlq list|redrive`, against the local stack (default) or a deployed stack (`--stack NAME`,
+//! from its CloudFormation outputs).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,6 +12,15 @@ use futures_util::StreamExt;
 use jobpipe_core::job::{JobPage, JobStatus, JobUpdate, JobView};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+/// When a submitted job may start: the API's `runAt` (RFC 3339, passed through as given) or
+/// `delaySeconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    Now,
+    At(String),
+    After(Duration),
+}
 
 /// Where the commands send their requests.
 #[derive(Debug, Clone)]
@@ -141,11 +151,27 @@ impl Target {
     }
 
     pub async fn submit(&self, kind: &str, input: Value) -> anyhow::Result<JobView> {
-        self.call(reqwest::Method::POST, "/jobs", Some(json!({"kind": kind, "input": input}))).await
+        self.submit_starting(kind, input, &Start::Now).await
+    }
+
+    /// Submits a job that starts at `start` (`scheduled` until then when that is ahead).
+    pub async fn submit_starting(&self, kind: &str, input: Value, start: &Start) -> anyhow::Result<JobView> {
+        let mut body = json!({"kind": kind, "input": input});
+        match start {
+            Start::Now => {}
+            Start::At(at) => body["runAt"] = json!(at),
+            Start::After(delay) => body["delaySeconds"] = json!(delay.as_secs()),
+        }
+        self.call(reqwest::Method::POST, "/jobs", Some(body)).await
     }
 
     pub async fn status(&self, job_id: &str) -> anyhow::Result<JobView> {
         self.call(reqwest::Method::GET, &format!("/jobs/{job_id}"), None).await
+    }
+
+    /// Cancels a job that has not started (scheduled or queued).
+    pub async fn cancel(&self, job_id: &str) -> anyhow::Result<JobView> {
+        self.call(reqwest::Method::DELETE, &format!("/jobs/{job_id}"), None).await
     }
 
     pub async fn list(&self, status: Option<&str>, limit: u32) -> anyhow::Result<JobPage> {
@@ -165,6 +191,9 @@ impl Target {
         view.show(Seen::from(&current), out)?;
         if current.status.is_terminal() {
             return Ok(current);
+        }
+        if let (JobStatus::Scheduled, Some(run_at)) = (current.status, &current.run_at) {
+            writeln!(out, "{job_id}  (starts at {run_at})")?;
         }
         match self.watch_live(&mut view, out).await {
             Ok(Some(done)) => return Ok(done),

@@ -51,6 +51,10 @@ pub enum RecordOutcome {
     HeldElsewhere {
         expires_at: Millis,
     },
+    /// Scheduled for later (the message came early): it comes back at `run_at`, no attempt spent.
+    NotYetDue {
+        run_at: Millis,
+    },
     /// The lease was lost while running (taken over): nothing was written; redelivery settles it.
     LeaseLost,
     /// The body cannot be processed, ever: left to SQS to move to the dead-letter queue.
@@ -117,6 +121,10 @@ impl Processor {
                 tracing::info!(lease_expires_at = expires_at, "job is leased by another worker; retry after the lease");
                 return Ok(RecordOutcome::HeldElsewhere { expires_at });
             }
+            ClaimOutcome::NotYetDue { run_at } => {
+                tracing::info!(run_at, "scheduled job's message came before its time; it comes back then");
+                return Ok(RecordOutcome::NotYetDue { run_at });
+            }
             ClaimOutcome::AttemptsExhausted(job) => return self.give_up_on_crashed(job).await,
             ClaimOutcome::NotFound => {
                 return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
@@ -124,8 +132,8 @@ impl Processor {
         };
         tracing::info!(attempt = job.attempts, kind = %job.kind, "claimed job");
         if job.attempts == 1 {
-            // Queue wait: from acceptance to the first claim.
-            let wait = (now - job.created_at).max(0) as f64;
+            // Queue wait: from when it may start (acceptance, or its `runAt`) to the first claim.
+            let wait = (now - job.start_after()).max(0) as f64;
             metrics::emit(SERVICE, "QueueWait", Unit::Milliseconds, wait, &[("Kind", job.kind.as_str())]);
         }
 
@@ -267,13 +275,14 @@ impl Processor {
     }
 
     /// Sets when a message that is not acknowledged comes back: after the backoff for a retry, when the
-    /// other worker's lease ends, or at once for poison (it reaches the dead-letter queue sooner).
+    /// other worker's lease ends, at a scheduled job's time, or at once for poison (it reaches the dead-letter queue sooner).
     async fn after(&self, record: &SqsMessage, outcome: &RecordOutcome) {
         let visibility = match outcome {
             RecordOutcome::RetryScheduled { delay, .. } | RecordOutcome::Throttled { delay } => delay.as_secs(),
             RecordOutcome::HeldElsewhere { expires_at } => {
                 ((expires_at - self.clock.now_ms()).max(0) as u64).div_ceil(1000) + 1
             }
+            RecordOutcome::NotYetDue { run_at } => ((run_at - self.clock.now_ms()).max(0) as u64).div_ceil(1000),
             RecordOutcome::Poison(_) => 0,
             _ => return,
         };

@@ -11,4 +11,5 @@ mod idempotency;
 mod kinds;
 mod payloads;
 mod reads;
+mod scheduling;
 mod submit;

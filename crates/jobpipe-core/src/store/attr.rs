@@ -16,6 +16,8 @@ pub const LAST_ERROR_MESSAGE: &str = "lastErrorMessage";
 pub const ATTEMPTS: &str = "attempts";
 pub const PROGRESS: &str = "progress";
 pub const CREATED_AT: &str = "createdAt";
+/// When a scheduled job may start (epoch ms); absent for a job that may start at once.
+pub const RUN_AT: &str = "runAt";
 pub const STARTED_AT: &str = "startedAt";
 pub const COMPLETED_AT: &str = "completedAt";
 pub const UPDATED_AT: &str = "updatedAt";

@@ -68,6 +68,9 @@ pub(super) fn to_item(job: &Job) -> Item {
     put(attr::ATTEMPTS, n(job.attempts));
     put(attr::PROGRESS, n(job.progress));
     put(attr::CREATED_AT, n(job.created_at));
+    if let Some(t) = job.run_at {
+        put(attr::RUN_AT, n(t));
+    }
     if let Some(t) = job.started_at {
         put(attr::STARTED_AT, n(t));
     }
@@ -207,6 +210,7 @@ pub(super) fn from_item(item: &Item) -> Result<Job, AwsError> {
         attempts: opt_n(item, attr::ATTEMPTS)?.unwrap_or(0),
         progress: opt_n(item, attr::PROGRESS)?.unwrap_or(0),
         created_at: opt_n(item, attr::CREATED_AT)?.unwrap_or(0),
+        run_at: opt_n(item, attr::RUN_AT)?,
         started_at: opt_n(item, attr::STARTED_AT)?,
         completed_at: opt_n(item, attr::COMPLETED_AT)?,
         updated_at: opt_n(item, attr::UPDATED_AT)?.unwrap_or(0),
@@ -255,6 +259,7 @@ mod tests {
             attempts: 2,
             progress: 40,
             created_at: 1,
+            run_at: Some(2),
             started_at: Some(2),
             completed_at: None,
             updated_at: 3,

@@ -28,7 +28,7 @@ use crate::clock::Millis;
 use crate::error::AwsError;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
 // Bare, for the expressions `format!` writes.
-use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, STARTED_AT};
+use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, RUN_AT, STARTED_AT};
 use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
 use update::Update;
 
@@ -58,6 +58,10 @@ pub enum ClaimOutcome {
     },
     /// Every allowed attempt was used (earlier workers died): the job must be failed, not run.
     AttemptsExhausted(Job),
+    /// Scheduled for later than now (its message came early): nothing changed, no attempt spent.
+    NotYetDue {
+        run_at: Millis,
+    },
     NotFound,
 }
 
@@ -164,16 +168,17 @@ impl JobStore {
         out.item().map(from_item).transpose()
     }
 
-    /// queued -> cancelled, only by the owner.
+    /// scheduled or queued -> cancelled, only by the owner.
     pub async fn cancel(&self, job_id: &JobId, owner: &str, now: Millis) -> Result<CancelOutcome, AwsError> {
         let writer = uuid::Uuid::new_v4().to_string();
         let result = self
             .update(job_id)
-            .condition("#owner = :owner AND #status = :queued")
+            .condition("#owner = :owner AND #status IN (:queued, :scheduled)")
             .name("#owner", attr::OWNER)
             .name("#status", attr::STATUS)
             .value(":owner", s(owner))
             .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":scheduled", s(JobStatus::Scheduled.as_str()))
             .sign(&writer)
             .finish(JobStatus::Cancelled, now, self.expires_at(now))
             .send()
@@ -186,7 +191,8 @@ impl JobStore {
         })
     }
 
-    /// queued -> processing, or takes over a processing job whose lease expired. Increments `attempts`.
+    /// queued (or scheduled, from its `runAt` on) -> processing, or takes over a processing job whose lease
+    /// expired. Increments `attempts`.
     pub async fn claim(
         &self,
         job_id: &JobId,
@@ -198,12 +204,14 @@ impl JobStore {
             .update(job_id)
             .condition(format!(
                 "attribute_exists(#id) AND {ATTEMPTS} < :max AND \
-                 (#status = :queued OR (#status = :processing AND {LEASE_EXPIRES_AT} < :now))"
+                 (#status = :queued OR (#status = :scheduled AND {RUN_AT} <= :now) \
+                  OR (#status = :processing AND {LEASE_EXPIRES_AT} < :now))"
             ))
             .name("#id", attr::JOB_ID)
             .name("#status", attr::STATUS)
             .value(":max", n(max_attempts))
             .value(":queued", s(JobStatus::Queued.as_str()))
+            .value(":scheduled", s(JobStatus::Scheduled.as_str()))
             .value(":processing", s(JobStatus::Processing.as_str()))
             .value(":now", n(now))
             .status(JobStatus::Processing)
@@ -224,6 +232,9 @@ impl JobStore {
             Ok(job) => ClaimOutcome::Claimed(job),
             Err(None) => ClaimOutcome::NotFound,
             Err(Some(old)) if old.status.is_terminal() => ClaimOutcome::AlreadyFinished(old),
+            Err(Some(old)) if old.status == JobStatus::Scheduled && old.run_at.is_some_and(|at| at > now) => {
+                ClaimOutcome::NotYetDue { run_at: old.start_after() }
+            }
             Err(Some(old)) => match &old.lease {
                 Some(l) if old.status == JobStatus::Processing && l.expires_at >= now => {
                     ClaimOutcome::HeldElsewhere { expires_at: l.expires_at }
@@ -340,10 +351,11 @@ impl JobStore {
         let result = self
             .update(job_id)
             .condition(format!(
-                "#status IN (:queued, :processing) AND \
+                "#status IN (:scheduled, :queued, :processing) AND \
                  (attribute_not_exists({LEASE_EXPIRES_AT}) OR {LEASE_EXPIRES_AT} < :now)"
             ))
             .name("#status", attr::STATUS)
+            .value(":scheduled", s(JobStatus::Scheduled.as_str()))
             .value(":queued", s(JobStatus::Queued.as_str()))
             .value(":processing", s(JobStatus::Processing.as_str()))
             .value(":now", n(now))

@@ -76,9 +76,10 @@ impl JobStore {
     /// An update of a job that exists and has not finished.
     fn unfinished(&self, job_id: &JobId) -> Update {
         self.update(job_id)
-            .condition("attribute_exists(#id) AND #status IN (:queued, :processing)")
+            .condition("attribute_exists(#id) AND #status IN (:scheduled, :queued, :processing)")
             .name("#id", attr::JOB_ID)
             .name("#status", attr::STATUS)
+            .value(":scheduled", s(JobStatus::Scheduled.as_str()))
             .value(":queued", s(JobStatus::Queued.as_str()))
             .value(":processing", s(JobStatus::Processing.as_str()))
     }

@@ -330,3 +330,42 @@ async fn watch_follows_a_deployed_stack_live_over_wss() {
     let _ = (std::fs::remove_file(&certificate), std::fs::remove_file(&another_certificate));
     stack.stop().await;
 }
+
+/// `submit --delay` and `--run-at` through the whole local stack: the job is `scheduled`, its message
+/// waits in SQS (a delay), and it starts at its time, never before; one an hour ahead is cancelled.
+/// How late it started is printed, not asserted (it depends on the machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_schedules_jobs_that_start_at_their_time_and_cancels_them() {
+    use jobpipe::ops::{Start, Target, TargetOptions};
+    use jobpipe_core::clock::from_rfc3339;
+    let stack = start_stack().await;
+    let target =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user: "planner".into() })
+            .await
+            .unwrap();
+    let soon = target.submit_starting("echo", json!({}), &Start::After(Duration::from_secs(3))).await.unwrap();
+    assert_eq!(soon.status, JobStatus::Scheduled, "{soon:?}");
+    let run_at = from_rfc3339(soon.run_at.as_deref().unwrap()).unwrap();
+    assert_eq!(run_at - from_rfc3339(&soon.created_at).unwrap(), 3_000);
+
+    let later_at = jobpipe_core::clock::to_rfc3339(run_at + 3_600_000);
+    let later = target.submit_starting("echo", json!({}), &Start::At(later_at.clone())).await.unwrap();
+    assert_eq!((later.status, later.run_at.as_deref()), (JobStatus::Scheduled, Some(&*later_at)));
+    let scheduled = target.list(Some("scheduled"), 10).await.unwrap();
+    assert_eq!(scheduled.jobs.len(), 2, "{scheduled:?}");
+    let cancelled = target.cancel(later.job_id.as_str()).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let error = target.cancel(later.job_id.as_str()).await.unwrap_err().to_string();
+    assert!(error.contains("not_cancellable"), "{error}");
+
+    let mut printed = Vec::new();
+    let done = target.watch(soon.job_id.as_str(), &mut printed).await.unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert_eq!(done.status, JobStatus::Completed, "{printed}");
+    assert!(printed.contains("scheduled") && printed.contains("starts at"), "{printed}");
+    let started = from_rfc3339(done.started_at.as_deref().unwrap()).unwrap();
+    assert!(started >= run_at, "started {} ms before its time", run_at - started);
+    assert_eq!(done.attempts, 1, "an early delivery spends no attempt");
+    println!("scheduled job started {} ms after its runAt", started - run_at);
+    stack.stop().await;
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use jobpipe_core::clock::{Clock, ManualClock};
 use jobpipe_core::dispatch::Dispatcher;
-use jobpipe_core::intake::{Accepted, Intake, NewJob};
+use jobpipe_core::intake::{Accepted, Intake, NewJob, StartAt};
 use jobpipe_core::job::{Job, JobId};
 use jobpipe_testkit::{FaultProxy, StackOptions, TestStack, through_fault_proxy};
 use queue_processor::{Processor, RecordOutcome, handle_sqs};
@@ -51,6 +51,15 @@ impl Harness {
     }
 
     pub async fn submit_via(&self, dispatcher: &Dispatcher, kind: &str, input: Value) -> Job {
+        self.submit_starting(dispatcher, kind, input, StartAt::Now).await
+    }
+
+    /// Accepts an echo job for alice to start at `start`.
+    pub async fn submit_scheduled(&self, start: StartAt) -> Job {
+        self.submit_starting(&self.processor.dispatcher, "echo", serde_json::json!({}), start).await
+    }
+
+    async fn submit_starting(&self, dispatcher: &Dispatcher, kind: &str, input: Value, start: StartAt) -> Job {
         let intake = Intake {
             store: &self.processor.store,
             payloads: &self.processor.payloads,
@@ -63,6 +72,7 @@ impl Harness {
             input,
             idempotency_key: None,
             correlation_id: "corr-1".into(),
+            start,
         };
         match intake.accept(new, self.clock.now_ms()).await.unwrap() {
             Accepted::New(job) => job,
@@ -87,6 +97,21 @@ impl Harness {
     pub async fn deliver_one(&self) -> RecordOutcome {
         let records = self.stack.receive_batch(1).await;
         assert_eq!(records.len(), 1, "expected exactly one message");
+        self.process_and_settle(records).await
+    }
+
+    /// Delivers the next message once it is visible (a delayed one), receiving up to `attempts` times.
+    pub async fn deliver_when_visible(&self, attempts: usize) -> RecordOutcome {
+        for _ in 0..attempts {
+            let records = self.stack.receive_batch(1).await;
+            if !records.is_empty() {
+                return self.process_and_settle(records).await;
+            }
+        }
+        panic!("no message became visible in {attempts} receives");
+    }
+
+    async fn process_and_settle(&self, records: Vec<SqsMessage>) -> RecordOutcome {
         let outcome = self.processor.process_record(&records[0], None).await;
         if outcome.acknowledges() {
             self.stack.settle(&records, &SqsBatchResponse::default()).await;

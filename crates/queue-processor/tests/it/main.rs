@@ -9,3 +9,4 @@ mod leases;
 mod lost_responses;
 mod reconcile;
 mod retries;
+mod scheduling;

@@ -61,6 +61,7 @@ async fn job_of(stack: &TestStack, owner: &str) -> JobId {
         attempts: 0,
         progress: 0,
         created_at: 1,
+        run_at: None,
         started_at: None,
         completed_at: None,
         updated_at: 1,
