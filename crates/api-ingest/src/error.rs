@@ -43,6 +43,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job")
     }
 
+    /// An `Idempotency-Key` already used with another request.
+    pub fn key_reused() -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )
+        .field("Idempotency-Key")
+    }
+
     pub fn unauthorized(reason: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
     }

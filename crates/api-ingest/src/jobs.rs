@@ -66,9 +66,7 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<JobPage>, ApiError> {
-    if let Some(unknown) = query.keys().find(|k| !["status", "limit", "nextToken"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(unknown.clone(), "unknown query parameter; use status, limit or nextToken"));
-    }
+    let (limit, token) = page_query(&query, &["status"])?;
     let status = match query.get("status").map(String::as_str) {
         None => None,
         Some(s) => Some(
@@ -76,6 +74,30 @@ pub async fn list(
                 .ok_or_else(|| ApiError::bad_request("status", format!("must be one of {}", JobStatus::names())))?,
         ),
     };
+    let start = token.map(|t| PageToken::decode(t).ok_or_else(not_our_token)).transpose()?;
+    let (jobs, next) = api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await?;
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        views.push(view(&api, job, Payloads::Omitted).await?);
+    }
+    Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
+}
+
+/// A list's query: `limit` (1 to 100, default 20), `nextToken` (answered raw, for the list to decode), and
+/// the list's own `filters`; any other parameter is a `400`.
+pub(crate) fn page_query<'q>(
+    query: &'q HashMap<String, String>,
+    filters: &[&str],
+) -> Result<(usize, Option<&'q str>), ApiError> {
+    let known = |name: &str| ["limit", "nextToken"].contains(&name) || filters.contains(&name);
+    if let Some(unknown) = query.keys().find(|k| !known(k)) {
+        let mut names = filters.to_vec();
+        names.extend(["limit", "nextToken"]);
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            format!("unknown query parameter; use {}", names.join(", ")),
+        ));
+    }
     let limit =
         match query.get("limit") {
             None => DEFAULT_PAGE,
@@ -83,18 +105,12 @@ pub async fn list(
                 ApiError::bad_request("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))
             })?,
         };
-    let start = match query.get("nextToken").filter(|t| !t.is_empty()) {
-        None => None,
-        Some(t) => Some(
-            PageToken::decode(t).ok_or_else(|| ApiError::bad_request("nextToken", "is not a token this API issued"))?,
-        ),
-    };
-    let (jobs, next) = api.store.list_by_owner(&caller.sub, status, limit, start.as_ref()).await?;
-    let mut views = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        views.push(view(&api, job, Payloads::Omitted).await?);
-    }
-    Ok(Json(JobPage { jobs: views, next_token: next.map(|t| t.encode()) }))
+    Ok((limit, query.get("nextToken").map(String::as_str).filter(|t| !t.is_empty())))
+}
+
+/// A `nextToken` this API did not issue.
+pub(crate) fn not_our_token() -> ApiError {
+    ApiError::bad_request("nextToken", "is not a token this API issued")
 }
 
 /// The kinds `GET /kinds` lists.

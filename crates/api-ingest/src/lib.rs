@@ -1,4 +1,5 @@
-//! The jobs HTTP API: `POST /jobs`, `GET /jobs`, `GET /jobs/{jobId}`, `DELETE /jobs/{jobId}`.
+//! The jobs HTTP API: `POST /jobs`, `GET /jobs`, `GET /jobs/{jobId}`, `DELETE /jobs/{jobId}`, `GET /kinds`,
+//! and recurring jobs under `/schedules`.
 //!
 //! An axum router served by `lambda_http` behind API Gateway, and by the local stack's HTTP server
 //! elsewhere; tests call it directly.
@@ -7,6 +8,7 @@ mod caller;
 mod error;
 mod jobs;
 pub mod openapi;
+mod schedules;
 mod submit;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use jobpipe_core::config::{AwsClients, Config, ConfigError};
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::payload::PayloadStore;
+use jobpipe_core::schedules::ScheduleStore;
 use jobpipe_core::store::JobStore;
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
@@ -42,6 +45,8 @@ pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 pub struct Api {
     pub store: JobStore,
     pub payloads: PayloadStore,
+    /// `None` where `SCHEDULES_TABLE` is not set: the schedule routes answer `404`.
+    pub schedules: Option<ScheduleStore>,
     pub dispatcher: Dispatcher,
     pub kinds: KindRegistry,
     pub auth: Authenticator,
@@ -56,6 +61,7 @@ impl Api {
         Ok(Api {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
+            schedules: config.schedules_table.as_ref().map(|table| ScheduleStore::new(clients.dynamodb.clone(), table)),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             auth: config.authenticator()?,
@@ -76,6 +82,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .routes(routes!(jobs::list, submit::submit))
         .routes(routes!(jobs::get, jobs::cancel))
         .routes(routes!(jobs::kinds))
+        .routes(routes!(schedules::list, schedules::create))
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .split_for_parts();
     let document = Arc::new(openapi::document(&openapi, &api.kinds));
     routes

@@ -30,7 +30,10 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::error::ErrorDetail
     )),
     modifiers(&BearerToken),
-    tags((name = "jobs", description = "Submit, read, list and cancel jobs."))
+    tags(
+        (name = "jobs", description = "Submit, read, list and cancel jobs."),
+        (name = "schedules", description = "Recurring jobs: a job created at every tick of a cron expression or a rate.")
+    )
 )]
 pub struct ApiDoc;
 
@@ -111,6 +114,10 @@ pub fn document(openapi: &OpenApi, kinds: &KindRegistry) -> Value {
     assert!(clash.is_none(), "the schema name SubmitJob is taken");
     doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] =
         json!({"$ref": "#/components/schemas/SubmitJob"});
+    // A schedule ticks by a cron expression or a rate: exactly one (a rule its fields cannot state).
+    if let Some(new_schedule) = doc["components"]["schemas"].get_mut("NewSchedule") {
+        new_schedule["oneOf"] = json!([{"required": ["cron"]}, {"required": ["rate"]}]);
+    }
     doc
 }
 

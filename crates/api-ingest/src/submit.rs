@@ -67,29 +67,12 @@ pub async fn submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_content_type(&headers)?;
-    if body.len() > api.max_body_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is {} bytes; the limit is {}", body.len(), api.max_body_bytes),
-        ));
-    }
+    check_body(&api, &headers, &body)?;
     let idempotency_key = idempotency_key(&headers)?;
     let submission = parse_submission(&body)?;
     let now = api.clock.now_ms();
     check_start(submission.start, now)?;
-    let kind = api.kinds.get(&submission.kind).ok_or_else(|| {
-        let known: Vec<_> = api.kinds.names().collect();
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_kind",
-            format!("unknown job kind {:?}; available: {}", submission.kind, known.join(", ")),
-        )
-        .field("kind")
-    })?;
-    kind.validate(&submission.input)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.message).field(e.field))?;
+    check_kind_input(&api, &submission.kind, &submission.input)?;
 
     let intake = Intake {
         store: &api.store,
@@ -109,12 +92,7 @@ pub async fn submit(
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request",
-            )
-            .field("Idempotency-Key"));
+            return Err(ApiError::key_reused());
         }
     };
     tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, run_at = job.run_at, "job accepted");
@@ -131,6 +109,35 @@ pub async fn submit(
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// A JSON body within the size limit.
+pub(crate) fn check_body(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    check_content_type(headers)?;
+    if body.len() > api.max_body_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is {} bytes; the limit is {}", body.len(), api.max_body_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// A kind this deployment offers, and an input it accepts (`422` naming the field otherwise).
+pub(crate) fn check_kind_input(api: &Api, kind: &str, input: &Value) -> Result<(), ApiError> {
+    let offered = api.kinds.get(kind).ok_or_else(|| {
+        let known: Vec<_> = api.kinds.names().collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_kind",
+            format!("unknown job kind {kind:?}; available: {}", known.join(", ")),
+        )
+        .field("kind")
+    })?;
+    offered
+        .validate(input)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e.message).field(e.field))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -150,7 +157,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
@@ -207,7 +214,7 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
 }
 
 /// A non-negative whole number, as JSON Schema counts integers: `60` and `60.0` alike.
-fn whole_number(value: &Value) -> Option<u64> {
+pub(crate) fn whole_number(value: &Value) -> Option<u64> {
     value.as_u64().or_else(|| {
         let float = value.as_f64()?;
         (float >= 0.0 && float.fract() == 0.0 && float < u64::MAX as f64).then_some(float as u64)

@@ -26,6 +26,8 @@ pub struct Config {
     pub dead_letter_queue_url: Option<String>,
     /// The WebSocket connections table (websocket-connect and notifier).
     pub connections_table: Option<String>,
+    /// Recurring schedules (`schedules`): api-ingest serves them, the queue processor fires their ticks.
+    pub schedules_table: Option<String>,
     /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
     /// where the notifier posts to connections.
     pub websocket_endpoint: Option<String>,
@@ -155,6 +157,7 @@ impl Config {
             queue_routes,
             dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
             connections_table: get("CONNECTIONS_TABLE"),
+            schedules_table: get("SCHEDULES_TABLE"),
             websocket_endpoint: get("WEBSOCKET_ENDPOINT"),
             auth,
             kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },

@@ -14,6 +14,7 @@ pub mod job;
 pub mod kinds;
 pub mod metrics;
 pub mod payload;
+pub mod schedules;
 pub mod store;
 pub mod telemetry;
 

@@ -24,6 +24,11 @@ impl PayloadStore {
         PayloadStore { s3, bucket: bucket.into(), inline_max_bytes }
     }
 
+    /// The largest payload kept inline in an item rather than in S3.
+    pub fn inline_max_bytes(&self) -> usize {
+        self.inline_max_bytes
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

@@ -1,5 +1,5 @@
 //! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
-//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list` and `dlq` operate a local or deployed
+//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list`, `schedules` and `dlq` operate a local or deployed
 //! stack; `load`, `chaos` and `bench` measure it; `iam-mutations` proves each IAM statement is needed.
 
 use std::path::PathBuf;
@@ -42,6 +42,37 @@ impl TargetArgs {
         })
         .await
     }
+}
+
+#[derive(Subcommand)]
+enum Schedules {
+    /// Create a schedule: every tick of --cron (in --timezone) or --rate creates one job.
+    Create {
+        kind: String,
+        /// The jobs' input, a JSON object.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Five fields: minute hour day-of-month month day-of-week, e.g. "0 9 * * MON-FRI".
+        #[arg(long, required_unless_present = "rate", conflicts_with = "rate")]
+        cron: Option<String>,
+        /// An IANA time zone the cron expression is read in (default UTC).
+        #[arg(long, requires = "cron")]
+        timezone: Option<String>,
+        /// Every so often: "15 minutes", "1 hour", "2 days".
+        #[arg(long)]
+        rate: Option<String>,
+    },
+    /// List your schedules, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Stop a schedule creating jobs until it is resumed.
+    Pause { schedule_id: String },
+    /// Start a paused schedule again from its next tick.
+    Resume { schedule_id: String },
+    /// Delete a schedule (the jobs it created stay).
+    Delete { schedule_id: String },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +148,13 @@ enum Commands {
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Recurring jobs: create, list, pause, resume and delete schedules.
+    Schedules {
+        #[command(subcommand)]
+        action: Schedules,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -289,6 +327,30 @@ async fn main() -> anyhow::Result<()> {
                     job.created_at
                 );
             }
+            Ok(())
+        }
+        Commands::Schedules { action, target } => {
+            let target = target.target().await?;
+            let shown = match action {
+                Schedules::Create { kind, input, cron, timezone, rate } => {
+                    let input: serde_json::Value =
+                        serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
+                    let cadence = match (cron, rate) {
+                        (Some(cron), _) => jobpipe::ops::Cadence::Cron { cron, timezone },
+                        (None, Some(rate)) => jobpipe::ops::Cadence::Rate(rate),
+                        (None, None) => anyhow::bail!("give --cron or --rate"),
+                    };
+                    serde_json::to_value(target.create_schedule(&kind, input, &cadence).await?)?
+                }
+                Schedules::List { limit } => serde_json::to_value(target.list_schedules(limit).await?)?,
+                Schedules::Pause { schedule_id } => serde_json::to_value(target.pause_schedule(&schedule_id).await?)?,
+                Schedules::Resume { schedule_id } => serde_json::to_value(target.resume_schedule(&schedule_id).await?)?,
+                Schedules::Delete { schedule_id } => {
+                    target.delete_schedule(&schedule_id).await?;
+                    serde_json::json!({"deleted": schedule_id})
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Commands::Dlq { action, target } => {

@@ -1,5 +1,5 @@
 //! The operations side of the `jobpipe` CLI: `submit` (now or scheduled), `status`, `cancel`, `watch`,
-//! `list` and `dlq list|redrive`, against the local stack (default) or a deployed stack (`--stack NAME`,
+//! `list`, `schedules create|list|pause|resume|delete` and `dlq list|redrive`, against the local stack (default) or a deployed stack (`--stack NAME`,
 //! from its CloudFormation outputs).
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use futures_util::StreamExt;
 use jobpipe_core::job::{JobPage, JobStatus, JobUpdate, JobView};
+use jobpipe_core::schedules::{SchedulePage, ScheduleView};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -20,6 +21,15 @@ pub enum Start {
     Now,
     At(String),
     After(Duration),
+}
+
+/// How a new schedule ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cadence {
+    /// A five-field cron expression, in an IANA time zone (UTC when `None`).
+    Cron { cron: String, timezone: Option<String> },
+    /// `"15 minutes"`, `"1 hour"`, `"2 days"`.
+    Rate(String),
 }
 
 /// Where the commands send their requests.
@@ -167,6 +177,47 @@ impl Target {
 
     pub async fn status(&self, job_id: &str) -> anyhow::Result<JobView> {
         self.call(reqwest::Method::GET, &format!("/jobs/{job_id}"), None).await
+    }
+
+    /// Creates a schedule whose every tick creates a job of `kind` with `input`.
+    pub async fn create_schedule(&self, kind: &str, input: Value, cadence: &Cadence) -> anyhow::Result<ScheduleView> {
+        let mut body = json!({"kind": kind, "input": input});
+        match cadence {
+            Cadence::Cron { cron, timezone } => {
+                body["cron"] = json!(cron);
+                if let Some(timezone) = timezone {
+                    body["timezone"] = json!(timezone);
+                }
+            }
+            Cadence::Rate(rate) => body["rate"] = json!(rate),
+        }
+        self.call(reqwest::Method::POST, "/schedules", Some(body)).await
+    }
+
+    pub async fn list_schedules(&self, limit: u32) -> anyhow::Result<SchedulePage> {
+        self.call(reqwest::Method::GET, &format!("/schedules?limit={limit}"), None).await
+    }
+
+    pub async fn pause_schedule(&self, schedule_id: &str) -> anyhow::Result<ScheduleView> {
+        self.call(reqwest::Method::POST, &format!("/schedules/{schedule_id}/pause"), None).await
+    }
+
+    pub async fn resume_schedule(&self, schedule_id: &str) -> anyhow::Result<ScheduleView> {
+        self.call(reqwest::Method::POST, &format!("/schedules/{schedule_id}/resume"), None).await
+    }
+
+    pub async fn delete_schedule(&self, schedule_id: &str) -> anyhow::Result<()> {
+        let response = reqwest::Client::new()
+            .delete(format!("{}/schedules/{schedule_id}", self.api_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::NO_CONTENT {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
+        }
+        Ok(())
     }
 
     /// Cancels a job that has not started (scheduled or queued).

@@ -16,6 +16,7 @@ use jobpipe_core::dispatch::{DispatchPolicy, Dispatcher};
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::payload::PayloadStore;
+use jobpipe_core::schedules::ScheduleStore;
 use jobpipe_core::store::JobStore;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -31,6 +32,8 @@ pub const SERVICE: &str = "queue-processor";
 pub struct Processor {
     pub store: JobStore,
     pub payloads: PayloadStore,
+    /// Recurring schedules whose ticks the reconciler fires; `None` where `SCHEDULES_TABLE` is not set.
+    pub schedules: Option<ScheduleStore>,
     pub dispatcher: Dispatcher,
     pub sqs: aws_sdk_sqs::Client,
     pub kinds: KindRegistry,
@@ -51,6 +54,8 @@ pub struct Settings {
     pub endpoint_url: Option<String>,
     /// What the reconciler does with unfinished jobs whose check is due.
     pub dispatch_policy: DispatchPolicy,
+    /// How long after a tick's job is created the reconciler first checks its message was sent.
+    pub dispatch_grace: Duration,
 }
 
 impl Processor {
@@ -59,6 +64,7 @@ impl Processor {
         Processor {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, retention_secs),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
+            schedules: config.schedules_table.as_ref().map(|table| ScheduleStore::new(clients.dynamodb.clone(), table)),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             sqs: clients.sqs.clone(),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
@@ -72,6 +78,7 @@ impl Processor {
                 dead_letter_queue_url: config.dead_letter_queue_url.clone(),
                 endpoint_url: clients.endpoint_url.clone(),
                 dispatch_policy: DispatchPolicy { recheck: config.dispatch_recheck, max_age: config.job_max_age },
+                dispatch_grace: config.dispatch_grace,
             },
         }
     }

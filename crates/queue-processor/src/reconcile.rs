@@ -1,13 +1,16 @@
-//! The reconciler, run on a schedule: looks at unfinished jobs whose check is due (re-sends a message
-//! that never reached SQS or may have expired, fails jobs past their maximum age), and works through
-//! the dead-letter queue, so no accepted job is left hanging.
+//! The reconciler, run on a schedule: fires the recurring schedules' due ticks (each creates its job),
+//! looks at unfinished jobs whose check is due (re-sends a message that never reached SQS or may have
+//! expired, fails jobs past their maximum age), and works through the dead-letter queue, so no accepted
+//! job is left hanging.
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use futures_util::StreamExt;
 use jobpipe_core::AwsError;
 use jobpipe_core::clock::Millis;
 use jobpipe_core::dispatch::{JobMessage, sweep_due};
+use jobpipe_core::intake::Intake;
 use jobpipe_core::job::ErrorInfo;
+use jobpipe_core::schedules::{TickReport, fire_due};
 use jobpipe_core::store::ForceFailOutcome;
 use serde::Serialize;
 
@@ -15,6 +18,8 @@ use crate::Processor;
 
 /// Upper bound on unfinished jobs looked at per run; the next run continues.
 const SWEEP_LIMIT: usize = 1_000;
+/// Upper bound on schedules fired per run; the next run continues (ticks are created minutes ahead).
+const TICK_LIMIT: usize = 1_000;
 /// Dead letters handled at once.
 const DEAD_LETTER_CONCURRENCY: usize = 10;
 /// A poison letter (naming no job) stays for a person (`jobpipe dlq list`, the DLQ alarm); the reconciler
@@ -29,6 +34,9 @@ const DEADLINE_MARGIN_MS: Millis = 10_000;
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileReport {
+    /// Recurring schedules' ticks fired, skipped (missed while down) and failed.
+    #[serde(flatten)]
+    pub ticks: TickReport,
     pub redispatched: usize,
     pub expired: usize,
     pub rescheduled: usize,
@@ -57,6 +65,23 @@ impl Processor {
     /// `deadline`: the invocation's, when it has one; the run stops reading dead letters before it.
     pub async fn reconcile(&self, deadline: Option<Millis>) -> Result<ReconcileReport, AwsError> {
         let now = self.clock.now_ms();
+        // Ticks first: the jobs they create are ordinary scheduled jobs from then on. A failure here is
+        // logged and retried by the next run; it holds up neither the sweep nor the dead letters.
+        let ticks = match &self.schedules {
+            None => TickReport::default(),
+            Some(schedules) => {
+                let intake = Intake {
+                    store: &self.store,
+                    payloads: &self.payloads,
+                    dispatcher: &self.dispatcher,
+                    dispatch_grace: self.settings.dispatch_grace,
+                };
+                fire_due(schedules, &intake, now, TICK_LIMIT).await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, retryable = error.is_retryable(), "reading due schedule ticks failed; the next run retries");
+                    TickReport { tick_failures: 1, ..Default::default() }
+                })
+            }
+        };
         // A sweep that cannot read the index this time must not keep the dead letters waiting too: the
         // letters are worked through either way, and the run reports the sweep's failure at its end.
         let (sweep, sweep_failure) = match sweep_due(
@@ -78,6 +103,7 @@ impl Processor {
             crate::record::job_ended_metrics(job);
         }
         let mut report = ReconcileReport {
+            ticks,
             redispatched: sweep.redispatched,
             expired: sweep.expired.len(),
             rescheduled: sweep.rescheduled,

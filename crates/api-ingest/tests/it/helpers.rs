@@ -71,6 +71,17 @@ impl App {
         self.call(request.body(body).unwrap()).await
     }
 
+    /// A POST as alice with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> Reply {
+        let request = Request::post(path)
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.call(request).await
+    }
+
     pub async fn post_job(&self, user: &str, body: Value) -> Reply {
         self.send(Method::POST, "/jobs", Some(user), Some(body)).await
     }

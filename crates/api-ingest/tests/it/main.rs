@@ -11,5 +11,6 @@ mod idempotency;
 mod kinds;
 mod payloads;
 mod reads;
+mod schedules;
 mod scheduling;
 mod submit;

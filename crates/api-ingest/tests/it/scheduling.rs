@@ -3,19 +3,9 @@
 
 use http::{Method, StatusCode};
 use jobpipe_core::clock::{Clock, from_rfc3339, to_rfc3339};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{App, Reply, error_code, error_field, spawn_app};
-
-async fn post_keyed(app: &App, key: &str, body: Value) -> Reply {
-    let request = http::Request::post("/jobs")
-        .header("authorization", format!("Bearer {}", jobpipe_testkit::token("alice")))
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    app.call(request).await
-}
+use crate::helpers::{error_code, error_field, spawn_app};
 
 #[tokio::test]
 async fn a_scheduled_job_is_shown_scheduled_until_it_starts_and_can_be_cancelled() {
@@ -111,13 +101,13 @@ async fn start_times_that_cannot_be_kept_are_refused_naming_the_field_and_store_
 #[tokio::test]
 async fn the_start_is_part_of_what_an_idempotency_key_names() {
     let app = spawn_app().await;
-    let first = post_keyed(&app, "k-1", json!({"kind": "echo", "delaySeconds": 600})).await;
+    let first = app.post_keyed("/jobs", "k-1", json!({"kind": "echo", "delaySeconds": 600})).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     app.clock.advance_ms(5_000);
-    let retry = post_keyed(&app, "k-1", json!({"kind": "echo", "delaySeconds": 600})).await;
+    let retry = app.post_keyed("/jobs", "k-1", json!({"kind": "echo", "delaySeconds": 600})).await;
     assert_eq!(retry.headers["idempotent-replayed"], "true");
     assert_eq!(retry.body["runAt"], first.body["runAt"], "a replay keeps the first request's start");
-    let other = post_keyed(&app, "k-1", json!({"kind": "echo", "delaySeconds": 601})).await;
+    let other = app.post_keyed("/jobs", "k-1", json!({"kind": "echo", "delaySeconds": 601})).await;
     assert_eq!((other.status, error_code(&other)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
     assert_eq!(app.queued_messages().await, 1, "one message for the one job");
 }

@@ -34,7 +34,7 @@ use update::Update;
 
 pub use item::job_from_stream_image;
 pub use paging::PageToken;
-pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of};
+pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of, stable_shard};
 
 /// The outcome of creating a job.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,8 +26,14 @@ pub fn shard_name(shard: u32) -> String {
 
 /// The pending-dispatch shard of a job: a stable hash of its id.
 pub fn shard_of(job_id: &JobId) -> String {
-    let hash = job_id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    shard_name(hash % DISPATCH_SHARDS)
+    stable_shard(job_id.as_str(), DISPATCH_SHARDS)
+}
+
+/// One of `shards` shard names for `key`, the same for the same key in every process and version (sparse
+/// indexes spread over shards: the pending-dispatch index here, the schedules' `dueTicks`).
+pub fn stable_shard(key: &str, shards: u32) -> String {
+    let hash = key.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    shard_name(hash % shards)
 }
 
 impl JobStore {

@@ -116,7 +116,9 @@ async fn the_api_matches_its_openapi_document_under_schemathesis() {
         // describing a filter), and CPython 3.11's AST constructor keeps one recursion counter for all
         // threads, so the run could die with "SystemError: AST constructor recursion depth mismatch"
         // (seen once on a loaded machine; cpython gh-106905), a failure of the tool, not of the API.
-        .args(["--checks", "all", "--max-examples", "40", "--workers", "1", "--suppress-health-check", "all"])
+        // A cancelled job stays readable (DELETE cancels): not a use after free (tests/api/schemathesis.toml).
+        .args(["--checks", "all", "--exclude-checks", "use_after_free"])
+        .args(["--max-examples", "40", "--workers", "1", "--suppress-health-check", "all"])
         .args(["--request-timeout", "20"])
         .output()
         .await

@@ -291,6 +291,28 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     let page = json_of(http.get(format!("{}/jobs", stack.base_url())).bearer_auth(&token)).await;
     assert!(page["jobs"].as_array().is_some_and(|jobs| jobs.len() >= 5), "{page}");
 
+    // A schedule's tick creates its job: the reconciler reads the due-ticks index and the schedule, writes
+    // the job and moves the schedule on.
+    let created = http
+        .post(format!("{}/schedules", stack.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "echo", "rate": "1 minute"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap_or_default());
+    let mut ticked = false;
+    // The reconciler runs every second: over a hundred runs without a tick means it never will.
+    for _ in 0..240 {
+        let page = json_of(http.get(format!("{}/jobs?status=scheduled", stack.base_url())).bearer_auth(&token)).await;
+        if page["jobs"].as_array().is_some_and(|jobs| !jobs.is_empty()) {
+            ticked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ticked, "the schedule's first tick created its job");
+
     let unused: Vec<String> = stack
         .iam
         .statements()

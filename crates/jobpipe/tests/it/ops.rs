@@ -369,3 +369,59 @@ async fn the_cli_schedules_jobs_that_start_at_their_time_and_cancels_them() {
     println!("scheduled job started {} ms after its runAt", started - run_at);
     stack.stop().await;
 }
+
+/// `jobpipe schedules` through the whole local stack, whose reconciler fires ticks as deployed: a
+/// per-minute cron in a time zone half an hour off UTC creates its first tick's job, which starts at the
+/// tick and completes; another schedule is paused, resumed and deleted. How late the tick's job started is
+/// printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_schedules_and_the_local_stack_fires_their_ticks() {
+    use jobpipe::ops::{Cadence, Target, TargetOptions};
+    use jobpipe_core::clock::from_rfc3339;
+    let stack = start_stack_with(|options| options.schedule_override = Some(Duration::from_secs(2))).await;
+    let target =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user: "timer".into() })
+            .await
+            .unwrap();
+    let cron = Cadence::Cron { cron: "* * * * *".into(), timezone: Some("Asia/Kolkata".into()) };
+    let every_minute = target.create_schedule("echo", json!({"n": 7}), &cron).await.unwrap();
+    let first_tick = from_rfc3339(every_minute.next_tick_at.as_deref().unwrap()).unwrap();
+    assert_eq!(first_tick % 60_000, 0, "a minute's start: {every_minute:?}");
+    let hourly = target.create_schedule("echo", json!({}), &Cadence::Rate("1 hour".into())).await.unwrap();
+    assert_eq!(target.list_schedules(10).await.unwrap().schedules.len(), 2);
+    let paused = target.pause_schedule(&hourly.schedule_id).await.unwrap();
+    assert_eq!((paused.state.as_str(), paused.next_tick_at), ("paused", None));
+    let resumed = target.resume_schedule(&hourly.schedule_id).await.unwrap();
+    assert_eq!(resumed.state.as_str(), "active");
+    target.delete_schedule(&hourly.schedule_id).await.unwrap();
+    let error = target.pause_schedule(&hourly.schedule_id).await.unwrap_err().to_string();
+    assert!(error.contains("404"), "{error}");
+    let left = target.list_schedules(10).await.unwrap().schedules;
+    assert_eq!(left.iter().map(|s| s.schedule_id.as_str()).collect::<Vec<_>>(), [every_minute.schedule_id.as_str()]);
+
+    // The reconciler (every 2 s here) creates the first tick's job ahead of its time.
+    let mut tick_job = None;
+    for _ in 0..300 {
+        let page = target.list(None, 10).await.unwrap();
+        // Ticks within a few minutes are all created ahead: find the first one's job.
+        if let Some(job) =
+            page.jobs.into_iter().find(|job| job.run_at.as_deref().and_then(from_rfc3339) == Some(first_tick))
+        {
+            tick_job = Some(job);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let tick_job = tick_job.expect("the schedule's first tick created a job");
+    assert_eq!(from_rfc3339(tick_job.run_at.as_deref().unwrap()), Some(first_tick), "{tick_job:?}");
+    let done = target.watch(tick_job.job_id.as_str(), &mut Vec::new()).await.unwrap();
+    assert_eq!((done.status, &done.result), (JobStatus::Completed, &Some(json!({"n": 7}))), "{done:?}");
+    let started = from_rfc3339(done.started_at.as_deref().unwrap()).unwrap();
+    assert!(started >= first_tick, "started {} ms before its tick", first_tick - started);
+    let schedule = target.list_schedules(10).await.unwrap().schedules.remove(0);
+    // Later ticks are created ahead of their time too; none was missed.
+    let last_tick = from_rfc3339(schedule.last_tick_at.as_deref().unwrap()).unwrap();
+    assert!(last_tick >= first_tick && schedule.skipped_ticks == 0, "{schedule:?}");
+    println!("a schedule's tick job started {} ms after its tick", started - first_tick);
+    stack.stop().await;
+}
