@@ -197,9 +197,10 @@ function signOut(message = "") {
 // ---- Kinds and the submit form --------------------------------------------------------------------
 
 async function loadKinds() {
-  const { kinds } = await api("/kinds");
+  const { kinds, paused = [] } = await api("/kinds");
   const select = $("kind");
-  select.replaceChildren(...kinds.map((kind) => new Option(kind, kind)));
+  // A paused kind still takes jobs; they wait until an operator resumes it.
+  select.replaceChildren(...kinds.map((kind) => new Option(paused.includes(kind) ? `${kind} (paused: jobs wait)` : kind, kind)));
   if (kinds.length === 0) {
     $("submit-error").textContent = "This deployment offers no job kinds.";
     $("submit-button").disabled = true;

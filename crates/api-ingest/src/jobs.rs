@@ -117,6 +117,8 @@ pub(crate) fn not_our_token() -> ApiError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KindList {
     pub kinds: Vec<&'static str>,
+    /// Those an operator paused: their jobs are accepted and wait, queued, until the kind is resumed.
+    pub paused: Vec<String>,
 }
 
 /// The job kinds this deployment offers, so a client can build its form.
@@ -127,8 +129,15 @@ pub struct KindList {
     tag = "jobs",
     responses((status = 200, body = KindList), CommonErrors)
 )]
-pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Json<KindList> {
-    Json(KindList { kinds: api.kinds.names().collect() })
+pub async fn kinds(State(api): State<Arc<Api>>, Authenticated(_): Authenticated) -> Result<Json<KindList>, ApiError> {
+    let kinds: Vec<&'static str> = api.kinds.names().collect();
+    let paused = match &api.controls {
+        Some(controls) => {
+            controls.paused_kinds().await?.into_iter().filter(|kind| kinds.contains(&kind.as_str())).collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Json(KindList { kinds, paused }))
 }
 
 /// Cancels a job that has not started: queued, or scheduled.

@@ -23,6 +23,7 @@ use axum::routing::get;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
 use jobpipe_core::config::{AwsClients, Config, ConfigError};
+use jobpipe_core::controls::ControlStore;
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::payload::PayloadStore;
@@ -47,6 +48,8 @@ pub struct Api {
     pub payloads: PayloadStore,
     /// `None` where `SCHEDULES_TABLE` is not set: the schedule routes answer `404`.
     pub schedules: Option<ScheduleStore>,
+    /// The paused kinds `GET /kinds` shows; `None` where `CONTROL_TABLE` is not set.
+    pub controls: Option<ControlStore>,
     pub dispatcher: Dispatcher,
     pub kinds: KindRegistry,
     pub auth: Authenticator,
@@ -54,6 +57,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     pub dispatch_grace: Duration,
     pub result_url_ttl: Duration,
+    /// How long stored payloads are kept (`JOB_RETENTION_DAYS`, the bucket's lifecycle rule).
+    pub payload_retention: Duration,
 }
 
 impl Api {
@@ -62,6 +67,7 @@ impl Api {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             schedules: config.schedules_table.as_ref().map(|table| ScheduleStore::new(clients.dynamodb.clone(), table)),
+            controls: config.control_table.as_ref().map(|table| ControlStore::new(clients.dynamodb.clone(), table)),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             auth: config.authenticator()?,
@@ -69,6 +75,7 @@ impl Api {
             max_body_bytes: config.max_body_bytes,
             dispatch_grace: config.dispatch_grace,
             result_url_ttl: config.result_url_ttl,
+            payload_retention: config.job_retention,
         })
     }
 }

@@ -13,7 +13,7 @@ use jobpipe_core::intake::request_hash;
 use jobpipe_core::job::JobId;
 use jobpipe_core::schedules::{
     Cadence, CreateScheduleOutcome, Schedule, SchedulePage, SchedulePageToken, ScheduleState, ScheduleStore,
-    ScheduleView,
+    ScheduleView, check_timezone,
 };
 use serde_json::{Value, json};
 
@@ -29,7 +29,7 @@ use crate::submit::{check_body, check_kind_input, idempotency_key};
 #[allow(dead_code)] // Only its OpenAPI description is used: `parse_schedule` reads the body.
 pub struct NewSchedule {
     /// A kind `GET /kinds` lists.
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, max_length = 64)]
     kind: String,
     /// The job's input, as the kind takes it (checked as `POST /jobs` checks it; at most 16 KiB; an empty
     /// object when left out).
@@ -37,15 +37,15 @@ pub struct NewSchedule {
     input: Option<Value>,
     /// Five fields: minute hour day-of-month month day-of-week, read in `timezone` (`0 9 * * MON-FRI`).
     /// Not with `rate`.
-    #[schema(nullable = false, min_length = 9)]
+    #[schema(nullable = false, min_length = 9, max_length = 200)]
     cron: Option<String>,
     /// Every so often from the schedule's creation: `"15 minutes"`, `"1 hour"`, `"2 days"` (1 minute to
     /// 366 days). Not with `cron`.
-    #[schema(nullable = false, min_length = 1)]
+    #[schema(nullable = false, min_length = 1, max_length = 32)]
     rate: Option<String>,
     /// The IANA time zone a cron expression is read in (default `UTC`), so `0 9 * * *` in
     /// `Europe/Paris` follows daylight saving time.
-    #[schema(nullable = false, min_length = 1)]
+    #[schema(nullable = false, min_length = 1, max_length = 64)]
     timezone: Option<String>,
 }
 
@@ -91,7 +91,7 @@ pub async fn create(
     let now = api.clock.now_ms();
     let cadence = match (&request.cron, &request.rate) {
         (Some(cron), _) => Cadence::cron(cron, &request.timezone),
-        (None, Some(rate)) => Cadence::rate(rate, now),
+        (None, Some(rate)) => check_timezone(&request.timezone).and_then(|()| Cadence::rate(rate, now)),
         (None, None) => unreachable!("parse_schedule requires one"),
     }
     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", e.problem).field(e.field))?;
@@ -227,6 +227,7 @@ pub async fn pause(
     params(("scheduleId" = String, Path, description = "The schedule's id.")),
     responses(
         (status = 200, description = "Active (or already active).", body = ScheduleView),
+        (status = 409, description = "The cron expression has no later date to tick at.", body = ErrorBody),
         (status = 404, description = "No such schedule (or not yours).", body = ErrorBody),
         CommonErrors,
     )
@@ -322,12 +323,14 @@ fn parse_schedule(body: &[u8]) -> Result<ScheduleRequest, ApiError> {
             "unknown field; a schedule has kind, input, cron or rate, and timezone",
         ));
     }
-    let text = |fields: &mut serde_json::Map<String, Value>, name: &'static str| match fields.remove(name) {
+    // A string field, at most `max` bytes long.
+    let text = |fields: &mut serde_json::Map<String, Value>, name: &'static str, max: usize| match fields.remove(name) {
         None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::String(text)) if text.len() <= max => Ok(Some(text)),
+        Some(Value::String(_)) => Err(ApiError::bad_request(name, format!("is longer than {max} bytes"))),
         Some(_) => Err(ApiError::bad_request(name, "must be a string")),
     };
-    let kind = text(&mut fields, "kind")?
+    let kind = text(&mut fields, "kind", 64)?
         .filter(|kind| !kind.is_empty())
         .ok_or_else(|| ApiError::bad_request("kind", "is required: a kind GET /kinds lists"))?;
     let input = match fields.remove("input") {
@@ -335,12 +338,12 @@ fn parse_schedule(body: &[u8]) -> Result<ScheduleRequest, ApiError> {
         Some(input @ Value::Object(_)) => input,
         Some(_) => return Err(ApiError::bad_request("input", "must be a JSON object")),
     };
-    let (cron, rate) = match (text(&mut fields, "cron")?, text(&mut fields, "rate")?) {
+    let (cron, rate) = match (text(&mut fields, "cron", 200)?, text(&mut fields, "rate", 32)?) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("rate", "give cron or rate, not both")),
         (None, None) => return Err(ApiError::bad_request("cron", "give cron (or rate): when the schedule ticks")),
         other => other,
     };
-    let timezone = text(&mut fields, "timezone")?.unwrap_or_else(|| "UTC".into());
+    let timezone = text(&mut fields, "timezone", 64)?.unwrap_or_else(|| "UTC".into());
     Ok(ScheduleRequest { kind, input, cron, rate, timezone })
 }
 

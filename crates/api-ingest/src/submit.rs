@@ -2,6 +2,7 @@
 //! send its message, answer `202`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -71,7 +72,6 @@ pub async fn submit(
     let idempotency_key = idempotency_key(&headers)?;
     let submission = parse_submission(&body)?;
     let now = api.clock.now_ms();
-    check_start(submission.start, now)?;
     check_kind_input(&api, &submission.kind, &submission.input)?;
 
     let intake = Intake {
@@ -88,7 +88,15 @@ pub async fn submit(
         correlation_id,
         start: submission.start,
     };
-    let (job, replayed) = match intake.accept(new, now).await? {
+    // A keyed retry is the job it names even when it would no longer be accepted as new (its `runAt` has
+    // passed meanwhile): the start is checked only for a job not seen before.
+    let checked = check_start(submission.start, now)
+        .and_then(|()| check_input_kept_until_start(&api, submission.start, &new.input, now));
+    let accepted = match checked {
+        Ok(()) => intake.accept(new, now).await?,
+        Err(refusal) => intake.replay(&new, now).await?.ok_or(refusal)?,
+    };
+    let (job, replayed) = match accepted {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {
@@ -219,6 +227,31 @@ pub(crate) fn whole_number(value: &Value) -> Option<u64> {
         let float = value.as_f64()?;
         (float >= 0.0 && float.fract() == 0.0 && float < u64::MAX as f64).then_some(float as u64)
     })
+}
+
+/// An input too large for the job's item is stored in S3, whose lifecycle rule removes it after
+/// `JOB_RETENTION_DAYS`: such a job must start with a day to spare, or its input would be gone.
+fn check_input_kept_until_start(api: &Api, start: StartAt, input: &Value, now: Millis) -> Result<(), ApiError> {
+    let Some(run_at) = start.run_at(now) else { return Ok(()) };
+    if input.to_string().len() <= api.payloads.inline_max_bytes() {
+        return Ok(());
+    }
+    let days = api.payload_retention.as_secs() / 86_400;
+    let kept = Duration::from_secs(days.saturating_sub(1) * 86_400).as_millis() as Millis;
+    if run_at - now <= kept {
+        return Ok(());
+    }
+    let field = if matches!(start, StartAt::After(_)) { "delaySeconds" } else { "runAt" };
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "start_too_far_ahead",
+        format!(
+            "an input over {} bytes is kept {days} days: schedule it at most {} days ahead, or send a smaller input",
+            api.payloads.inline_max_bytes(),
+            days.saturating_sub(1)
+        ),
+    )
+    .field(field))
 }
 
 /// A start must be at most `MAX_SCHEDULE_AHEAD` away, and a `runAt` not long past.

@@ -28,6 +28,10 @@ pub struct Config {
     pub connections_table: Option<String>,
     /// Recurring schedules (`schedules`): api-ingest serves them, the queue processor fires their ticks.
     pub schedules_table: Option<String>,
+    /// Operator controls (`controls`: paused kinds).
+    pub control_table: Option<String>,
+    /// How often a job of a paused kind is looked at again (how soon a resume drains it).
+    pub paused_kind_recheck: Duration,
     /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
     /// where the notifier posts to connections.
     pub websocket_endpoint: Option<String>,
@@ -158,6 +162,8 @@ impl Config {
             dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
             connections_table: get("CONNECTIONS_TABLE"),
             schedules_table: get("SCHEDULES_TABLE"),
+            control_table: get("CONTROL_TABLE"),
+            paused_kind_recheck: Duration::from_secs(number("PAUSED_KIND_RECHECK_SECONDS", 60)?.clamp(1, 900)),
             websocket_endpoint: get("WEBSOCKET_ENDPOINT"),
             auth,
             kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },

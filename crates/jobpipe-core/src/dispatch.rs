@@ -9,10 +9,10 @@
 //! scheduled for its next check. A duplicate message is harmless: the state machine runs a job once
 //! however often it is delivered.
 //!
-//! A scheduled job (`runAt`) is in the same index. SQS delays a message by at most 15 minutes, so a job
-//! due sooner is sent at once with the rest of its wait as the message's delay; one due later is sent by
-//! the sweep that finds its check, which falls due `SCHEDULE_LEAD` before its time, again delayed to its
-//! time. Its message is then rechecked from its `runAt`, and its maximum age counts from there too.
+//! A scheduled job (`runAt`) is in the same index. A job due within `SCHEDULE_LEAD` is sent at once with
+//! the rest of its wait as the message's delay; one due later is sent by the sweep that finds its check,
+//! which falls due `SCHEDULE_LEAD` before its time, again delayed to its time. Its message is then
+//! rechecked from its `runAt`, and its maximum age counts from there too.
 
 use std::collections::HashMap;
 
@@ -28,10 +28,17 @@ use crate::store::{ForceFailOutcome, JobStore, PendingDispatch};
 
 /// The longest delay SQS gives a message (`DelaySeconds`).
 pub const MAX_MESSAGE_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
-/// How long before its `runAt` a scheduled job's check falls due: the reconciler runs every minute, so the
-/// sweep that finds the check is at most a minute or two late and its message's delay stays under
-/// `MAX_MESSAGE_DELAY`.
-pub const SCHEDULE_LEAD: std::time::Duration = std::time::Duration::from_secs(13 * 60);
+/// How long before its `runAt` a scheduled job's message is sent (at submission when it is due sooner, by
+/// the sweep that finds its check otherwise). Short, because a delayed message counts in the queue's
+/// `ApproximateAgeOfOldestMessage` from when it was sent, and the backlog alarm fires at 5 minutes: a
+/// message never waits longer than this (plus the reconciler's lateness, a minute). Long enough that the
+/// reconciler, every minute, finds each check before its time.
+pub const SCHEDULE_LEAD: std::time::Duration = std::time::Duration::from_secs(3 * 60);
+
+/// Whether a job that may start at `at` is sent now: it is due within `SCHEDULE_LEAD`.
+pub fn sent_now(at: Millis, now: Millis) -> bool {
+    at - now <= SCHEDULE_LEAD.as_millis() as Millis
+}
 
 /// SQS message attribute carrying the request's correlation id.
 pub const CORRELATION_ID_ATTRIBUTE: &str = "correlationId";
@@ -226,7 +233,7 @@ async fn sweep_one(
     if now - start >= policy.max_age.as_millis() as Millis {
         let info = ErrorInfo {
             code: "expired".into(),
-            message: format!("not finished within {} s of being accepted", policy.max_age.as_secs()),
+            message: format!("not finished within {} s of when it could start", policy.max_age.as_secs()),
         };
         match store.force_fail(&job.job_id, &info, now).await? {
             ForceFailOutcome::Failed(failed) => {
@@ -239,8 +246,8 @@ async fn sweep_one(
             ForceFailOutcome::LeaseLive => {}
         }
     }
-    if !within_message_delay(start, now) {
-        // Scheduled beyond one message delay (its check was moved, or a clock jumped): look again then.
+    if !sent_now(start, now) {
+        // Not due within the lead yet (its check was moved, or a clock jumped): look again then.
         report.rescheduled += 1;
         return store.schedule_dispatch_check(&job.job_id, start - SCHEDULE_LEAD.as_millis() as Millis).await;
     }
@@ -271,6 +278,8 @@ mod tests {
         assert_eq!(delay_until(12_000, 10_000), std::time::Duration::from_secs(2));
         assert_eq!(delay_until(10_000 + 3_600_000, 10_000), MAX_MESSAGE_DELAY);
         assert!(within_message_delay(900_000, 0) && !within_message_delay(900_001, 0));
+        assert!(sent_now(180_000, 0) && !sent_now(180_001, 0));
+        // The sweep, a minute or two late, still sends within one message delay.
         assert!(SCHEDULE_LEAD + std::time::Duration::from_secs(120) <= MAX_MESSAGE_DELAY);
     }
 

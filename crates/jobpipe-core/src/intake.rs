@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
-use crate::dispatch::{Dispatcher, SCHEDULE_LEAD, within_message_delay};
+use crate::dispatch::{Dispatcher, SCHEDULE_LEAD, sent_now};
 use crate::error::AwsError;
 use crate::job::{Job, JobId, JobStatus};
 use crate::payload::PayloadStore;
@@ -84,20 +84,13 @@ pub struct Intake<'a> {
 
 impl Intake<'_> {
     pub async fn accept(&self, new: NewJob, now: Millis) -> Result<Accepted, AwsError> {
-        let job_id = match &new.idempotency_key {
-            Some(key) => JobId::from_idempotency_key(&new.owner, key),
-            None => JobId::new_random(),
-        };
-        let mut request_hash = request_hash(&new.kind, &new.input);
-        if let Some(part) = new.start.hash_part() {
-            request_hash = request_hash_with(&request_hash, &part);
-        }
+        let (job_id, request_hash) = identity(&new);
         let run_at = new.start.run_at(now);
         let scheduled = run_at.filter(|at| *at > now);
         let grace = self.dispatch_grace.as_millis() as Millis;
         let dispatch_due_at = match scheduled {
             // Sent by the sweep that finds this check, delayed the rest of the way.
-            Some(at) if !within_message_delay(at, now) => at - SCHEDULE_LEAD.as_millis() as Millis,
+            Some(at) if !sent_now(at, now) => at - SCHEDULE_LEAD.as_millis() as Millis,
             // Sent now, delayed to its time: checked once that has passed.
             Some(at) => at + grace,
             None => now + grace,
@@ -131,19 +124,52 @@ impl Intake<'_> {
             CreateOutcome::Replayed(job) => (job.clone(), Accepted::Replayed(job)),
             CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
         };
-        // Also for a replay: if the first request died before sending, this sends it now. A job scheduled
-        // beyond one message delay is sent later, by the sweep.
+        self.ensure_sent(&job, now).await;
+        Ok(accepted)
+    }
+
+    /// The job a keyed request accepted before, if there is one: `Replayed` when it is the same request,
+    /// `KeyReused` when the key named another; `None` without a key or an earlier job. For a retry that
+    /// would no longer be accepted as new (its `runAt` has passed meanwhile): it is still that job.
+    pub async fn replay(&self, new: &NewJob, now: Millis) -> Result<Option<Accepted>, AwsError> {
+        if new.idempotency_key.is_none() {
+            return Ok(None);
+        }
+        let (job_id, request_hash) = identity(new);
+        let Some(job) = self.store.get(&job_id).await? else { return Ok(None) };
+        if job.owner != new.owner || job.request_hash != request_hash {
+            return Ok(Some(Accepted::KeyReused));
+        }
+        self.ensure_sent(&job, now).await;
+        Ok(Some(Accepted::Replayed(job)))
+    }
+
+    /// Sends the message of a job that has none yet, also for a replay (the first request may have died
+    /// before sending). A job due beyond `SCHEDULE_LEAD` is sent later, by the sweep.
+    async fn ensure_sent(&self, job: &Job, now: Millis) {
         if job.dispatched_at.is_none()
             && job.status.is_cancellable()
-            && within_message_delay(job.start_after(), now)
-            && let Err(error) = self.dispatcher.dispatch(self.store, &job, now).await
+            && sent_now(job.start_after(), now)
+            && let Err(error) = self.dispatcher.dispatch(self.store, job, now).await
         {
             // The job is durable; the reconciler sends it after the grace period, so accepting is
             // still a promise we keep.
             tracing::warn!(job_id = %job.job_id, %error, "job stored but its message was not sent; the reconciler will send it");
         }
-        Ok(accepted)
     }
+}
+
+/// A submission's job id (from its key, or new) and request hash (kind, input and start as given).
+fn identity(new: &NewJob) -> (JobId, String) {
+    let job_id = match &new.idempotency_key {
+        Some(key) => JobId::from_idempotency_key(&new.owner, key),
+        None => JobId::new_random(),
+    };
+    let mut hash = request_hash(&new.kind, &new.input);
+    if let Some(part) = new.start.hash_part() {
+        hash = request_hash_with(&hash, &part);
+    }
+    (job_id, hash)
 }
 
 /// What makes two submissions "the same request": kind and input, canonically encoded (serde_json

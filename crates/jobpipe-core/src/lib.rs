@@ -7,6 +7,7 @@ pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod controls;
 pub mod dispatch;
 pub mod error;
 pub mod intake;

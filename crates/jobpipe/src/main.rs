@@ -1,5 +1,5 @@
 //! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
-//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list`, `schedules` and `dlq` operate a local or deployed
+//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list`, `schedules`, `kinds` and `dlq` operate a local or deployed
 //! stack; `load`, `chaos` and `bench` measure it; `iam-mutations` proves each IAM statement is needed.
 
 use std::path::PathBuf;
@@ -73,6 +73,16 @@ enum Schedules {
     Resume { schedule_id: String },
     /// Delete a schedule (the jobs it created stay).
     Delete { schedule_id: String },
+}
+
+#[derive(Subcommand)]
+enum Kinds {
+    /// The kinds the stack offers, and those paused.
+    List,
+    /// Pause a kind: its jobs are still accepted and wait, queued, spending no attempts.
+    Pause { kind: String },
+    /// Resume a kind: its waiting jobs run (within a minute).
+    Resume { kind: String },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +165,13 @@ enum Commands {
     Schedules {
         #[command(subcommand)]
         action: Schedules,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Job kinds: list them, pause or resume one (writes the control table with your AWS credentials).
+    Kinds {
+        #[command(subcommand)]
+        action: Kinds,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -349,6 +366,16 @@ async fn main() -> anyhow::Result<()> {
                     target.delete_schedule(&schedule_id).await?;
                     serde_json::json!({"deleted": schedule_id})
                 }
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        Commands::Kinds { action, target } => {
+            let target = target.target().await?;
+            let shown = match action {
+                Kinds::List => target.kinds().await?,
+                Kinds::Pause { kind } => serde_json::json!({"paused": target.set_kind_paused(&kind, true).await?}),
+                Kinds::Resume { kind } => serde_json::json!({"paused": target.set_kind_paused(&kind, false).await?}),
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())

@@ -1,5 +1,5 @@
 //! The operations side of the `jobpipe` CLI: `submit` (now or scheduled), `status`, `cancel`, `watch`,
-//! `list`, `schedules create|list|pause|resume|delete` and `dlq list|redrive`, against the local stack (default) or a deployed stack (`--stack NAME`,
+//! `list`, `schedules create|list|pause|resume|delete`, `kinds list|pause|resume` and `dlq list|redrive`, against the local stack (default) or a deployed stack (`--stack NAME`,
 //! from its CloudFormation outputs).
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use futures_util::StreamExt;
+use jobpipe_core::controls::ControlStore;
 use jobpipe_core::job::{JobPage, JobStatus, JobUpdate, JobView};
 use jobpipe_core::schedules::{SchedulePage, ScheduleView};
 use serde::de::DeserializeOwned;
@@ -43,6 +44,8 @@ pub struct Target {
     pub dead_letter_queue_url: Option<String>,
     /// Where a dead letter goes back to, by its `kind` attribute; `""` is the default queue.
     pub queues_by_kind: HashMap<String, String>,
+    /// For `kinds pause|resume`: the control table, with the operator's credentials.
+    pub controls: Option<ControlStore>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,13 @@ impl Target {
             sqs: Some(local_sqs(endpoint)),
             dead_letter_queue_url: queue("JobsDeadLetterQueue"),
             queues_by_kind,
+            controls: match (resources["dynamodbEndpointUrl"].as_str(), resources["tables"]["ControlTable"].as_str()) {
+                (Some(dynamodb), Some(table)) => Some(ControlStore::new(
+                    aws_sdk_dynamodb::Client::new(&jobpipe_emulator::aws::sdk_config(dynamodb)),
+                    table,
+                )),
+                _ => None,
+            },
         })
     }
 
@@ -130,6 +140,9 @@ impl Target {
             sqs: Some(aws_sdk_sqs::Client::new(&shared)),
             dead_letter_queue_url: Some(output("DeadLetterQueueUrl")?),
             queues_by_kind,
+            controls: output("ControlTableName")
+                .ok()
+                .map(|table| ControlStore::new(aws_sdk_dynamodb::Client::new(&shared), table)),
         })
     }
 
@@ -218,6 +231,24 @@ impl Target {
             bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed"));
         }
         Ok(())
+    }
+
+    /// The kinds the stack offers and those paused (`GET /kinds`).
+    pub async fn kinds(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, "/kinds", None).await
+    }
+
+    /// Pauses a kind (its jobs wait, queued) or resumes it; answers the kinds paused now. Writes the control
+    /// table with the operator's AWS credentials: no caller of the API can pause a kind.
+    pub async fn set_kind_paused(&self, kind: &str, paused: bool) -> anyhow::Result<Vec<String>> {
+        let offered = self.kinds().await?;
+        let offered: Vec<&str> = offered["kinds"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !offered.contains(&kind) {
+            bail!("{kind:?} is not a kind this stack offers ({})", offered.join(", "));
+        }
+        let controls = self.controls.as_ref().context("no control table for this target")?;
+        let now = if paused { controls.pause_kind(kind).await? } else { controls.resume_kind(kind).await? };
+        Ok(now.into_iter().collect())
     }
 
     /// Cancels a job that has not started (scheduled or queued).

@@ -12,6 +12,7 @@ use jobpipe_core::backoff::Backoff;
 use jobpipe_core::batch::{BatchError, RecordFailed, process_batch};
 use jobpipe_core::clock::{Clock, Millis};
 use jobpipe_core::config::{AwsClients, Config};
+use jobpipe_core::controls::{ControlStore, PausedKinds};
 use jobpipe_core::dispatch::{DispatchPolicy, Dispatcher};
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::metrics::{self, Unit};
@@ -34,6 +35,8 @@ pub struct Processor {
     pub payloads: PayloadStore,
     /// Recurring schedules whose ticks the reconciler fires; `None` where `SCHEDULES_TABLE` is not set.
     pub schedules: Option<ScheduleStore>,
+    /// The kinds an operator paused (their jobs wait); `None` where `CONTROL_TABLE` is not set.
+    pub paused: Option<PausedKinds>,
     pub dispatcher: Dispatcher,
     pub sqs: aws_sdk_sqs::Client,
     pub kinds: KindRegistry,
@@ -56,6 +59,8 @@ pub struct Settings {
     pub dispatch_policy: DispatchPolicy,
     /// How long after a tick's job is created the reconciler first checks its message was sent.
     pub dispatch_grace: Duration,
+    /// A job of a paused kind is looked at again after this long.
+    pub paused_recheck: Duration,
 }
 
 impl Processor {
@@ -65,6 +70,10 @@ impl Processor {
             store: JobStore::new(clients.dynamodb.clone(), &config.jobs_table, retention_secs),
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             schedules: config.schedules_table.as_ref().map(|table| ScheduleStore::new(clients.dynamodb.clone(), table)),
+            paused: config
+                .control_table
+                .as_ref()
+                .map(|table| PausedKinds::new(ControlStore::new(clients.dynamodb.clone(), table))),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             sqs: clients.sqs.clone(),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
@@ -79,6 +88,7 @@ impl Processor {
                 endpoint_url: clients.endpoint_url.clone(),
                 dispatch_policy: DispatchPolicy { recheck: config.dispatch_recheck, max_age: config.job_max_age },
                 dispatch_grace: config.dispatch_grace,
+                paused_recheck: config.paused_kind_recheck,
             },
         }
     }

@@ -20,6 +20,8 @@ use crate::Processor;
 const SWEEP_LIMIT: usize = 1_000;
 /// Upper bound on schedules fired per run; the next run continues (ticks are created minutes ahead).
 const TICK_LIMIT: usize = 1_000;
+/// Ticks stop being fired this long before the invocation's deadline.
+const TICK_DEADLINE_MARGIN_MS: Millis = 60_000;
 /// Dead letters handled at once.
 const DEAD_LETTER_CONCURRENCY: usize = 10;
 /// A poison letter (naming no job) stays for a person (`jobpipe dlq list`, the DLQ alarm); the reconciler
@@ -76,7 +78,9 @@ impl Processor {
                     dispatcher: &self.dispatcher,
                     dispatch_grace: self.settings.dispatch_grace,
                 };
-                fire_due(schedules, &intake, now, TICK_LIMIT).await.unwrap_or_else(|error| {
+                // Ticks stop early enough to leave the sweep and the dead letters their time.
+                let stop_at = deadline.map(|deadline| deadline - TICK_DEADLINE_MARGIN_MS);
+                fire_due(schedules, &intake, self.clock.as_ref(), stop_at, TICK_LIMIT).await.unwrap_or_else(|error| {
                     tracing::warn!(%error, retryable = error.is_retryable(), "reading due schedule ticks failed; the next run retries");
                     TickReport { tick_failures: 1, ..Default::default() }
                 })
@@ -99,6 +103,16 @@ impl Processor {
                 (Default::default(), Some(error))
             }
         };
+        if ticks.tick_failures > 0 {
+            // A schedule that stops ticking (a corrupt item, a missing permission) is otherwise silent.
+            jobpipe_core::metrics::emit(
+                crate::SERVICE,
+                "ScheduleTickFailures",
+                jobpipe_core::metrics::Unit::Count,
+                ticks.tick_failures as f64,
+                &[],
+            );
+        }
         for job in &sweep.expired {
             crate::record::job_ended_metrics(job);
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsMessage;
 use jobpipe_core::backoff::throttled_delay;
 use jobpipe_core::clock::Millis;
-use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage};
+use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage, KIND_ATTRIBUTE, within_message_delay};
 use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease};
 use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
 use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore, Release};
@@ -35,13 +35,14 @@ pub enum RecordOutcome {
         attempt: u32,
         delay: Duration,
     },
-    /// Throttled (a quota said "not now"): released with its attempt given back, and sent again with a
-    /// delay of `delay` as a new message, so the retry counts against neither `MAX_ATTEMPTS` nor the
-    /// queue's `maxReceiveCount`. This message is acknowledged.
+    /// Throttled (a quota said "not now"), or its kind is paused: sent again with a delay of `delay` as a
+    /// new message (a claimed job released with its attempt given back first), so the wait counts against
+    /// neither `MAX_ATTEMPTS` nor the queue's `maxReceiveCount`. This message is acknowledged.
     Requeued {
         delay: Duration,
     },
-    /// Throttled, but the delayed message could not be sent: this message comes back after `delay`.
+    /// Throttled or paused, but the delayed message could not be sent: this message comes back after
+    /// `delay`.
     Throttled {
         delay: Duration,
     },
@@ -53,6 +54,12 @@ pub enum RecordOutcome {
     },
     /// Scheduled for later (the message came early): it comes back at `run_at`, no attempt spent.
     NotYetDue {
+        run_at: Millis,
+    },
+    /// Scheduled further ahead than one message delay: a stray copy (a duplicate, a redrive), acknowledged.
+    /// The job's dispatch check sends its message in time, so waiting here would only spend receives
+    /// toward the dead-letter queue.
+    StrayEarly {
         run_at: Millis,
     },
     /// The lease was lost while running (taken over): nothing was written; redelivery settles it.
@@ -72,6 +79,7 @@ impl RecordOutcome {
                 | RecordOutcome::Failed(_)
                 | RecordOutcome::AlreadyFinished(_)
                 | RecordOutcome::Requeued { .. }
+                | RecordOutcome::StrayEarly { .. }
         )
     }
 }
@@ -84,11 +92,18 @@ impl Processor {
             .and_then(|a| a.string_value.clone())
             .unwrap_or_default();
         let message_id = record.message_id.clone().unwrap_or_default();
+        // Set by our dispatcher on every job message; only decides waiting for a paused kind early (the
+        // claimed job's own kind decides it otherwise).
+        let kind = record.message_attributes.get(KIND_ATTRIBUTE).and_then(|a| a.string_value.clone());
         let (job_id, outcome) = match JobMessage::parse(record.body.as_deref()) {
             Err(poison) => (String::new(), RecordOutcome::Poison(poison.to_string())),
             Ok(message) => {
                 let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
-                let outcome = match self.run_job(&message.job_id, deadline).instrument(span).await {
+                let outcome = match self
+                    .run_job(&message.job_id, kind.as_deref(), &correlation_id, deadline)
+                    .instrument(span)
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(error) => {
                         tracing::warn!(job_id = %message.job_id, %correlation_id, %error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
@@ -108,7 +123,23 @@ impl Processor {
         outcome
     }
 
-    async fn run_job(&self, job_id: &JobId, deadline: Option<Millis>) -> Result<RecordOutcome, AwsError> {
+    async fn run_job(
+        &self,
+        job_id: &JobId,
+        kind: Option<&str>,
+        correlation_id: &str,
+        deadline: Option<Millis>,
+    ) -> Result<RecordOutcome, AwsError> {
+        let paused = match &self.paused {
+            Some(paused) => paused.get(self.clock.as_ref()).await,
+            None => Default::default(),
+        };
+        if let Some(kind) = kind.filter(|kind| paused.contains(*kind)) {
+            // Nothing is claimed: the job stays queued with its attempts untouched.
+            return Ok(self
+                .requeue(job_id, kind, correlation_id, self.settings.paused_recheck, "its kind is paused")
+                .await);
+        }
         let now = self.clock.now_ms();
         let lease = Lease { token: uuid::Uuid::new_v4().to_string(), expires_at: self.lease_expiry(now, deadline) };
         let job = match self.store.claim(job_id, &lease, self.settings.max_attempts, now).await? {
@@ -121,6 +152,13 @@ impl Processor {
                 tracing::info!(lease_expires_at = expires_at, "job is leased by another worker; retry after the lease");
                 return Ok(RecordOutcome::HeldElsewhere { expires_at });
             }
+            ClaimOutcome::NotYetDue { run_at } if !within_message_delay(run_at, now) => {
+                tracing::info!(
+                    run_at,
+                    "a message for a job scheduled beyond one message delay; its dispatch check sends it"
+                );
+                return Ok(RecordOutcome::StrayEarly { run_at });
+            }
             ClaimOutcome::NotYetDue { run_at } => {
                 tracing::info!(run_at, "scheduled job's message came before its time; it comes back then");
                 return Ok(RecordOutcome::NotYetDue { run_at });
@@ -130,6 +168,23 @@ impl Processor {
                 return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
             }
         };
+        if paused.contains(&job.kind) {
+            // A message without its kind (sent by hand, or by an older version): found out by the claim.
+            let info = ErrorInfo { code: "kind_paused".into(), message: format!("kind {} is paused", job.kind) };
+            return Ok(match self.store.release(&job.job_id, &lease.token, &info, now, Release::Throttled).await? {
+                FenceOutcome::Done(job) => {
+                    self.requeue(
+                        &job.job_id,
+                        &job.kind,
+                        &job.correlation_id,
+                        self.settings.paused_recheck,
+                        "its kind is paused",
+                    )
+                    .await
+                }
+                FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+            });
+        }
         tracing::info!(attempt = job.attempts, kind = %job.kind, "claimed job");
         if job.attempts == 1 {
             // Queue wait: from when it may start (acceptance, or its `runAt`) to the first claim.
@@ -149,7 +204,10 @@ impl Processor {
             }
             Err(error) if error.throttled => {
                 match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Throttled).await? {
-                    FenceOutcome::Done(job) => self.requeue(&job, throttled_delay(self.settings.throttle_window)).await,
+                    FenceOutcome::Done(job) => {
+                        let delay = throttled_delay(self.settings.throttle_window);
+                        self.requeue(&job.job_id, &job.kind, &job.correlation_id, delay, "throttled").await
+                    }
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
             }
@@ -192,19 +250,23 @@ impl Processor {
     }
 
     /// Sends the job's message again, delayed (SQS delays stop at 15 minutes), so this delivery can be
-    /// acknowledged; if that send fails, this message carries the retry instead.
-    async fn requeue(&self, job: &Job, delay: Duration) -> RecordOutcome {
+    /// acknowledged; if that send fails, this message carries the wait instead. `why` is for the log.
+    async fn requeue(
+        &self,
+        job_id: &JobId,
+        kind: &str,
+        correlation_id: &str,
+        delay: Duration,
+        why: &'static str,
+    ) -> RecordOutcome {
         let delay = delay.min(Duration::from_secs(900));
-        match self.dispatcher.send_delayed(&job.job_id, &job.kind, &job.correlation_id, delay).await {
+        match self.dispatcher.send_delayed(job_id, kind, correlation_id, delay).await {
             Ok(()) => {
-                tracing::info!(
-                    delay_ms = delay.as_millis() as u64,
-                    "throttled; sent again after the quota window, no attempt spent"
-                );
+                tracing::info!(delay_ms = delay.as_millis() as u64, why, "sent again later, no attempt spent");
                 RecordOutcome::Requeued { delay }
             }
             Err(error) => {
-                tracing::warn!(%error, "throttled, and could not send the delayed message; this one is retried instead");
+                tracing::warn!(%error, why, "could not send the delayed message; this one comes back instead");
                 RecordOutcome::Throttled { delay }
             }
         }

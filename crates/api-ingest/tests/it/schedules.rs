@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use jobpipe_core::clock::{Clock, Millis, from_rfc3339};
-use jobpipe_core::job::{JobId, JobStatus};
-use jobpipe_core::schedules::tick_key;
+use jobpipe_core::job::JobStatus;
 use queue_processor::Processor;
 use serde_json::{Value, json};
 
@@ -61,10 +60,7 @@ async fn each_tick_creates_one_job_however_often_it_is_fired() {
     let jobs = tick_jobs(&app).await;
     let ticks: Vec<Millis> = jobs.iter().map(|(at, _, _)| *at).collect();
     assert_eq!(ticks, vec![start + MINUTE, start + 2 * MINUTE], "ticks within the lookahead, once each");
-    for (at, status, job_id) in &jobs {
-        assert_eq!(*status, JobStatus::Scheduled);
-        assert_eq!(job_id, JobId::from_idempotency_key("alice", &tick_key(&id, *at)).as_str());
-    }
+    assert!(jobs.iter().all(|(_, status, _)| *status == JobStatus::Scheduled), "{jobs:?}");
     let read = app.get("alice", &format!("/schedules/{id}")).await;
     assert_eq!(time(&read, "nextTickAt"), start + 3 * MINUTE);
     assert_eq!(time(&read, "lastTickAt"), start + 2 * MINUTE);
@@ -219,6 +215,24 @@ async fn schedules_that_cannot_be_kept_are_refused_naming_the_field_and_store_no
             "timezone",
         ),
         (json!({"kind": "echo", "rate": "30 seconds"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", "rate"),
+        (
+            json!({"kind": "echo", "rate": "1 hour", "timezone": "Mars/Olympus"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_schedule",
+            "timezone",
+        ),
+        (
+            json!({"kind": "echo", "cron": format!("0 {} * * *", "1,".repeat(200))}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "cron",
+        ),
+        (
+            json!({"kind": "echo", "rate": "1 hour", "timezone": "x".repeat(65)}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "timezone",
+        ),
     ];
     for (body, status, code, field) in cases {
         let reply = create(&app, "alice", body.clone()).await;

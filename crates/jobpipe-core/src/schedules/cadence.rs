@@ -112,6 +112,11 @@ impl Cadence {
     }
 }
 
+/// Whether `name` is an IANA time zone (a rate keeps one too, for whoever reads the schedule).
+pub fn check_timezone(name: &str) -> Result<(), CadenceError> {
+    zone(name).map(|_| ())
+}
+
 /// An IANA time zone from the bundled database.
 fn zone(name: &str) -> Result<TimeZone, CadenceError> {
     TimeZone::get(name)
@@ -172,6 +177,33 @@ mod tests {
         assert_eq!(weekdays_at_nine.latest_at_or_before(at("2026-03-29T12:00:00Z")), Some(at("2026-03-27T08:00:00Z")));
         let utc = Cadence::cron("*/15 * * * *", "UTC").unwrap();
         assert_eq!(utc.next_after(at("2026-12-24T18:07:30Z")), Some(at("2026-12-24T18:15:00Z")));
+    }
+
+    /// The daylight saving days in Paris in 2026: 02:00-03:00 does not exist on 29 March and happens twice
+    /// on 25 October. A single fixed time of day runs once either way (in the gap at the first valid time
+    /// after it, in the overlap at its first occurrence); a list of hours follows the wall clock, so its
+    /// time in the gap is skipped and its time in the overlap runs twice (croner, as Vixie cron does).
+    #[test]
+    fn daylight_saving_gaps_and_overlaps_follow_the_documented_rules() {
+        let ticks = |expression: &str, from: &str, count: usize| {
+            let cadence = Cadence::cron(expression, "Europe/Paris").unwrap();
+            let mut tick = at(from);
+            (0..count)
+                .map(|_| {
+                    tick = cadence.next_after(tick).unwrap();
+                    tick
+                })
+                .collect::<Vec<_>>()
+        };
+        let spring = "2026-03-28T23:00:00Z";
+        let autumn = "2026-10-24T22:00:00Z";
+        assert_eq!(ticks("30 2 * * *", spring, 2), [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]);
+        assert_eq!(ticks("30 2 * * *", autumn, 2), [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]);
+        assert_eq!(ticks("0 2,14 * * *", spring, 2), [at("2026-03-29T12:00:00Z"), at("2026-03-30T00:00:00Z")]);
+        assert_eq!(
+            ticks("0 2,14 * * *", autumn, 3),
+            [at("2026-10-25T00:00:00Z"), at("2026-10-25T01:00:00Z"), at("2026-10-25T13:00:00Z")]
+        );
     }
 
     #[test]

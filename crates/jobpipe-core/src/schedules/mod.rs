@@ -19,18 +19,21 @@ mod store;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::clock::{Millis, to_rfc3339};
+use crate::clock::{Clock, Millis, to_rfc3339};
 use crate::error::AwsError;
 use crate::intake::{Accepted, Intake, NewJob, StartAt};
-pub use cadence::{Cadence, CadenceError};
+pub use cadence::{Cadence, CadenceError, check_timezone};
 pub use store::{CreateScheduleOutcome, SchedulePageToken, ScheduleStore, attr};
 
 /// How far ahead of a tick its job is created. The reconciler runs every minute, so each tick's job
 /// exists (as a scheduled job, sent with an SQS delay) before its time.
 pub const TICK_LOOKAHEAD: Duration = Duration::from_secs(150);
+/// Schedules fired at once.
+const TICK_CONCURRENCY: usize = 8;
 /// How many ticks of one schedule a run fires at most (every tick due within `TICK_LOOKAHEAD`, for a
 /// per-minute schedule three); the next run continues.
 const MAX_TICKS_PER_RUN: usize = 5;
@@ -158,9 +161,11 @@ pub struct SchedulePage {
 }
 
 /// The idempotency key a tick's job is created under. It has spaces, which a client's `Idempotency-Key`
-/// (visible ASCII only) cannot, so no client request can take a tick's job id.
-pub fn tick_key(schedule_id: &str, tick: Millis) -> String {
-    format!("schedule {schedule_id} tick {tick}")
+/// (visible ASCII only) cannot, so no client request can take a tick's job id. It names the schedule's
+/// creation too: a schedule deleted and created again under the same `Idempotency-Key` has the same id,
+/// and must not find the jobs the old one created ahead.
+pub fn tick_key(schedule: &Schedule, tick: Millis) -> String {
+    format!("schedule {} created {} tick {tick}", schedule.schedule_id, schedule.created_at)
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -174,32 +179,50 @@ pub struct TickReport {
     pub tick_failures: usize,
 }
 
-/// Fires every active schedule's tick due by `now + TICK_LOOKAHEAD`; at most `limit` schedules.
+/// Fires every active schedule's ticks due within `TICK_LOOKAHEAD`: at most `limit` schedules (shared
+/// evenly between the index's shards, so none is starved), `TICK_CONCURRENCY` at once, and none started
+/// after `stop_at` (the caller's deadline, less what it needs for its other work). The clock is read for
+/// each tick: a job is sent with the delay that is left when it is sent.
 pub async fn fire_due(
     schedules: &ScheduleStore,
     intake: &Intake<'_>,
-    now: Millis,
+    clock: &dyn Clock,
+    stop_at: Option<Millis>,
     limit: usize,
 ) -> Result<TickReport, AwsError> {
-    let until = now + TICK_LOOKAHEAD.as_millis() as Millis;
-    let mut report = TickReport::default();
-    for (owner, schedule_id) in schedules.due(until, limit).await? {
-        for _ in 0..MAX_TICKS_PER_RUN {
-            match fire_one(schedules, intake, &owner, &schedule_id, now, until).await {
-                Ok(Some(skipped)) => {
-                    report.ticks_fired += 1;
-                    report.ticks_skipped += skipped;
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    report.tick_failures += 1;
-                    tracing::warn!(%schedule_id, %error, retryable = error.is_retryable(), "schedule tick failed; the next run retries it");
+    let until = clock.now_ms() + TICK_LOOKAHEAD.as_millis() as Millis;
+    let due = schedules.due(until, limit).await?;
+    let reports: Vec<TickReport> = futures_util::stream::iter(due)
+        .map(|(owner, schedule_id)| async move {
+            let mut report = TickReport::default();
+            for _ in 0..MAX_TICKS_PER_RUN {
+                let now = clock.now_ms();
+                if stop_at.is_some_and(|stop_at| now >= stop_at) {
                     break;
                 }
+                match fire_one(schedules, intake, &owner, &schedule_id, now).await {
+                    Ok(Some(skipped)) => {
+                        report.ticks_fired += 1;
+                        report.ticks_skipped += skipped;
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        report.tick_failures += 1;
+                        tracing::warn!(%schedule_id, %error, retryable = error.is_retryable(), "schedule tick failed; the next run retries it");
+                        break;
+                    }
+                }
             }
-        }
-    }
-    Ok(report)
+            report
+        })
+        .buffer_unordered(TICK_CONCURRENCY)
+        .collect()
+        .await;
+    Ok(reports.into_iter().fold(TickReport::default(), |total, one| TickReport {
+        ticks_fired: total.ticks_fired + one.ticks_fired,
+        ticks_skipped: total.ticks_skipped + one.ticks_skipped,
+        tick_failures: total.tick_failures + one.tick_failures,
+    }))
 }
 
 /// Fires one schedule's due tick: `Some(skipped ticks)` when it fired, `None` when nothing (more) was due
@@ -210,8 +233,8 @@ async fn fire_one(
     owner: &str,
     schedule_id: &str,
     now: Millis,
-    until: Millis,
 ) -> Result<Option<u64>, AwsError> {
+    let until = now + TICK_LOOKAHEAD.as_millis() as Millis;
     // The index is eventually consistent: decide from the item itself.
     let Some(schedule) = schedules.get(owner, schedule_id).await? else { return Ok(None) };
     let Some(due) = schedule.next_tick_at.filter(|due| *due <= until && schedule.state == ScheduleState::Active) else {
@@ -226,7 +249,7 @@ async fn fire_one(
         owner: schedule.owner.clone(),
         kind: schedule.kind.clone(),
         input: schedule.input.clone(),
-        idempotency_key: Some(tick_key(schedule_id, fire)),
+        idempotency_key: Some(tick_key(&schedule, fire)),
         correlation_id: format!("schedule-{schedule_id}"),
         start: StartAt::At(fire),
     };
@@ -236,7 +259,7 @@ async fn fire_one(
             // Only another input under the same tick key could do this, and a schedule's input never
             // changes: a corrupt item. Move on rather than stop the schedule.
             tracing::error!(%schedule_id, tick = fire, "a tick's job exists with another request; skipped");
-            crate::job::JobId::from_idempotency_key(owner, &tick_key(schedule_id, fire))
+            crate::job::JobId::from_idempotency_key(owner, &tick_key(&schedule, fire))
         }
     };
     let next = cadence.next_after(fire);
@@ -272,8 +295,28 @@ mod tests {
     }
 
     #[test]
-    fn a_ticks_key_cannot_be_a_clients_idempotency_key() {
-        let key = tick_key("0196a3c4-0000-7000-8000-000000000000", 1_798_135_200_000);
+    fn a_ticks_key_cannot_be_a_clients_idempotency_key_nor_another_incarnations() {
+        let schedule = Schedule {
+            schedule_id: "0196a3c4-0000-7000-8000-000000000000".into(),
+            owner: "alice".into(),
+            kind: "echo".into(),
+            input: Value::Null,
+            cron: None,
+            rate: Some("1 minute".into()),
+            timezone: "UTC".into(),
+            state: ScheduleState::Active,
+            next_tick_at: None,
+            last_tick_at: None,
+            last_job_id: None,
+            skipped_ticks: 0,
+            created_at: 1,
+            updated_at: 1,
+            idempotency_key: Some("nightly".into()),
+            request_hash: String::new(),
+        };
+        let key = tick_key(&schedule, 1_798_135_200_000);
         assert!(!key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
+        let again = Schedule { created_at: 2, ..schedule };
+        assert_ne!(tick_key(&again, 1_798_135_200_000), key, "created again under the same key");
     }
 }

@@ -240,7 +240,10 @@ impl ScheduleStore {
     /// lags behind writes: callers read each item before acting); at most `limit`.
     pub async fn due(&self, until: Millis, limit: usize) -> Result<Vec<(String, String)>, AwsError> {
         let mut due = Vec::new();
+        // Each shard gets its share, so a busy shard never starves the others.
+        let per_shard = limit.div_ceil(TICK_SHARDS as usize).max(1);
         for shard in 0..TICK_SHARDS {
+            let shard_limit = due.len() + per_shard;
             let mut start_key = None;
             loop {
                 let out = self
@@ -253,7 +256,7 @@ impl ScheduleStore {
                     .expression_attribute_names("#next", attr::NEXT_TICK_AT)
                     .expression_attribute_values(":shard", s(shard_name(shard)))
                     .expression_attribute_values(":until", n(until))
-                    .limit((limit - due.len()).max(1) as i32)
+                    .limit((shard_limit - due.len()).max(1) as i32)
                     .set_exclusive_start_key(start_key)
                     .send()
                     .await
@@ -264,10 +267,7 @@ impl ScheduleStore {
                     }
                 }
                 start_key = out.last_evaluated_key().cloned();
-                if due.len() >= limit {
-                    return Ok(due);
-                }
-                if start_key.is_none() {
+                if due.len() >= shard_limit || start_key.is_none() {
                     break;
                 }
             }
@@ -314,12 +314,14 @@ impl ScheduleStore {
                     "SET #next = :next, #last = :fired, #job = :job, #updated = :now ADD #skipped :skipped",
                 )
                 .expression_attribute_values(":next", n(next)),
-            // A cron with no later date: it stays, but ticks no more.
+            // No later tick could be found: the schedule is paused, so a resume can try again.
             None => update
                 .update_expression(
-                    "SET #last = :fired, #job = :job, #updated = :now ADD #skipped :skipped REMOVE #next, #shard",
+                    "SET #last = :fired, #job = :job, #updated = :now, #state = :paused ADD #skipped :skipped \
+                     REMOVE #next, #shard",
                 )
-                .expression_attribute_names("#shard", attr::TICK_SHARD),
+                .expression_attribute_names("#shard", attr::TICK_SHARD)
+                .expression_attribute_values(":paused", s(ScheduleState::Paused.as_str())),
         };
         match update.send().await {
             Ok(_) => Ok(()),

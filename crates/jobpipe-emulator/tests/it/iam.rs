@@ -287,6 +287,10 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     }
     assert_eq!(depth, 0, "the reconciler settled the dead letter");
 
+    // The kinds on offer, and which are paused (none).
+    let kinds = json_of(http.get(format!("{}/kinds", stack.base_url())).bearer_auth(&token)).await;
+    assert_eq!(kinds["paused"], json!([]), "{kinds}");
+
     // Listed by owner.
     let page = json_of(http.get(format!("{}/jobs", stack.base_url())).bearer_auth(&token)).await;
     assert!(page["jobs"].as_array().is_some_and(|jobs| jobs.len() >= 5), "{page}");

@@ -181,6 +181,7 @@ async fn watch_ignores_messages_older_than_the_state_it_shows() {
         sqs: None,
         dead_letter_queue_url: None,
         queues_by_kind: Default::default(),
+        controls: None,
     };
     let mut printed = Vec::new();
     let done =
@@ -423,5 +424,48 @@ async fn the_cli_manages_schedules_and_the_local_stack_fires_their_ticks() {
     let last_tick = from_rfc3339(schedule.last_tick_at.as_deref().unwrap()).unwrap();
     assert!(last_tick >= first_tick && schedule.skipped_ticks == 0, "{schedule:?}");
     println!("a schedule's tick job started {} ms after its tick", started - first_tick);
+    stack.stop().await;
+}
+
+/// `jobpipe kinds pause echo` on the local stack: `GET /kinds` says so, an echo job is accepted and
+/// waits, queued, with no attempt spent, while the processor puts it back again and again; resumed, it
+/// runs once. A kind the stack does not offer cannot be paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pauses_a_kind_whose_jobs_wait_until_it_is_resumed() {
+    use jobpipe::ops::{Target, TargetOptions};
+    let (tap, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stack = start_stack_with(|options| {
+        options.log_tap = Some(tap);
+        options.extra_env.insert("PAUSED_KIND_RECHECK_SECONDS".into(), "1".into());
+    })
+    .await;
+    let target =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user: "operator".into() })
+            .await
+            .unwrap();
+    assert_eq!(target.set_kind_paused("echo", true).await.unwrap(), ["echo"]);
+    assert_eq!(target.kinds().await.unwrap()["paused"], json!(["echo"]));
+    let error = target.set_kind_paused("nope", true).await.unwrap_err().to_string();
+    assert!(error.contains("not a kind this stack offers"), "{error}");
+
+    let job = target.submit("echo", json!({"n": 3})).await.unwrap();
+    let job_id = job.job_id.as_str().to_string();
+    // The processor has seen it paused twice (each time a new, delayed message): it still waits.
+    let mut put_back = 0;
+    while put_back < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.recv())
+            .await
+            .expect("the processor kept putting the paused job back")
+            .expect("the log tap is open");
+        if line.contains(&job_id) && line.contains("its kind is paused") {
+            put_back += 1;
+        }
+    }
+    let waiting = target.status(&job_id).await.unwrap();
+    assert_eq!((waiting.status, waiting.attempts), (JobStatus::Queued, 0), "{waiting:?}");
+
+    assert!(target.set_kind_paused("echo", false).await.unwrap().is_empty());
+    let done = target.watch(&job_id, &mut Vec::new()).await.unwrap();
+    assert_eq!((done.status, done.attempts), (JobStatus::Completed, 1), "{done:?}");
     stack.stop().await;
 }

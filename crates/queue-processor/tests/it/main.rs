@@ -7,6 +7,7 @@ mod helpers;
 mod kinds;
 mod leases;
 mod lost_responses;
+mod pausing;
 mod reconcile;
 mod retries;
 mod scheduling;

@@ -1,5 +1,5 @@
 //! Scheduled jobs: sent with the rest of their wait as the message's delay, by the API when that fits in
-//! SQS's 15 minutes and by the reconciler's sweep otherwise; never started before their time.
+//! `SCHEDULE_LEAD` (3 minutes) and by the reconciler's sweep otherwise; never started before their time.
 
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ async fn a_job_due_in_days_is_sent_by_the_sweep_that_finds_its_check() {
     let job = h.submit_scheduled(StartAt::After(Duration::from_millis(three_days as u64))).await;
     let run_at = job.created_at + three_days;
     assert_eq!((job.status, job.run_at, job.dispatched_at), (JobStatus::Scheduled, Some(run_at), None));
-    assert_eq!(h.main_queue_depth().await, 0, "no message yet: SQS delays stop at 15 minutes");
+    assert_eq!(h.main_queue_depth().await, 0, "no message yet: sent SCHEDULE_LEAD before its time");
 
     let report = h.processor.reconcile(None).await.unwrap();
     assert_eq!(report.redispatched, 0, "{report:?}");
@@ -85,4 +85,28 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
     let outcome = h.deliver_when_visible(30).await;
     assert!(matches!(&outcome, RecordOutcome::AlreadyFinished(j) if j.status == JobStatus::Cancelled), "{outcome:?}");
     assert_eq!(h.main_queue_depth().await, 0);
+}
+
+/// A copy of a far-off job's message (a redrive, a duplicate) is acknowledged, not kept coming back until
+/// it is dead-lettered: the job's own dispatch check sends its message in time.
+#[tokio::test]
+async fn a_stray_message_for_a_job_due_in_days_is_dropped_and_the_job_still_runs() {
+    let h = harness().await;
+    let day: Millis = 24 * 3600 * 1000;
+    let job = h.submit_scheduled(StartAt::After(Duration::from_millis(2 * day as u64))).await;
+    let body = serde_json::json!({"jobId": job.job_id}).to_string();
+    h.stack.clients.sqs.send_message().queue_url(&h.stack.queue_url).message_body(body).send().await.unwrap();
+    let outcome = h.deliver_one().await;
+    assert_eq!(outcome, RecordOutcome::StrayEarly { run_at: job.created_at + 2 * day });
+    assert_eq!(h.main_queue_depth().await, 0, "acknowledged");
+    let untouched = h.job(&job.job_id).await;
+    assert_eq!((untouched.status, untouched.attempts), (JobStatus::Scheduled, 0));
+
+    // Its check (due SCHEDULE_LEAD before its time; the reconciler late here, two seconds before it) sends
+    // it, and it runs at its time.
+    h.clock.advance_ms(2 * day - 2_000);
+    assert_eq!(h.processor.reconcile(None).await.unwrap().redispatched, 1);
+    h.clock.advance_ms(2_000);
+    let outcome = h.deliver_when_visible(30).await;
+    assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
 }
