@@ -3,7 +3,8 @@
 //! One item of the control table (`name = "pausedKinds"`) holds the paused kinds as a string set, changed
 //! with `ADD` and `DELETE` so two operators pausing different kinds at once both win. The queue processor
 //! reads it at most once per `PAUSED_KINDS_CACHE` per execution environment (`PausedKinds`), so a busy
-//! pipeline does not turn this one item into a hot key: a pause takes effect within that time.
+//! pipeline does not turn this one item into a hot key: a pause takes effect within that time. A lasting
+//! failure to read it is an error, never "nothing is paused".
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -100,25 +101,35 @@ impl PausedKinds {
         PausedKinds { store, cached: Mutex::new(None) }
     }
 
-    /// The paused kinds, from the cache while it is fresh. A failed read keeps the last known set (or,
-    /// with none, none paused) and says so in the log: a pause is an operator's convenience, and the
-    /// claim that follows needs the same DynamoDB anyway.
-    pub async fn get(&self, clock: &dyn Clock) -> BTreeSet<String> {
+    /// The paused kinds, from the cache while it is fresh. A read that failed for a passing reason
+    /// (throttling, a 5xx) falls back on the last known set, or on none paused: the claim that follows
+    /// needs the same DynamoDB anyway. Any other failure (no permission, no table) is the caller's error,
+    /// so a broken deployment never runs a paused kind's jobs unnoticed.
+    pub async fn get(&self, clock: &dyn Clock) -> Result<BTreeSet<String>, AwsError> {
         let now = clock.now_ms();
         let cache = PAUSED_KINDS_CACHE.as_millis() as Millis;
         if let Some((read_at, kinds)) = self.cached.lock().expect("not poisoned").as_ref()
             && now - read_at < cache
         {
-            return kinds.clone();
+            return Ok(kinds.clone());
         }
         match self.store.paused_kinds().await {
             Ok(kinds) => {
                 *self.cached.lock().expect("not poisoned") = Some((now, kinds.clone()));
-                kinds
+                Ok(kinds)
             }
             Err(error) => {
+                if !error.is_retryable() {
+                    return Err(error);
+                }
                 tracing::warn!(%error, "reading the paused kinds failed; using the last known");
-                self.cached.lock().expect("not poisoned").as_ref().map(|(_, kinds)| kinds.clone()).unwrap_or_default()
+                Ok(self
+                    .cached
+                    .lock()
+                    .expect("not poisoned")
+                    .as_ref()
+                    .map(|(_, kinds)| kinds.clone())
+                    .unwrap_or_default())
             }
         }
     }

@@ -131,7 +131,7 @@ impl Processor {
         deadline: Option<Millis>,
     ) -> Result<RecordOutcome, AwsError> {
         let paused = match &self.paused {
-            Some(paused) => paused.get(self.clock.as_ref()).await,
+            Some(paused) => paused.get(self.clock.as_ref()).await?,
             None => Default::default(),
         };
         if let Some(kind) = kind.filter(|kind| paused.contains(*kind)) {

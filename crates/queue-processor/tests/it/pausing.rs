@@ -63,3 +63,15 @@ async fn a_message_without_its_kind_still_waits_while_the_kind_is_paused() {
     let outcome = h.deliver_when_visible(30).await;
     assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
 }
+
+/// Paused kinds that cannot be read for a lasting reason (no permission, no table) stop jobs rather than
+/// run them: a deployment missing the permission would otherwise ignore every pause without a word.
+#[tokio::test]
+async fn unreadable_paused_kinds_hold_jobs_back_instead_of_ignoring_pauses() {
+    let h = harness_with(StackOptions::default(), &[("CONTROL_TABLE", "no-such-control-table")], |_| {}).await;
+    let job = h.submit(json!({})).await;
+    let outcome = h.deliver_one().await;
+    assert!(matches!(&outcome, RecordOutcome::Transient(reason) if reason.contains("paused kinds")), "{outcome:?}");
+    let held = h.job(&job.job_id).await;
+    assert_eq!((held.status, held.attempts), (JobStatus::Queued, 0), "{held:?}");
+}
