@@ -23,7 +23,7 @@ use axum::routing::get;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
 use jobpipe_core::config::{AwsClients, Config, ConfigError};
-use jobpipe_core::controls::ControlStore;
+use jobpipe_core::controls::{ControlStore, SubmissionQuota};
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::payload::PayloadStore;
@@ -50,6 +50,8 @@ pub struct Api {
     pub schedules: Option<ScheduleStore>,
     /// The paused kinds `GET /kinds` shows; `None` where `CONTROL_TABLE` is not set.
     pub controls: Option<ControlStore>,
+    /// Submissions per second per tenant (`POST /jobs` answers 429 over it); `None` without a control table.
+    pub quota: Option<SubmissionQuota>,
     pub dispatcher: Dispatcher,
     pub kinds: KindRegistry,
     pub auth: Authenticator,
@@ -68,6 +70,12 @@ impl Api {
             payloads: PayloadStore::new(clients.s3.clone(), &config.payload_bucket, config.inline_payload_max_bytes),
             schedules: config.schedules_table.as_ref().map(|table| ScheduleStore::new(clients.dynamodb.clone(), table)),
             controls: config.control_table.as_ref().map(|table| ControlStore::new(clients.dynamodb.clone(), table)),
+            quota: config.control_table.as_ref().map(|table| {
+                SubmissionQuota::new(
+                    ControlStore::new(clients.dynamodb.clone(), table),
+                    config.tenant_submissions_per_second,
+                )
+            }),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             auth: config.authenticator()?,

@@ -323,11 +323,11 @@ fn parse_schedule(body: &[u8]) -> Result<ScheduleRequest, ApiError> {
             "unknown field; a schedule has kind, input, cron or rate, and timezone",
         ));
     }
-    // A string field, at most `max` bytes long.
+    // A string field, at most `max` characters long (as the schema's `maxLength` counts).
     let text = |fields: &mut serde_json::Map<String, Value>, name: &'static str, max: usize| match fields.remove(name) {
         None => Ok(None),
-        Some(Value::String(text)) if text.len() <= max => Ok(Some(text)),
-        Some(Value::String(_)) => Err(ApiError::bad_request(name, format!("is longer than {max} bytes"))),
+        Some(Value::String(text)) if text.chars().count() <= max => Ok(Some(text)),
+        Some(Value::String(_)) => Err(ApiError::bad_request(name, format!("is longer than {max} characters"))),
         Some(_) => Err(ApiError::bad_request(name, "must be a string")),
     };
     let kind = text(&mut fields, "kind", 64)?

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpipe_core::clock::{Millis, from_rfc3339};
+use jobpipe_core::controls::Admission;
 use jobpipe_core::intake::{Accepted, Intake, MAX_SCHEDULE_AHEAD, NewJob, StartAt};
 use jobpipe_core::job::JobView;
 use jobpipe_core::metrics::{self, Unit};
@@ -58,6 +59,8 @@ struct Submission {
         (status = 422, description = "Unknown kind, input the kind rejects, a start time in the past or more \
             than 365 days ahead, or a reused Idempotency-Key.",
             body = ErrorBody),
+        (status = 429, description = "Over the tenant's submissions per second; nothing was stored. Retry after \
+            `Retry-After` seconds.", body = ErrorBody),
         CommonErrors,
     )
 )]
@@ -93,7 +96,10 @@ pub async fn submit(
     let checked = check_start(submission.start, now)
         .and_then(|()| check_input_kept_until_start(&api, submission.start, &new.input, now));
     let accepted = match checked {
-        Ok(()) => intake.accept(new, now).await?,
+        Ok(()) => {
+            admit(&api, &new.owner, now).await?;
+            intake.accept(new, now).await?
+        }
         Err(refusal) => intake.replay(&new, now).await?.ok_or(refusal)?,
     };
     let (job, replayed) = match accepted {
@@ -117,6 +123,20 @@ pub async fn submit(
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Counts a new submission against its tenant's quota; over it, a `429` and nothing stored.
+async fn admit(api: &Api, owner: &str, now: Millis) -> Result<(), ApiError> {
+    let Some(quota) = &api.quota else { return Ok(()) };
+    match quota.admit(owner, 1, now).await? {
+        Admission::Admitted => Ok(()),
+        Admission::Exceeded { limit, .. } => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("at most {limit} submissions a second for this tenant; retry after Retry-After seconds"),
+        )
+        .field("submissionsPerSecond")),
+    }
 }
 
 /// A JSON body within the size limit.

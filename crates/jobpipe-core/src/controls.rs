@@ -1,4 +1,4 @@
-//! Operator controls: which job kinds are paused.
+//! Operator controls: which job kinds are paused, and per-tenant submission quotas.
 //!
 //! One item of the control table (`name = "pausedKinds"`) holds the paused kinds as a string set, changed
 //! with `ADD` and `DELETE` so two operators pausing different kinds at once both win. The queue processor
@@ -22,7 +22,18 @@ pub mod attr {
     pub const KINDS: &str = "kinds";
     /// The item holding the paused kinds.
     pub const PAUSED_KINDS_ITEM: &str = "pausedKinds";
+    /// A tenant's own limits live in the item `tenant#<owner>`.
+    pub const TENANT_PREFIX: &str = "tenant#";
+    pub const SUBMISSIONS_PER_SECOND: &str = "submissionsPerSecond";
+    /// A tenant's submissions in one second are counted in the item `submissions#<owner>#<epoch second>`.
+    pub const SUBMISSIONS_PREFIX: &str = "submissions#";
+    pub const COUNT: &str = "count";
+    /// TTL: counters are deleted a while after their second.
+    pub const EXPIRES_AT: &str = "expiresAt";
 }
+
+/// How long a tenant's limits are trusted once read, per execution environment.
+pub const TENANT_LIMITS_CACHE: Duration = Duration::from_secs(5);
 
 /// How long an execution environment trusts the paused kinds it read.
 pub const PAUSED_KINDS_CACHE: Duration = Duration::from_secs(5);
@@ -89,6 +100,128 @@ impl ControlStore {
     }
 }
 
+impl ControlStore {
+    /// A tenant's own submissions-per-second limit, if an operator set one.
+    pub async fn tenant_submission_limit(&self, owner: &str) -> Result<Option<u32>, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::NAME, AttributeValue::S(format!("{}{owner}", attr::TENANT_PREFIX)))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetItem (tenant limits)", e))?;
+        Ok(out
+            .item()
+            .and_then(|item| item.get(attr::SUBMISSIONS_PER_SECOND))
+            .and_then(|n| n.as_n().ok())
+            .and_then(|n| n.parse().ok()))
+    }
+
+    /// Sets (`Some`) or removes (`None`: the deployment's default applies) a tenant's own limit.
+    pub async fn set_tenant_submission_limit(&self, owner: &str, limit: Option<u32>) -> Result<(), AwsError> {
+        let key = AttributeValue::S(format!("{}{owner}", attr::TENANT_PREFIX));
+        let update = self.client.update_item().table_name(&self.table).key(attr::NAME, key);
+        let update = match limit {
+            Some(limit) => update
+                .update_expression("SET #limit = :limit")
+                .expression_attribute_values(":limit", AttributeValue::N(limit.to_string())),
+            None => update.update_expression("REMOVE #limit"),
+        };
+        update
+            .expression_attribute_names("#limit", attr::SUBMISSIONS_PER_SECOND)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("UpdateItem (tenant limits)", e))?;
+        Ok(())
+    }
+
+    /// Counts `n` submissions of `owner` in the second `second` if they fit under `limit`, in one
+    /// conditional write (concurrent submissions cannot both take the last place). Answers whether they
+    /// fit; nothing is counted when they do not.
+    pub async fn count_submissions(&self, owner: &str, second: i64, n: u32, limit: u32) -> Result<bool, AwsError> {
+        if n > limit {
+            return Ok(false);
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::NAME, AttributeValue::S(format!("{}{owner}#{second}", attr::SUBMISSIONS_PREFIX)))
+            .update_expression("ADD #count :n SET #expires = :expires")
+            .condition_expression("attribute_not_exists(#count) OR #count <= :room")
+            .expression_attribute_names("#count", attr::COUNT)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
+            .expression_attribute_values(":room", AttributeValue::N((limit - n).to_string()))
+            .expression_attribute_values(":expires", AttributeValue::N((second + 120).to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(false),
+            Err(err) => Err(AwsError::from_sdk("UpdateItem (count submissions)", err)),
+        }
+    }
+}
+
+/// What a submission quota decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Over the tenant's limit this second: retry after `retry_after_ms`.
+    Exceeded {
+        limit: u32,
+        retry_after_ms: Millis,
+    },
+}
+
+/// Per-tenant submissions per second: the deployment's default (`TENANT_SUBMISSIONS_PER_SECOND`; 0 is no
+/// limit) unless an operator set the tenant's own, counted per second in the control table.
+#[derive(Debug)]
+pub struct SubmissionQuota {
+    store: ControlStore,
+    default_per_second: u32,
+    overrides: Mutex<std::collections::HashMap<String, (Millis, Option<u32>)>>,
+}
+
+impl SubmissionQuota {
+    pub fn new(store: ControlStore, default_per_second: u32) -> Self {
+        SubmissionQuota { store, default_per_second, overrides: Mutex::new(Default::default()) }
+    }
+
+    /// Admits `n` submissions of `owner` at `now`, or says when to retry.
+    pub async fn admit(&self, owner: &str, n: u32, now: Millis) -> Result<Admission, AwsError> {
+        let limit = self.limit_of(owner, now).await?;
+        if limit == 0 {
+            return Ok(Admission::Admitted);
+        }
+        let second = now.div_euclid(1000);
+        if self.store.count_submissions(owner, second, n, limit).await? {
+            Ok(Admission::Admitted)
+        } else {
+            Ok(Admission::Exceeded { limit, retry_after_ms: (second + 1) * 1000 - now })
+        }
+    }
+
+    async fn limit_of(&self, owner: &str, now: Millis) -> Result<u32, AwsError> {
+        let cache = TENANT_LIMITS_CACHE.as_millis() as Millis;
+        if let Some((read_at, limit)) = self.overrides.lock().expect("not poisoned").get(owner)
+            && now - read_at < cache
+        {
+            return Ok(limit.unwrap_or(self.default_per_second));
+        }
+        let limit = self.store.tenant_submission_limit(owner).await?;
+        let mut overrides = self.overrides.lock().expect("not poisoned");
+        // A bound on what one execution environment remembers.
+        if overrides.len() > 10_000 {
+            overrides.clear();
+        }
+        overrides.insert(owner.to_string(), (now, limit));
+        Ok(limit.unwrap_or(self.default_per_second))
+    }
+}
+
 /// The paused kinds as one execution environment sees them: read at most once per `PAUSED_KINDS_CACHE`.
 #[derive(Debug)]
 pub struct PausedKinds {
@@ -102,9 +235,9 @@ impl PausedKinds {
     }
 
     /// The paused kinds, from the cache while it is fresh. A read that failed for a passing reason
-    /// (throttling, a 5xx) falls back on the last known set, or on none paused: the claim that follows
-    /// needs the same DynamoDB anyway. Any other failure (no permission, no table) is the caller's error,
-    /// so a broken deployment never runs a paused kind's jobs unnoticed.
+    /// (throttling, a 5xx) falls back on the last known set. Any other failure (no permission, no table),
+    /// or one with nothing known yet, is the caller's error: a job never runs because its pause could not
+    /// be read.
     pub async fn get(&self, clock: &dyn Clock) -> Result<BTreeSet<String>, AwsError> {
         let now = clock.now_ms();
         let cache = PAUSED_KINDS_CACHE.as_millis() as Millis;
@@ -119,17 +252,14 @@ impl PausedKinds {
                 Ok(kinds)
             }
             Err(error) => {
-                if !error.is_retryable() {
-                    return Err(error);
+                let last_known = self.cached.lock().expect("not poisoned").as_ref().map(|(_, kinds)| kinds.clone());
+                match last_known {
+                    Some(kinds) if error.is_retryable() => {
+                        tracing::warn!(%error, "reading the paused kinds failed; using the last known");
+                        Ok(kinds)
+                    }
+                    _ => Err(error),
                 }
-                tracing::warn!(%error, "reading the paused kinds failed; using the last known");
-                Ok(self
-                    .cached
-                    .lock()
-                    .expect("not poisoned")
-                    .as_ref()
-                    .map(|(_, kinds)| kinds.clone())
-                    .unwrap_or_default())
             }
         }
     }

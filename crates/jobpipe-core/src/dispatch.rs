@@ -20,7 +20,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 use crate::error::AwsError;
 use crate::job::ErrorInfo;
 use crate::job::{Job, JobId};
@@ -199,16 +199,17 @@ pub struct SweepReport {
 }
 
 /// Looks at every unfinished job whose check is due (see the module docs); at most `limit` of them.
+/// The clock is read for each job, so a message is sent with the delay that is left when it is sent.
 pub async fn sweep_due(
     store: &JobStore,
     dispatcher: &Dispatcher,
     policy: DispatchPolicy,
-    now: Millis,
+    clock: &dyn Clock,
     limit: usize,
 ) -> Result<SweepReport, AwsError> {
     let mut report = SweepReport::default();
-    for due in store.due_for_dispatch(now, limit).await? {
-        if let Err(error) = sweep_one(store, dispatcher, policy, now, &due, &mut report).await {
+    for due in store.due_for_dispatch(clock.now_ms(), limit).await? {
+        if let Err(error) = sweep_one(store, dispatcher, policy, clock.now_ms(), &due, &mut report).await {
             tracing::warn!(job_id = %due.job_id, %error, retryable = error.is_retryable(), "dispatch check failed; the next sweep retries it");
             report.failed += 1;
         }

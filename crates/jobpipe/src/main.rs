@@ -1,5 +1,5 @@
 //! The `jobpipe` command: `dev` runs the whole pipeline locally and `invoke` runs one function once (both
-//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list`, `schedules`, `kinds` and `dlq` operate a local or deployed
+//! from `jobpipe-emulator`); `submit`, `status`, `cancel`, `watch`, `list`, `schedules`, `kinds`, `tenants` and `dlq` operate a local or deployed
 //! stack; `load`, `chaos` and `bench` measure it; `iam-mutations` proves each IAM statement is needed.
 
 use std::path::PathBuf;
@@ -83,6 +83,19 @@ enum Kinds {
     Pause { kind: String },
     /// Resume a kind: its waiting jobs run (within a minute).
     Resume { kind: String },
+}
+
+#[derive(Subcommand)]
+enum Tenants {
+    /// Set a tenant's own submissions-per-second limit (0: none), or with --default go back to the
+    /// deployment's (TenantSubmissionsPerSecond).
+    Limit {
+        tenant: String,
+        #[arg(long, required_unless_present = "default", conflicts_with = "default")]
+        submissions_per_second: Option<u32>,
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +185,13 @@ enum Commands {
     Kinds {
         #[command(subcommand)]
         action: Kinds,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Per-tenant limits (writes the control table with your AWS credentials).
+    Tenants {
+        #[command(subcommand)]
+        action: Tenants,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -378,6 +398,16 @@ async fn main() -> anyhow::Result<()> {
                 Kinds::Resume { kind } => serde_json::json!({"paused": target.set_kind_paused(&kind, false).await?}),
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        Commands::Tenants { action: Tenants::Limit { tenant, submissions_per_second, default: _ }, target } => {
+            let controls = target.target().await?.controls.ok_or_else(|| anyhow::anyhow!("no control table"))?;
+            controls.set_tenant_submission_limit(&tenant, submissions_per_second).await?;
+            let shown = match submissions_per_second {
+                Some(limit) => format!("{tenant}: at most {limit} submissions a second (0: no limit)"),
+                None => format!("{tenant}: the deployment's default limit"),
+            };
+            println!("{shown}; workers see it within 5 s");
             Ok(())
         }
         Commands::Dlq { action, target } => {

@@ -66,7 +66,6 @@ enum Letter {
 impl Processor {
     /// `deadline`: the invocation's, when it has one; the run stops reading dead letters before it.
     pub async fn reconcile(&self, deadline: Option<Millis>) -> Result<ReconcileReport, AwsError> {
-        let now = self.clock.now_ms();
         // Ticks first: the jobs they create are ordinary scheduled jobs from then on. A failure here is
         // logged and retried by the next run; it holds up neither the sweep nor the dead letters.
         let ticks = match &self.schedules {
@@ -92,7 +91,7 @@ impl Processor {
             &self.store,
             &self.dispatcher,
             self.settings.dispatch_policy,
-            now,
+            self.clock.as_ref(),
             SWEEP_LIMIT,
         )
         .await

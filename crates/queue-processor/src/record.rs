@@ -99,11 +99,7 @@ impl Processor {
             Err(poison) => (String::new(), RecordOutcome::Poison(poison.to_string())),
             Ok(message) => {
                 let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
-                let outcome = match self
-                    .run_job(&message.job_id, kind.as_deref(), &correlation_id, deadline)
-                    .instrument(span)
-                    .await
-                {
+                let outcome = match self.run_job(&message.job_id, kind.as_deref(), deadline).instrument(span).await {
                     Ok(outcome) => outcome,
                     Err(error) => {
                         tracing::warn!(job_id = %message.job_id, %correlation_id, %error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
@@ -127,18 +123,23 @@ impl Processor {
         &self,
         job_id: &JobId,
         kind: Option<&str>,
-        correlation_id: &str,
         deadline: Option<Millis>,
     ) -> Result<RecordOutcome, AwsError> {
         let paused = match &self.paused {
-            Some(paused) => paused.get(self.clock.as_ref()).await?,
             None => Default::default(),
+            Some(paused) => match paused.get(self.clock.as_ref()).await {
+                Ok(paused) => paused,
+                Err(error) => {
+                    // Unknown whether its kind is paused: hold it as if it were, without a claim, so
+                    // neither an attempt nor a receive count is spent while the control table is unreadable.
+                    tracing::error!(%error, retryable = error.is_retryable(), "the paused kinds cannot be read; holding the job back");
+                    metrics::emit(SERVICE, "PausedKindsUnreadable", Unit::Count, 1.0, &[]);
+                    return self.hold(job_id, "the paused kinds cannot be read").await;
+                }
+            },
         };
-        if let Some(kind) = kind.filter(|kind| paused.contains(*kind)) {
-            // Nothing is claimed: the job stays queued with its attempts untouched.
-            return Ok(self
-                .requeue(job_id, kind, correlation_id, self.settings.paused_recheck, "its kind is paused")
-                .await);
+        if kind.is_some_and(|kind| paused.contains(kind)) {
+            return self.hold(job_id, "its kind is paused").await;
         }
         let now = self.clock.now_ms();
         let lease = Lease { token: uuid::Uuid::new_v4().to_string(), expires_at: self.lease_expiry(now, deadline) };
@@ -247,6 +248,19 @@ impl Processor {
             _ => {}
         }
         Ok(outcome)
+    }
+
+    /// Holds a job back without claiming it: its message is sent again after `paused_recheck` and this one
+    /// acknowledged, so the job stays as it is (its attempts untouched) and no receive count is spent. A
+    /// job that has ended meanwhile (cancelled, expired) is not held: its message is done.
+    async fn hold(&self, job_id: &JobId, why: &'static str) -> Result<RecordOutcome, AwsError> {
+        let Some(job) = self.store.get(job_id).await? else {
+            return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
+        };
+        if job.status.is_terminal() {
+            return Ok(RecordOutcome::AlreadyFinished(job));
+        }
+        Ok(self.requeue(&job.job_id, &job.kind, &job.correlation_id, self.settings.paused_recheck, why).await)
     }
 
     /// Sends the job's message again, delayed (SQS delays stop at 15 minutes), so this delivery can be

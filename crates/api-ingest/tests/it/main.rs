@@ -10,6 +10,7 @@ mod helpers;
 mod idempotency;
 mod kinds;
 mod payloads;
+mod quotas;
 mod reads;
 mod schedules;
 mod scheduling;

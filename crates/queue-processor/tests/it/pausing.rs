@@ -1,6 +1,7 @@
 //! Pausing a kind: its jobs wait, queued, spending no attempts and no receive counts (so they never reach
 //! the dead-letter queue), and run once the kind is resumed.
 
+use jobpipe_core::Clock;
 use jobpipe_core::controls::{ControlStore, PAUSED_KINDS_CACHE};
 use jobpipe_core::job::JobStatus;
 use jobpipe_testkit::StackOptions;
@@ -64,14 +65,39 @@ async fn a_message_without_its_kind_still_waits_while_the_kind_is_paused() {
     assert!(matches!(outcome, RecordOutcome::Completed(_)), "{outcome:?}");
 }
 
-/// Paused kinds that cannot be read for a lasting reason (no permission, no table) stop jobs rather than
-/// run them: a deployment missing the permission would otherwise ignore every pause without a word.
+/// Paused kinds that cannot be read for a lasting reason (no permission, no table) hold jobs back rather
+/// than run them (a deployment missing the permission would otherwise ignore every pause without a
+/// word), and hold them as a pause does: no attempt and no receive count spent, so a broken control
+/// table never sends jobs to the dead-letter queue.
 #[tokio::test]
 async fn unreadable_paused_kinds_hold_jobs_back_instead_of_ignoring_pauses() {
-    let h = harness_with(StackOptions::default(), &[("CONTROL_TABLE", "no-such-control-table")], |_| {}).await;
+    let options = StackOptions { max_receive_count: 2, ..Default::default() };
+    let overrides = [("CONTROL_TABLE", "no-such-control-table"), ("PAUSED_KIND_RECHECK_SECONDS", "1")];
+    let h = harness_with(options, &overrides, |_| {}).await;
     let job = h.submit(json!({})).await;
-    let outcome = h.deliver_one().await;
-    assert!(matches!(&outcome, RecordOutcome::Transient(reason) if reason.contains("paused kinds")), "{outcome:?}");
+    for _ in 0..3 {
+        let outcome = h.deliver_when_visible(30).await;
+        assert!(matches!(outcome, RecordOutcome::Requeued { .. }), "{outcome:?}");
+    }
     let held = h.job(&job.job_id).await;
     assert_eq!((held.status, held.attempts), (JobStatus::Queued, 0), "{held:?}");
+    assert_eq!(h.stack.queue_depth(&h.stack.dlq_url).await, 0, "nothing reached the dead-letter queue");
+}
+
+/// A job cancelled (or expired) while its kind is paused is not held any longer: its message is done.
+#[tokio::test]
+async fn a_cancelled_job_of_a_paused_kind_is_not_held_forever() {
+    let (h, controls) = harness().await;
+    controls.pause_kind("echo").await.unwrap();
+    let job = h.submit(json!({})).await;
+    let outcome = h.deliver_when_visible(30).await;
+    assert!(matches!(outcome, RecordOutcome::Requeued { .. }), "{outcome:?}");
+    let cancelled = h.processor.store.cancel(&job.job_id, "alice", h.clock.now_ms()).await.unwrap();
+    assert!(matches!(cancelled, jobpipe_core::store::CancelOutcome::Cancelled(_)), "{cancelled:?}");
+    let outcome = h.deliver_when_visible(30).await;
+    assert!(
+        matches!(&outcome, RecordOutcome::AlreadyFinished(job) if job.status == JobStatus::Cancelled),
+        "{outcome:?}"
+    );
+    assert_eq!(h.main_queue_depth().await, 0, "not sent again");
 }

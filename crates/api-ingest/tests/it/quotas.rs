@@ -1,0 +1,58 @@
+//! Per-tenant submission quotas: over the limit `POST /jobs` answers 429 with `Retry-After`, naming the
+//! limit, and stores nothing; concurrent submissions cannot exceed it; a tenant's own limit overrides
+//! the deployment's.
+
+use http::StatusCode;
+use jobpipe_core::controls::{ControlStore, TENANT_LIMITS_CACHE};
+use serde_json::json;
+
+use crate::helpers::{error_code, error_field, spawn_app_with};
+
+#[tokio::test]
+async fn submissions_over_a_tenants_limit_are_refused_and_store_nothing() {
+    let app = spawn_app_with(&[("TENANT_SUBMISSIONS_PER_SECOND", "3")], |_| {}).await;
+    // Ten at once, in one second of the API's clock: exactly three get in, whatever the interleaving.
+    let replies = futures_util::future::join_all(
+        (0..10).map(|n| app.post_job("alice", json!({"kind": "echo", "input": {"n": n}}))),
+    )
+    .await;
+    let accepted = replies.iter().filter(|r| r.status == StatusCode::ACCEPTED).count();
+    assert_eq!(accepted, 3, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for refused in replies.iter().filter(|r| r.status != StatusCode::ACCEPTED) {
+        assert_eq!(
+            (refused.status, error_code(refused), error_field(refused)),
+            (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", Some("submissionsPerSecond"))
+        );
+        assert_eq!(refused.headers["retry-after"], "1");
+    }
+    assert_eq!(
+        app.get("alice", "/jobs").await.body["jobs"].as_array().unwrap().len(),
+        3,
+        "nothing stored for the refused"
+    );
+    assert_eq!(app.queued_messages().await, 3);
+    // Another tenant has its own count; the next second, alice's starts again.
+    assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);
+    app.clock.advance_ms(1_000);
+    assert_eq!(app.post_job("alice", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_tenants_own_limit_overrides_the_default() {
+    let app = spawn_app_with(&[("TENANT_SUBMISSIONS_PER_SECOND", "3")], |_| {}).await;
+    let controls = ControlStore::new(app.stack.clients.dynamodb.clone(), &app.stack.control_table);
+    controls.set_tenant_submission_limit("bob", Some(1)).await.unwrap();
+    controls.set_tenant_submission_limit("carol", Some(0)).await.unwrap();
+    assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);
+    assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..5 {
+        assert_eq!(app.post_job("carol", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED, "0 is no limit");
+    }
+    // Back to the default: seen once the cached limit is older than its few seconds.
+    controls.set_tenant_submission_limit("bob", None).await.unwrap();
+    app.clock.advance_ms(TENANT_LIMITS_CACHE.as_millis() as i64);
+    for _ in 0..3 {
+        assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
