@@ -250,7 +250,11 @@ impl DevStack {
                             report_failures,
                             max_retries: max_retries.unwrap_or(10),
                         };
-                        tasks.push(tokio::spawn(mapping.run(function.clone())));
+                        let iterators = mapping
+                            .enable()
+                            .await
+                            .map_err(|error| anyhow::anyhow!("enabling the stream mapping of {table}: {error}"))?;
+                        tasks.push(tokio::spawn(mapping.run(function.clone(), iterators)));
                     }
                     EventSpec::Schedule { every } => {
                         let every = options.schedule_override.unwrap_or(every);

@@ -22,9 +22,21 @@ pub struct StreamMapping {
     pub max_retries: u32,
 }
 
+/// A mapping's position in each shard it reads.
+pub type ShardIterators = HashMap<String, String>;
+
 impl StreamMapping {
-    pub async fn run(self, function: Function) {
-        let mut iterators: HashMap<String, String> = HashMap::new();
+    /// Takes the mapping's starting positions (LATEST) in every shard the stream has now. A stack is
+    /// started only once each mapping has them, as CloudFormation finishes only once a mapping exists: a
+    /// write made after the start is never missed because the mapping had not yet looked.
+    pub async fn enable(&self) -> Result<ShardIterators, String> {
+        let mut iterators = ShardIterators::new();
+        self.discover(&mut iterators).await?;
+        Ok(iterators)
+    }
+
+    /// Reads the shards from `iterators` (from `enable`), and shards that appear later from their latest.
+    pub async fn run(self, function: Function, mut iterators: ShardIterators) {
         loop {
             if let Err(error) = self.discover(&mut iterators).await {
                 tracing::warn!(%error, "describing the stream failed");
