@@ -164,7 +164,8 @@ pub fn delay_until(at: Millis, now: Millis) -> std::time::Duration {
     std::time::Duration::from_secs(seconds).min(MAX_MESSAGE_DELAY)
 }
 
-/// Whether a job that may start at `at` can be sent now: its wait fits in one message delay.
+/// Whether a message for a job that may start at `at` can have been sent for it: its wait fits in one
+/// message delay (a message for a job further off is a stray copy).
 pub fn within_message_delay(at: Millis, now: Millis) -> bool {
     at - now <= MAX_MESSAGE_DELAY.as_millis() as Millis
 }

@@ -118,8 +118,7 @@ impl ScheduleStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key(attr::OWNER, s(owner))
-            .key(attr::SCHEDULE_ID, s(schedule_id))
+            .set_key(Some(key(owner, schedule_id)))
             .consistent_read(true)
             .send()
             .await
@@ -134,9 +133,7 @@ impl ScheduleStore {
         limit: usize,
         start: Option<&SchedulePageToken>,
     ) -> Result<(Vec<Schedule>, Option<SchedulePageToken>), AwsError> {
-        let start_key = start.map(|token| {
-            HashMap::from([(attr::OWNER.to_string(), s(owner)), (attr::SCHEDULE_ID.to_string(), s(&token.0))])
-        });
+        let start_key = start.map(|token| key(owner, &token.0));
         let out = self
             .client
             .query()
@@ -165,8 +162,7 @@ impl ScheduleStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(attr::OWNER, s(owner))
-            .key(attr::SCHEDULE_ID, s(schedule_id))
+            .set_key(Some(key(owner, schedule_id)))
             .condition_expression("attribute_exists(#id)")
             .update_expression("SET #state = :paused, #updated = :now REMOVE #next, #shard")
             .expression_attribute_names("#id", attr::SCHEDULE_ID)
@@ -194,8 +190,7 @@ impl ScheduleStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(attr::OWNER, s(owner))
-            .key(attr::SCHEDULE_ID, s(schedule_id))
+            .set_key(Some(key(owner, schedule_id)))
             .condition_expression("#state = :paused")
             .update_expression("SET #state = :active, #updated = :now, #next = :next, #shard = :shard")
             .expression_attribute_names("#state", attr::STATE)
@@ -211,14 +206,8 @@ impl ScheduleStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(out) => out.attributes().map(from_item).transpose(),
-            Err(err) => match err.as_service_error() {
-                // Already active (resumed by someone else, or never paused): as it is. Missing: None.
-                Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().map(from_item).transpose(),
-                _ => Err(AwsError::from_sdk("UpdateItem (resume schedule)", err)),
-            },
-        }
+        // Already active (resumed by someone else, or never paused): as it is. Missing: None.
+        updated(result, "UpdateItem (resume schedule)")
     }
 
     /// Deletes the schedule; answers what was deleted. Jobs its ticks created are not touched.
@@ -227,8 +216,7 @@ impl ScheduleStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key(attr::OWNER, s(owner))
-            .key(attr::SCHEDULE_ID, s(schedule_id))
+            .set_key(Some(key(owner, schedule_id)))
             .return_values(ReturnValue::AllOld)
             .send()
             .await
@@ -293,8 +281,7 @@ impl ScheduleStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(attr::OWNER, s(&schedule.owner))
-            .key(attr::SCHEDULE_ID, s(&schedule.schedule_id))
+            .set_key(Some(key(&schedule.owner, &schedule.schedule_id)))
             .condition_expression("#state = :active AND #next = :from")
             .expression_attribute_names("#state", attr::STATE)
             .expression_attribute_names("#next", attr::NEXT_TICK_AT)
@@ -343,11 +330,17 @@ fn updated(
 ) -> Result<Option<Schedule>, AwsError> {
     match result {
         Ok(out) => out.attributes().map(from_item).transpose(),
+        // The condition failed: the item as it is, when the update asked for it (`None` when missing).
         Err(err) => match err.as_service_error() {
-            Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(None),
+            Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().map(from_item).transpose(),
             _ => Err(AwsError::from_sdk(operation, err)),
         },
     }
+}
+
+/// A schedule's primary key.
+fn key(owner: &str, schedule_id: &str) -> Item {
+    Item::from([(attr::OWNER.to_string(), s(owner)), (attr::SCHEDULE_ID.to_string(), s(schedule_id))])
 }
 
 /// A schedule's `dueTicks` shard: a stable hash of its id.
