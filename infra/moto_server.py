@@ -9,6 +9,10 @@ DynamoDB is not served from here: the local stack and the tests send DynamoDB an
 to Amazon's DynamoDB Local (infra/dynamodb_local.py), whose conditional writes are atomic as DynamoDB's
 are. (moto's were not: its DynamoDB backend takes no lock, and two concurrent claims of one job could both
 pass their condition; this script used to serialize DynamoDB requests to hide that.)
+
+moto's SQS is patched first (`moto_sqs`): its queue changes made atomic, its clock made cheap, and its
+standard queues made fair queues as on AWS (moto alone hands messages out in arrival order whatever their
+`MessageGroupId`).
 """
 
 import argparse
@@ -18,6 +22,8 @@ import threading
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from waitress.server import create_server
 
+import moto_sqs
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -25,6 +31,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
+    moto_sqs.install()
     app = DomainDispatcherApplication(create_backend_app)
     # waitress keeps HTTP/1.1 connections open as AWS endpoints do (werkzeug's server closes every
     # connection after one request: a TCP handshake per AWS call, in every test and benchmark). Each

@@ -34,6 +34,12 @@ impl Backoff {
     }
 }
 
+/// How long a job held back for its tenant's concurrency slot waits before it is looked at again, by how
+/// often it was held (`delay(held + 1)`): 1 s after the first hold, doubling up to a minute. A tenant's
+/// backlog comes back spread out and ever more rarely (settled, a backlog of `B` jobs costs about
+/// `B` / 45 deliveries a second), while a slot that frees is found within a minute.
+pub const HELD_FOR_SLOT: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
+
 /// How long a throttled job waits before it runs again: at least `window` (a quota's period, a minute
 /// for Bedrock's per-minute quotas), plus up to half a window of jitter so throttled jobs do not return
 /// together.

@@ -1,4 +1,5 @@
-//! Operator controls: which job kinds are paused, and per-tenant submission quotas.
+//! Operator controls: which job kinds are paused, and each tenant's own limits (submissions per second,
+//! jobs running at once) with the cache both limits are read through.
 //!
 //! One item of the control table (`name = "pausedKinds"`) holds the paused kinds as a string set, changed
 //! with `ADD` and `DELETE` so two operators pausing different kinds at once both win. The queue processor
@@ -25,6 +26,7 @@ pub mod attr {
     /// A tenant's own limits live in the item `tenant#<owner>`.
     pub const TENANT_PREFIX: &str = "tenant#";
     pub const SUBMISSIONS_PER_SECOND: &str = "submissionsPerSecond";
+    pub const CONCURRENCY: &str = "concurrency";
     /// A tenant's submissions in one second are counted in the item `submissions#<owner>#<epoch second>`.
     pub const SUBMISSIONS_PREFIX: &str = "submissions#";
     pub const COUNT: &str = "count";
@@ -100,9 +102,34 @@ impl ControlStore {
     }
 }
 
+/// A limit a tenant can be given of its own, in place of the deployment's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantLimit {
+    /// Submissions per second (`POST /jobs`, a schedule's ticks excepted).
+    SubmissionsPerSecond,
+    /// Of its jobs, how many run at once.
+    Concurrency,
+}
+
+impl TenantLimit {
+    fn attribute(self) -> &'static str {
+        match self {
+            TenantLimit::SubmissionsPerSecond => attr::SUBMISSIONS_PER_SECOND,
+            TenantLimit::Concurrency => attr::CONCURRENCY,
+        }
+    }
+}
+
+/// The limits an operator set for one tenant; `None` where the deployment's default applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub submissions_per_second: Option<u32>,
+    pub concurrency: Option<u32>,
+}
+
 impl ControlStore {
-    /// A tenant's own submissions-per-second limit, if an operator set one.
-    pub async fn tenant_submission_limit(&self, owner: &str) -> Result<Option<u32>, AwsError> {
+    /// The limits an operator set for `owner`.
+    pub async fn tenant_limits(&self, owner: &str) -> Result<TenantLimits, AwsError> {
         let out = self
             .client
             .get_item()
@@ -111,25 +138,30 @@ impl ControlStore {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("GetItem (tenant limits)", e))?;
-        Ok(out
-            .item()
-            .and_then(|item| item.get(attr::SUBMISSIONS_PER_SECOND))
-            .and_then(|n| n.as_n().ok())
-            .and_then(|n| n.parse().ok()))
+        let limit = |limit: TenantLimit| {
+            out.item()
+                .and_then(|item| item.get(limit.attribute()))
+                .and_then(|n| n.as_n().ok())
+                .and_then(|n| n.parse().ok())
+        };
+        Ok(TenantLimits {
+            submissions_per_second: limit(TenantLimit::SubmissionsPerSecond),
+            concurrency: limit(TenantLimit::Concurrency),
+        })
     }
 
-    /// Sets (`Some`) or removes (`None`: the deployment's default applies) a tenant's own limit.
-    pub async fn set_tenant_submission_limit(&self, owner: &str, limit: Option<u32>) -> Result<(), AwsError> {
+    /// Sets (`Some`) or removes (`None`: the deployment's default applies) one of a tenant's own limits.
+    pub async fn set_tenant_limit(&self, owner: &str, limit: TenantLimit, value: Option<u32>) -> Result<(), AwsError> {
         let key = AttributeValue::S(format!("{}{owner}", attr::TENANT_PREFIX));
         let update = self.client.update_item().table_name(&self.table).key(attr::NAME, key);
-        let update = match limit {
-            Some(limit) => update
+        let update = match value {
+            Some(value) => update
                 .update_expression("SET #limit = :limit")
-                .expression_attribute_values(":limit", AttributeValue::N(limit.to_string())),
+                .expression_attribute_values(":limit", AttributeValue::N(value.to_string())),
             None => update.update_expression("REMOVE #limit"),
         };
         update
-            .expression_attribute_names("#limit", attr::SUBMISSIONS_PER_SECOND)
+            .expression_attribute_names("#limit", limit.attribute())
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("UpdateItem (tenant limits)", e))?;
@@ -176,49 +208,68 @@ pub enum Admission {
     },
 }
 
+/// Tenants' own limits as one execution environment sees them: each tenant's read at most once per
+/// `TENANT_LIMITS_CACHE`, so a limit set by an operator applies within that time.
+#[derive(Debug)]
+pub struct TenantLimitsCache {
+    store: ControlStore,
+    read: Mutex<std::collections::HashMap<String, (Millis, TenantLimits)>>,
+}
+
+impl TenantLimitsCache {
+    pub fn new(store: ControlStore) -> Self {
+        TenantLimitsCache { store, read: Mutex::new(Default::default()) }
+    }
+
+    pub fn store(&self) -> &ControlStore {
+        &self.store
+    }
+
+    /// `owner`'s own limits, from the cache while it is fresh.
+    pub async fn get(&self, owner: &str, now: Millis) -> Result<TenantLimits, AwsError> {
+        let cache = TENANT_LIMITS_CACHE.as_millis() as Millis;
+        if let Some((read_at, limits)) = self.read.lock().expect("not poisoned").get(owner)
+            && now - read_at < cache
+        {
+            return Ok(*limits);
+        }
+        let limits = self.store.tenant_limits(owner).await?;
+        let mut read = self.read.lock().expect("not poisoned");
+        // A bound on what one execution environment remembers.
+        if read.len() > 10_000 {
+            read.clear();
+        }
+        read.insert(owner.to_string(), (now, limits));
+        Ok(limits)
+    }
+}
+
 /// Per-tenant submissions per second: the deployment's default (`TENANT_SUBMISSIONS_PER_SECOND`; 0 is no
 /// limit) unless an operator set the tenant's own, counted per second in the control table.
 #[derive(Debug)]
 pub struct SubmissionQuota {
-    store: ControlStore,
+    limits: TenantLimitsCache,
     default_per_second: u32,
-    overrides: Mutex<std::collections::HashMap<String, (Millis, Option<u32>)>>,
 }
 
 impl SubmissionQuota {
     pub fn new(store: ControlStore, default_per_second: u32) -> Self {
-        SubmissionQuota { store, default_per_second, overrides: Mutex::new(Default::default()) }
+        SubmissionQuota { limits: TenantLimitsCache::new(store), default_per_second }
     }
 
     /// Admits `n` submissions of `owner` at `now`, or says when to retry.
     pub async fn admit(&self, owner: &str, n: u32, now: Millis) -> Result<Admission, AwsError> {
-        let limit = self.limit_of(owner, now).await?;
+        let limits = self.limits.get(owner, now).await?;
+        let limit = limits.submissions_per_second.unwrap_or(self.default_per_second);
         if limit == 0 {
             return Ok(Admission::Admitted);
         }
         let second = now.div_euclid(1000);
-        if self.store.count_submissions(owner, second, n, limit).await? {
+        if self.limits.store().count_submissions(owner, second, n, limit).await? {
             Ok(Admission::Admitted)
         } else {
             Ok(Admission::Exceeded { limit, retry_after_ms: (second + 1) * 1000 - now })
         }
-    }
-
-    async fn limit_of(&self, owner: &str, now: Millis) -> Result<u32, AwsError> {
-        let cache = TENANT_LIMITS_CACHE.as_millis() as Millis;
-        if let Some((read_at, limit)) = self.overrides.lock().expect("not poisoned").get(owner)
-            && now - read_at < cache
-        {
-            return Ok(limit.unwrap_or(self.default_per_second));
-        }
-        let limit = self.store.tenant_submission_limit(owner).await?;
-        let mut overrides = self.overrides.lock().expect("not poisoned");
-        // A bound on what one execution environment remembers.
-        if overrides.len() > 10_000 {
-            overrides.clear();
-        }
-        overrides.insert(owner.to_string(), (now, limit));
-        Ok(limit.unwrap_or(self.default_per_second))
     }
 }
 

@@ -44,6 +44,11 @@ pub fn sent_now(at: Millis, now: Millis) -> bool {
 pub const CORRELATION_ID_ATTRIBUTE: &str = "correlationId";
 /// SQS message attribute naming the job kind (for routing and metrics, never trusted for dispatch).
 pub const KIND_ATTRIBUTE: &str = "kind";
+/// SQS message attribute naming the job's owner, so a worker can take the tenant's concurrency slot
+/// before it claims the job (the claim checks it against the job's own owner).
+pub const TENANT_ATTRIBUTE: &str = "tenant";
+/// SQS message attribute counting how often the job was held back for a concurrency slot (absent: never).
+pub const HELD_ATTRIBUTE: &str = "held";
 
 /// The body of a job message. It names the job only: the job's input lives with the job, so no message
 /// ever comes near SQS's 256 KB limit.
@@ -117,32 +122,43 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Sends the job's message. On a FIFO queue the job id is both group and deduplication id.
-    pub async fn send(&self, job_id: &JobId, kind: &str, correlation_id: &str) -> Result<(), AwsError> {
-        self.send_delayed(job_id, kind, correlation_id, std::time::Duration::ZERO).await
+    /// Sends the job's message, invisible for `delay` (at most 15 minutes; standard queues only). On a
+    /// standard queue its `MessageGroupId` is the job's owner, which makes the queue a fair queue: when one
+    /// tenant holds a disproportionate share of the messages being processed, SQS hands out the other
+    /// tenants' messages first (see ARCHITECTURE.md, "Fairness between tenants"). On a FIFO queue the job
+    /// id is both group and deduplication id.
+    pub async fn send_delayed(&self, job: &Job, delay: std::time::Duration) -> Result<(), AwsError> {
+        self.send_held(job, delay, 0).await
     }
 
-    /// Sends the job's message, invisible for `delay` (at most 15 minutes; standard queues only).
-    pub async fn send_delayed(
-        &self,
-        job_id: &JobId,
-        kind: &str,
-        correlation_id: &str,
-        delay: std::time::Duration,
-    ) -> Result<(), AwsError> {
-        let queue_url = self.routes.queue_for(kind);
+    /// `send_delayed` for a job held back `held` times so far for a concurrency slot.
+    pub async fn send_held(&self, job: &Job, delay: std::time::Duration, held: u32) -> Result<(), AwsError> {
+        let job_id = &job.job_id;
+        let queue_url = self.routes.queue_for(&job.kind);
         let body = serde_json::to_string(&JobMessage { job_id: job_id.clone() }).expect("a job message serializes");
         let mut request = self
             .sqs
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
-            .message_attributes(CORRELATION_ID_ATTRIBUTE, string_attribute(correlation_id))
-            .message_attributes(KIND_ATTRIBUTE, string_attribute(kind));
+            .message_attributes(CORRELATION_ID_ATTRIBUTE, string_attribute(&job.correlation_id))
+            .message_attributes(KIND_ATTRIBUTE, string_attribute(&job.kind))
+            .message_attributes(TENANT_ATTRIBUTE, string_attribute(&job.owner));
+        if held > 0 {
+            let held = MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(held.to_string())
+                .build()
+                .expect("data type is set");
+            request = request.message_attributes(HELD_ATTRIBUTE, held);
+        }
         if queue_url.ends_with(".fifo") {
             request = request.message_group_id(job_id.as_str()).message_deduplication_id(job_id.as_str());
-        } else if !delay.is_zero() {
-            request = request.delay_seconds(delay.as_secs().min(900) as i32);
+        } else {
+            request = request.message_group_id(tenant_group(&job.owner));
+            if !delay.is_zero() {
+                request = request.delay_seconds(delay.as_secs().min(900) as i32);
+            }
         }
         request.send().await.map_err(|e| AwsError::from_sdk(format!("SendMessage (job {job_id})"), e))?;
         Ok(())
@@ -151,8 +167,7 @@ impl Dispatcher {
     /// Sends the job's message, delayed to the job's `runAt` when that is ahead (at most
     /// `MAX_MESSAGE_DELAY`), and records that it was sent (`now`).
     pub async fn dispatch(&self, store: &JobStore, job: &Job, now: Millis) -> Result<(), AwsError> {
-        let delay = delay_until(job.start_after(), now);
-        self.send_delayed(&job.job_id, &job.kind, &job.correlation_id, delay).await?;
+        self.send_delayed(job, delay_until(job.start_after(), now)).await?;
         store.confirm_dispatch(&job.job_id, now).await
     }
 }
@@ -168,6 +183,19 @@ pub fn delay_until(at: Millis, now: Millis) -> std::time::Duration {
 /// message delay (a message for a job further off is a stray copy).
 pub fn within_message_delay(at: Millis, now: Millis) -> bool {
     at - now <= MAX_MESSAGE_DELAY.as_millis() as Millis
+}
+
+/// The `MessageGroupId` that names a tenant to a fair queue: its owner when SQS takes it as it is (1 to
+/// 128 printable ASCII characters), otherwise `sha256:` and the hex SHA-256 of it, which names the same
+/// tenant every time.
+pub fn tenant_group(owner: &str) -> std::borrow::Cow<'_, str> {
+    let printable = owner.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if printable && (1..=128).contains(&owner.len()) {
+        return owner.into();
+    }
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(owner.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{digest}").into()
 }
 
 fn string_attribute(value: &str) -> MessageAttributeValue {
@@ -283,6 +311,19 @@ mod tests {
         assert!(sent_now(180_000, 0) && !sent_now(180_001, 0));
         // The sweep, a minute or two late, still sends within one message delay.
         assert!(SCHEDULE_LEAD + std::time::Duration::from_secs(120) <= MAX_MESSAGE_DELAY);
+    }
+
+    #[test]
+    fn a_tenants_message_group_is_its_owner_or_a_stable_digest_of_it() {
+        let sub = "6f1c2a9e-1b2c-4d5e-8f90-123456789abc";
+        assert_eq!(tenant_group(sub), sub);
+        assert_eq!(tenant_group(&"a".repeat(128)), "a".repeat(128));
+        for awkward in ["", "with space", "ünïcode", &"a".repeat(129)] {
+            let group = tenant_group(awkward);
+            assert!(group.starts_with("sha256:") && group.len() == 71, "{awkward:?} gave {group}");
+            assert_eq!(group, tenant_group(awkward), "stable");
+        }
+        assert_ne!(tenant_group("with space"), tenant_group("with  space"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod schedules;
 pub mod store;
 pub mod telemetry;
+pub mod tenant_slots;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{AwsError, Retryability};

@@ -45,18 +45,25 @@ pub fn endpoints() -> &'static Endpoints {
             {
                 return TestEngines { endpoints: Endpoints { aws, dynamodb }, _engines: Vec::new() };
             }
-            let venv_python = local_engines::venv_python(&repo_root());
-            let python = std::env::var_os("JOBPIPE_PYTHON")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| if venv_python.exists() { venv_python } else { "python3".into() });
-            let start = |engine: Result<Engine, local_engines::EngineError>| engine.unwrap_or_else(|e| panic!("{e}"));
-            let moto = start(Engine::moto(&repo_root(), &python));
-            let dynamodb_local = start(Engine::dynamodb_local(&repo_root(), &python));
-            let endpoints =
-                Endpoints { aws: moto.endpoint().to_string(), dynamodb: dynamodb_local.endpoint().to_string() };
-            TestEngines { endpoints, _engines: vec![moto, dynamodb_local] }
+            let (engines, endpoints) = own_engines();
+            TestEngines { endpoints, _engines: engines }
         })
         .endpoints
+}
+
+/// Engines of the caller's own (moto and DynamoDB Local, on free ports), running while the returned
+/// engines are held: for a test whose load would slow every other test sharing the run's engines, or be
+/// slowed by what they left behind.
+pub fn own_engines() -> (Vec<Engine>, Endpoints) {
+    let venv_python = local_engines::venv_python(&repo_root());
+    let python = std::env::var_os("JOBPIPE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| if venv_python.exists() { venv_python } else { "python3".into() });
+    let start = |engine: Result<Engine, local_engines::EngineError>| engine.unwrap_or_else(|e| panic!("{e}"));
+    let moto = start(Engine::moto(&repo_root(), &python));
+    let dynamodb_local = start(Engine::dynamodb_local(&repo_root(), &python));
+    let endpoints = Endpoints { aws: moto.endpoint().to_string(), dynamodb: dynamodb_local.endpoint().to_string() };
+    (vec![moto, dynamodb_local], endpoints)
 }
 
 /// moto's endpoint (every service but DynamoDB).

@@ -1,10 +1,11 @@
 //! The fault-injection run: many `echo` jobs through the local stack while messages are duplicated, the
 //! queue processor is killed mid-batch, jobs fail retryably and permanently, poison messages arrive, and
 //! a fraction of AWS calls fail (before or after taking effect), and some jobs are scheduled a few seconds
-//! ahead (half of those cancelled before their time). Then it waits for quiescence and checks the
-//! invariants: every accepted job ended, none completed twice, none started before its time, a cancel
-//! that was answered `200` stuck, no write after a job ended, and the dead-letter queue holds exactly the
-//! poison that was sent.
+//! ahead (half of those cancelled before their time), and a share of the jobs belong to a tenant limited
+//! to a few jobs running at once. Then it waits for quiescence and checks the invariants: every accepted
+//! job ended, none completed twice, none started before its time, a cancel that was answered `200`
+//! stuck, no write after a job ended, the limited tenant never held more claims at once than its limit,
+//! and the dead-letter queue holds exactly the poison that was sent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -38,6 +39,9 @@ pub struct ChaosOptions {
     /// right after it is accepted, and the others get a copy of their message at once, undelayed (an
     /// early delivery, as a duplicate or a redrive would be).
     pub scheduled_rate: f64,
+    /// Fraction of jobs submitted by a tenant limited to `limited_concurrency` jobs running at once.
+    pub limited_rate: f64,
+    pub limited_concurrency: u32,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
     /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
@@ -65,6 +69,8 @@ impl Default for ChaosOptions {
             retryable_rate: 0.1,
             permanent_rate: 0.05,
             scheduled_rate: 0.1,
+            limited_rate: 0.2,
+            limited_concurrency: 2,
             poison: 20,
             kill_every_jobs: 60,
             aws_fault_rate: 0.02,
@@ -117,6 +123,10 @@ pub struct ChaosReport {
     /// Undelayed copies of scheduled jobs' messages, sent at acceptance.
     pub early_deliveries_sent: usize,
     pub written_after_end: usize,
+    /// Jobs of the limited tenant, and the most of its claims live at once (at most its limit).
+    pub limited_jobs: usize,
+    pub limited_most_at_once: usize,
+    pub limited_concurrency: u32,
     pub duplicates_sent: usize,
     pub poison_sent: usize,
     pub dead_letters: usize,
@@ -151,6 +161,12 @@ impl ChaosReport {
                 self.unexplained
             ));
         }
+        if self.limited_most_at_once > self.limited_concurrency as usize {
+            problems.push(format!(
+                "the limited tenant held {} claims at once, over its limit of {}",
+                self.limited_most_at_once, self.limited_concurrency
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -181,6 +197,11 @@ impl ChaosReport {
             ("early deliveries sent", self.early_deliveries_sent.to_string()),
             ("started before runAt (0)", self.started_early.to_string()),
             ("written after it ended (0)", self.written_after_end.to_string()),
+            ("limited tenant's jobs", self.limited_jobs.to_string()),
+            (
+                "its most claims at once (<= limit)",
+                format!("{} (limit {})", self.limited_most_at_once, self.limited_concurrency),
+            ),
             ("duplicate deliveries sent", self.duplicates_sent.to_string()),
             ("processor kills (SIGKILL)", self.kills.to_string()),
             ("AWS faults injected", self.faults_injected.to_string()),
@@ -248,15 +269,22 @@ pub async fn run(
     let queue_url = stack.created.queues["JobsQueue"].0.clone();
     let dlq_url = stack.created.queues["JobsDeadLetterQueue"].0.clone();
 
+    let controls = jobpipe_core::controls::ControlStore::new(
+        dynamodb_client(&endpoints),
+        stack.created.tables["ControlTable"].clone(),
+    );
+    let limit = Some(options.limited_concurrency).filter(|n| *n > 0);
+    controls.set_tenant_limit(LIMITED_TENANT, jobpipe_core::controls::TenantLimit::Concurrency, limit).await?;
+
     proxy.enabled.store(true, Ordering::SeqCst);
-    let mut report = ChaosReport::default();
+    let mut report = ChaosReport { limited_concurrency: options.limited_concurrency, ..Default::default() };
 
     // Submissions; every `kill_every_jobs`-th accepted one kills the queue processor's processes.
     let processor = stack.functions["QueueProcessorFunction"].clone();
     let accepted_count = Arc::new(AtomicUsize::new(0));
     let kill_count = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
-    let token = stack.token("chaos");
+    let (token, limited_token) = (stack.token("chaos"), stack.token(LIMITED_TENANT));
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let early_sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -280,6 +308,9 @@ pub async fn run(
             submission["delaySeconds"] = json!(1 + n % 4);
         }
         let cancel = scheduled && n % 2 == 0;
+        // Spread over every design: every fifth job (at the default rate) is the limited tenant's.
+        let limited = ((n as f64 + 0.5) * options.limited_rate).fract() < options.limited_rate;
+        let token = if limited { limited_token.clone() } else { token };
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("open");
             let reply = http.post(format!("{base}/jobs")).bearer_auth(&token).json(&submission).send().await;
@@ -425,6 +456,8 @@ pub async fn run(
     let history = stream_history(&streams, &stream_arn).await?;
     report.completed_more_than_once = history.completed_twice;
     report.written_after_end = history.written_after_end;
+    report.limited_jobs = history.limited_jobs;
+    report.limited_most_at_once = history.limited_most_at_once;
     report.started_early = history.started_early;
     report.dead_letters = queue_depth(&sqs, &dlq_url).await? as usize;
     report.left_in_job_queue = queue_depth(&sqs, &queue_url).await? as usize;
@@ -465,6 +498,63 @@ struct History {
     written_after_end: usize,
     /// Claims (entering `processing`) made before the job's `runAt`.
     started_early: usize,
+    /// Jobs of `LIMITED_TENANT`, and the most of their claims that were live at once.
+    limited_jobs: usize,
+    limited_most_at_once: usize,
+}
+
+/// The tenant whose jobs may run only `ChaosOptions::limited_concurrency` at once.
+const LIMITED_TENANT: &str = "chaos-limited";
+
+/// The claims of one tenant's jobs, as the stream shows them: each from the write that took it to the
+/// write that ended or released it (or a later claim's), or to its lease's expiry if that came first. A
+/// worker holds its tenant's slot from before its claim to after its last write, or until the lease
+/// expires: live claims at once are never more than the tenant's limit.
+#[derive(Default)]
+struct Claims {
+    /// Per job, the claim live now: (its lease token, since, lease expiry).
+    open: HashMap<String, (String, i64, i64)>,
+    spans: Vec<(i64, i64)>,
+    jobs: HashSet<String>,
+}
+
+impl Claims {
+    fn saw(&mut self, job: &jobpipe_core::Job) {
+        let id = job.job_id.as_str().to_string();
+        self.jobs.insert(id.clone());
+        // A live claim: `processing` under a lease that has not expired (a released lease keeps its token
+        // with expiry 0).
+        let live = job
+            .lease
+            .as_ref()
+            .filter(|lease| job.status == JobStatus::Processing && lease.expires_at > job.updated_at)
+            .map(|lease| (lease.token.clone(), lease.expires_at));
+        if let Some((token, _, expires_at)) = self.open.get(&id)
+            && live.as_ref() == Some(&(token.clone(), *expires_at))
+        {
+            return; // the same claim (progress)
+        }
+        if let Some((_, since, expires_at)) = self.open.remove(&id) {
+            self.spans.push((since, expires_at.min(job.updated_at)));
+        }
+        if let Some((token, expires_at)) = live {
+            self.open.insert(id, (token, job.updated_at, expires_at));
+        }
+    }
+
+    /// The most claims live at the same instant.
+    fn most_at_once(mut self) -> usize {
+        self.spans.extend(self.open.into_values().map(|(_, since, expires_at)| (since, expires_at)));
+        let mut edges: Vec<(i64, i32)> = self.spans.iter().flat_map(|(a, b)| [(*a, 1), (*b, -1)]).collect();
+        // An end and a start at the same instant do not overlap.
+        edges.sort();
+        let (mut live, mut most) = (0i32, 0i32);
+        for (_, step) in edges {
+            live += step;
+            most = most.max(live);
+        }
+        most as usize
+    }
 }
 
 async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &str) -> anyhow::Result<History> {
@@ -472,6 +562,7 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
     let mut completions: HashMap<String, usize> = HashMap::new();
     let mut after_end = 0;
     let mut started_early = 0;
+    let mut limited = Claims::default();
     for shard in described.stream_description().map(|d| d.shards()).unwrap_or_default() {
         let Some(shard_id) = shard.shard_id() else { continue };
         let mut iterator = streams
@@ -507,6 +598,9 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
                 {
                     started_early += 1;
                 }
+                if let Some(job) = new.as_ref().filter(|job| job.owner == LIMITED_TENANT) {
+                    limited.saw(job);
+                }
                 let ended = old.as_ref().is_some_and(|job| job.status.is_terminal());
                 if ended && new.is_some() && record["dynamodb"]["NewImage"] != record["dynamodb"]["OldImage"] {
                     after_end += 1;
@@ -522,5 +616,7 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
         completed_twice: completions.values().filter(|n| **n > 1).count(),
         written_after_end: after_end,
         started_early,
+        limited_jobs: limited.jobs.len(),
+        limited_most_at_once: limited.most_at_once(),
     })
 }

@@ -87,15 +87,28 @@ enum Kinds {
 
 #[derive(Subcommand)]
 enum Tenants {
-    /// Set a tenant's own submissions-per-second limit (0: none), or with --default go back to the
-    /// deployment's (TenantSubmissionsPerSecond).
+    /// Set a tenant's own limits, each a number (0: none) or `default` for the deployment's
+    /// (TenantSubmissionsPerSecond, TenantConcurrency).
     Limit {
         tenant: String,
-        #[arg(long, required_unless_present = "default", conflicts_with = "default")]
-        submissions_per_second: Option<u32>,
-        #[arg(long)]
-        default: bool,
+        /// Submissions a second (`POST /jobs`).
+        #[arg(long, value_parser = parse_limit, required_unless_present = "concurrency")]
+        submissions_per_second: Option<LimitValue>,
+        /// Of the tenant's jobs, how many run at once.
+        #[arg(long, value_parser = parse_limit)]
+        concurrency: Option<LimitValue>,
     },
+}
+
+/// A tenant limit on the command line: its own number, or the deployment's default.
+#[derive(Debug, Clone, Copy)]
+struct LimitValue(Option<u32>);
+
+fn parse_limit(text: &str) -> Result<LimitValue, String> {
+    match text {
+        "default" => Ok(LimitValue(None)),
+        n => n.parse().map(|n| LimitValue(Some(n))).map_err(|_| format!("{n:?} is neither a number nor `default`")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -400,14 +413,21 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        Commands::Tenants { action: Tenants::Limit { tenant, submissions_per_second, default: _ }, target } => {
+        Commands::Tenants { action: Tenants::Limit { tenant, submissions_per_second, concurrency }, target } => {
+            use jobpipe_core::controls::TenantLimit;
             let controls = target.target().await?.controls.ok_or_else(|| anyhow::anyhow!("no control table"))?;
-            controls.set_tenant_submission_limit(&tenant, submissions_per_second).await?;
-            let shown = match submissions_per_second {
-                Some(limit) => format!("{tenant}: at most {limit} submissions a second (0: no limit)"),
-                None => format!("{tenant}: the deployment's default limit"),
-            };
-            println!("{shown}; workers see it within 5 s");
+            let chosen = [
+                (TenantLimit::SubmissionsPerSecond, submissions_per_second, "submissions a second"),
+                (TenantLimit::Concurrency, concurrency, "jobs running at once"),
+            ];
+            for (limit, value, what) in chosen {
+                let Some(LimitValue(value)) = value else { continue };
+                controls.set_tenant_limit(&tenant, limit, value).await?;
+                match value {
+                    Some(n) => println!("{tenant}: at most {n} {what} (0: no limit); workers see it within 5 s"),
+                    None => println!("{tenant}: the deployment's default {what}; workers see it within 5 s"),
+                }
+            }
             Ok(())
         }
         Commands::Dlq { action, target } => {

@@ -12,13 +12,14 @@ use jobpipe_core::backoff::Backoff;
 use jobpipe_core::batch::{BatchError, RecordFailed, process_batch};
 use jobpipe_core::clock::{Clock, Millis};
 use jobpipe_core::config::{AwsClients, Config};
-use jobpipe_core::controls::{ControlStore, PausedKinds};
+use jobpipe_core::controls::{ControlStore, PausedKinds, TenantLimitsCache};
 use jobpipe_core::dispatch::{DispatchPolicy, Dispatcher};
 use jobpipe_core::kinds::KindRegistry;
 use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::payload::PayloadStore;
 use jobpipe_core::schedules::ScheduleStore;
 use jobpipe_core::store::JobStore;
+use jobpipe_core::tenant_slots::{ConcurrencyLimit, TenantSlots};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 
@@ -37,6 +38,8 @@ pub struct Processor {
     pub schedules: Option<ScheduleStore>,
     /// The kinds an operator paused (their jobs wait); `None` where `CONTROL_TABLE` is not set.
     pub paused: Option<PausedKinds>,
+    /// Per-tenant concurrency slots; `None` where `CONTROL_TABLE` is not set.
+    pub concurrency: Option<ConcurrencyLimit>,
     pub dispatcher: Dispatcher,
     pub sqs: aws_sdk_sqs::Client,
     pub kinds: KindRegistry,
@@ -74,6 +77,13 @@ impl Processor {
                 .control_table
                 .as_ref()
                 .map(|table| PausedKinds::new(ControlStore::new(clients.dynamodb.clone(), table))),
+            concurrency: config.control_table.as_ref().map(|table| {
+                ConcurrencyLimit::new(
+                    TenantSlots::new(clients.dynamodb.clone(), table),
+                    TenantLimitsCache::new(ControlStore::new(clients.dynamodb.clone(), table)),
+                    config.tenant_concurrency,
+                )
+            }),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             sqs: clients.sqs.clone(),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),

@@ -5,12 +5,15 @@ use std::task::Poll;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsMessage;
-use jobpipe_core::backoff::throttled_delay;
+use jobpipe_core::backoff::{HELD_FOR_SLOT, throttled_delay};
 use jobpipe_core::clock::Millis;
-use jobpipe_core::dispatch::{CORRELATION_ID_ATTRIBUTE, JobMessage, KIND_ATTRIBUTE, within_message_delay};
+use jobpipe_core::dispatch::{
+    CORRELATION_ID_ATTRIBUTE, HELD_ATTRIBUTE, JobMessage, KIND_ATTRIBUTE, TENANT_ATTRIBUTE, within_message_delay,
+};
 use jobpipe_core::job::{ErrorInfo, Job, JobError, JobId, JobStatus, Lease};
 use jobpipe_core::kinds::{BoxFuture, JobContext, ProgressReporter};
 use jobpipe_core::store::{ClaimOutcome, FenceOutcome, ForceFailOutcome, JobStore, Release};
+use jobpipe_core::tenant_slots::{Slot, SlotOutcome};
 use jobpipe_core::{AwsError, Clock};
 use serde_json::Value;
 use tracing::Instrument;
@@ -95,11 +98,23 @@ impl Processor {
         // Set by our dispatcher on every job message; only decides waiting for a paused kind early (the
         // claimed job's own kind decides it otherwise).
         let kind = record.message_attributes.get(KIND_ATTRIBUTE).and_then(|a| a.string_value.clone());
+        let carried = Carried {
+            tenant: record.message_attributes.get(TENANT_ATTRIBUTE).and_then(|a| a.string_value.clone()),
+            held: record
+                .message_attributes
+                .get(HELD_ATTRIBUTE)
+                .and_then(|a| a.string_value.as_deref()?.parse().ok())
+                .unwrap_or(0),
+        };
         let (job_id, outcome) = match JobMessage::parse(record.body.as_deref()) {
             Err(poison) => (String::new(), RecordOutcome::Poison(poison.to_string())),
             Ok(message) => {
                 let span = tracing::info_span!("record", job_id = %message.job_id, %correlation_id, %message_id);
-                let outcome = match self.run_job(&message.job_id, kind.as_deref(), deadline).instrument(span).await {
+                let outcome = match self
+                    .run_job(&message.job_id, kind.as_deref(), &carried, deadline)
+                    .instrument(span)
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(error) => {
                         tracing::warn!(job_id = %message.job_id, %correlation_id, %error, retryable = error.is_retryable(), "record failed; SQS will redeliver it");
@@ -123,6 +138,7 @@ impl Processor {
         &self,
         job_id: &JobId,
         kind: Option<&str>,
+        carried: &Carried,
         deadline: Option<Millis>,
     ) -> Result<RecordOutcome, AwsError> {
         let paused = match &self.paused {
@@ -134,15 +150,61 @@ impl Processor {
                     // neither an attempt nor a receive count is spent while the control table is unreadable.
                     tracing::error!(%error, retryable = error.is_retryable(), "the paused kinds cannot be read; holding the job back");
                     metrics::emit(SERVICE, "PausedKindsUnreadable", Unit::Count, 1.0, &[]);
-                    return self.hold(job_id, "the paused kinds cannot be read").await;
+                    return self.hold(job_id, "the paused kinds cannot be read", None).await;
                 }
             },
         };
         if kind.is_some_and(|kind| paused.contains(kind)) {
-            return self.hold(job_id, "its kind is paused").await;
+            return self.hold(job_id, "its kind is paused", None).await;
         }
         let now = self.clock.now_ms();
         let lease = Lease { token: uuid::Uuid::new_v4().to_string(), expires_at: self.lease_expiry(now, deadline) };
+        // Per-tenant concurrency: a slot before the claim, given back whatever the claim comes to.
+        let Some(limit) = &self.concurrency else {
+            return self.claim_and_run(job_id, &lease, &paused, None, deadline).await;
+        };
+        let owner = match &carried.tenant {
+            Some(owner) => owner.clone(),
+            None => match self.store.get(job_id).await? {
+                Some(job) => job.owner,
+                None => return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist"))),
+            },
+        };
+        let slot = Slot { owner: &owner, job_id, token: &lease.token, expires_at: lease.expires_at };
+        match limit.take(slot, now).await? {
+            None => return self.claim_and_run(job_id, &lease, &paused, None, deadline).await,
+            Some(SlotOutcome::Taken) => {}
+            Some(SlotOutcome::Full { limit }) => {
+                tracing::info!(
+                    owner,
+                    limit,
+                    held = carried.held,
+                    "the tenant runs its limit of jobs already; holding the job back"
+                );
+                metrics::emit(SERVICE, "TenantConcurrencyHolds", Unit::Count, 1.0, &[]);
+                return self.hold(job_id, "its tenant runs its limit of jobs", Some(carried.held)).await;
+            }
+            Some(SlotOutcome::HeldElsewhere { expires_at }) => return Ok(RecordOutcome::HeldElsewhere { expires_at }),
+        }
+        let outcome = self.claim_and_run(job_id, &lease, &paused, Some(&owner), deadline).await;
+        if let Err(error) = limit.slots().release(&owner, job_id, &lease.token).await {
+            tracing::warn!(owner, %error, "could not give the tenant slot back; it frees itself when the lease expires");
+        }
+        outcome
+    }
+
+    /// Claims the job with `lease` and runs it. `slot_owner` is the tenant whose concurrency slot this
+    /// worker took for it, if any.
+    async fn claim_and_run(
+        &self,
+        job_id: &JobId,
+        lease: &Lease,
+        paused: &std::collections::BTreeSet<String>,
+        slot_owner: Option<&str>,
+        deadline: Option<Millis>,
+    ) -> Result<RecordOutcome, AwsError> {
+        let lease = lease.clone();
+        let now = self.clock.now_ms();
         let job = match self.store.claim(job_id, &lease, self.settings.max_attempts, now).await? {
             ClaimOutcome::Claimed(job) => job,
             ClaimOutcome::AlreadyFinished(job) => {
@@ -169,19 +231,26 @@ impl Processor {
                 return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
             }
         };
+        if let Some(slot_owner) = slot_owner
+            && slot_owner != job.owner
+        {
+            // The message named another tenant than the job's (not one our dispatcher sent): the slot taken
+            // is the wrong one. Give the job back; its message is sent again with its true tenant.
+            tracing::error!(slot_owner, owner = %job.owner, "the message's tenant is not the job's; sending it again");
+            let info = ErrorInfo { code: "wrong_tenant".into(), message: "the message named another tenant".into() };
+            return Ok(match self.store.release(&job.job_id, &lease.token, &info, now, Release::Throttled).await? {
+                FenceOutcome::Done(job) => {
+                    self.requeue(&job, Duration::ZERO, 0, "its message named another tenant").await
+                }
+                FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
+            });
+        }
         if paused.contains(&job.kind) {
             // A message without its kind (sent by hand, or by an older version): found out by the claim.
             let info = ErrorInfo { code: "kind_paused".into(), message: format!("kind {} is paused", job.kind) };
             return Ok(match self.store.release(&job.job_id, &lease.token, &info, now, Release::Throttled).await? {
                 FenceOutcome::Done(job) => {
-                    self.requeue(
-                        &job.job_id,
-                        &job.kind,
-                        &job.correlation_id,
-                        self.settings.paused_recheck,
-                        "its kind is paused",
-                    )
-                    .await
+                    self.requeue(&job, self.settings.paused_recheck, 0, "its kind is paused").await
                 }
                 FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
             });
@@ -207,7 +276,7 @@ impl Processor {
                 match self.store.release(&job.job_id, &lease.token, &error.info(), now, Release::Throttled).await? {
                     FenceOutcome::Done(job) => {
                         let delay = throttled_delay(self.settings.throttle_window);
-                        self.requeue(&job.job_id, &job.kind, &job.correlation_id, delay, "throttled").await
+                        self.requeue(&job, delay, 0, "throttled").await
                     }
                     FenceOutcome::LeaseLost(_) => RecordOutcome::LeaseLost,
                 }
@@ -250,31 +319,30 @@ impl Processor {
         Ok(outcome)
     }
 
-    /// Holds a job back without claiming it: its message is sent again after `paused_recheck` and this one
-    /// acknowledged, so the job stays as it is (its attempts untouched) and no receive count is spent. A
-    /// job that has ended meanwhile (cancelled, expired) is not held: its message is done.
-    async fn hold(&self, job_id: &JobId, why: &'static str) -> Result<RecordOutcome, AwsError> {
+    /// Holds a job back without claiming it: its message is sent again later and this one acknowledged,
+    /// so the job stays as it is (its attempts untouched) and no receive count is spent. A paused kind's
+    /// job (`held: None`) is looked at again after `paused_recheck`; one held `held` times for a
+    /// concurrency slot after `HELD_FOR_SLOT`'s delay. A job that has ended meanwhile (cancelled, expired) is
+    /// not held: its message is done.
+    async fn hold(&self, job_id: &JobId, why: &'static str, held: Option<u32>) -> Result<RecordOutcome, AwsError> {
         let Some(job) = self.store.get(job_id).await? else {
             return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist")));
         };
         if job.status.is_terminal() {
             return Ok(RecordOutcome::AlreadyFinished(job));
         }
-        Ok(self.requeue(&job.job_id, &job.kind, &job.correlation_id, self.settings.paused_recheck, why).await)
+        Ok(match held {
+            None => self.requeue(&job, self.settings.paused_recheck, 0, why).await,
+            Some(held) => self.requeue(&job, HELD_FOR_SLOT.delay(held + 1), held + 1, why).await,
+        })
     }
 
     /// Sends the job's message again, delayed (SQS delays stop at 15 minutes), so this delivery can be
-    /// acknowledged; if that send fails, this message carries the wait instead. `why` is for the log.
-    async fn requeue(
-        &self,
-        job_id: &JobId,
-        kind: &str,
-        correlation_id: &str,
-        delay: Duration,
-        why: &'static str,
-    ) -> RecordOutcome {
+    /// acknowledged; if that send fails, this message carries the wait instead. `held` is carried in the
+    /// message (see `hold`); `why` is for the log.
+    async fn requeue(&self, job: &Job, delay: Duration, held: u32, why: &'static str) -> RecordOutcome {
         let delay = delay.min(Duration::from_secs(900));
-        match self.dispatcher.send_delayed(job_id, kind, correlation_id, delay).await {
+        match self.dispatcher.send_held(job, delay, held).await {
             Ok(()) => {
                 tracing::info!(delay_ms = delay.as_millis() as u64, why, "sent again later, no attempt spent");
                 RecordOutcome::Requeued { delay }
@@ -380,6 +448,15 @@ impl Processor {
             tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
         }
     }
+}
+
+/// What a job message carries besides the job id (set by our dispatcher; checked against the job).
+#[derive(Debug, Default)]
+struct Carried {
+    /// The job's owner, whose concurrency slot is taken before the claim.
+    tenant: Option<String>,
+    /// How often the job was held back for a slot.
+    held: u32,
 }
 
 /// `JobsCompleted` or `JobsFailed` (by kind and error code), and `JobDuration` (by kind), for a job that

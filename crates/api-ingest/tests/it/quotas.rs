@@ -3,7 +3,7 @@
 //! the deployment's.
 
 use http::StatusCode;
-use jobpipe_core::controls::{ControlStore, TENANT_LIMITS_CACHE};
+use jobpipe_core::controls::{ControlStore, TENANT_LIMITS_CACHE, TenantLimit};
 use serde_json::json;
 
 use crate::helpers::{error_code, error_field, spawn_app_with};
@@ -41,15 +41,15 @@ async fn submissions_over_a_tenants_limit_are_refused_and_store_nothing() {
 async fn a_tenants_own_limit_overrides_the_default() {
     let app = spawn_app_with(&[("TENANT_SUBMISSIONS_PER_SECOND", "3")], |_| {}).await;
     let controls = ControlStore::new(app.stack.clients.dynamodb.clone(), &app.stack.control_table);
-    controls.set_tenant_submission_limit("bob", Some(1)).await.unwrap();
-    controls.set_tenant_submission_limit("carol", Some(0)).await.unwrap();
+    controls.set_tenant_limit("bob", TenantLimit::SubmissionsPerSecond, Some(1)).await.unwrap();
+    controls.set_tenant_limit("carol", TenantLimit::SubmissionsPerSecond, Some(0)).await.unwrap();
     assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);
     assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::TOO_MANY_REQUESTS);
     for _ in 0..5 {
         assert_eq!(app.post_job("carol", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED, "0 is no limit");
     }
     // Back to the default: seen once the cached limit is older than its few seconds.
-    controls.set_tenant_submission_limit("bob", None).await.unwrap();
+    controls.set_tenant_limit("bob", TenantLimit::SubmissionsPerSecond, None).await.unwrap();
     app.clock.advance_ms(TENANT_LIMITS_CACHE.as_millis() as i64);
     for _ in 0..3 {
         assert_eq!(app.post_job("bob", json!({"kind": "echo"})).await.status, StatusCode::ACCEPTED);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 mod bench;
 mod chaos;
+mod fairness;
 mod ops;
 
 fn root() -> PathBuf {

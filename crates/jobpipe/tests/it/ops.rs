@@ -182,6 +182,7 @@ async fn watch_ignores_messages_older_than_the_state_it_shows() {
         dead_letter_queue_url: None,
         queues_by_kind: Default::default(),
         controls: None,
+        http: reqwest::Client::new(),
     };
     let mut printed = Vec::new();
     let done =
@@ -467,5 +468,50 @@ async fn the_cli_pauses_a_kind_whose_jobs_wait_until_it_is_resumed() {
     assert!(target.set_kind_paused("echo", false).await.unwrap().is_empty());
     let done = target.watch(&job_id, &mut Vec::new()).await.unwrap();
     assert_eq!((done.status, done.attempts), (JobStatus::Completed, 1), "{done:?}");
+    stack.stop().await;
+}
+
+/// `jobpipe tenants limit alice --concurrency 2` through the whole local stack: of alice's eight jobs,
+/// never more than two are running at once (from each job's own `startedAt` and `completedAt`), all run
+/// once, and bob, who has no limit, is not held back by alice's queue. The check is by counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_limits_how_many_of_a_tenants_jobs_run_at_once() {
+    use jobpipe::ops::{Target, TargetOptions};
+    use jobpipe_core::clock::from_rfc3339;
+    use jobpipe_core::controls::TenantLimit;
+    let stack = start_stack().await;
+    let as_user = |user: &str| TargetOptions { api: stack.base_url(), stack: None, token: None, user: user.into() };
+    let (alice, bob) =
+        (Target::resolve(&as_user("alice")).await.unwrap(), Target::resolve(&as_user("bob")).await.unwrap());
+    let controls = alice.controls.clone().expect("the local stack names its control table");
+    controls.set_tenant_limit("alice", TenantLimit::Concurrency, Some(2)).await.unwrap();
+
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(alice.submit("echo", json!({"n": n, "sleepMs": 400})).await.unwrap().job_id.to_string());
+    }
+    let bobs = bob.submit("echo", json!({"sleepMs": 400})).await.unwrap();
+    let mut spans = Vec::new();
+    for id in &ids {
+        let done = alice.watch(id, &mut Vec::new()).await.unwrap();
+        assert_eq!((done.status, done.attempts), (JobStatus::Completed, 1), "{done:?}");
+        let at = |time: Option<&str>| from_rfc3339(time.unwrap()).unwrap();
+        spans.push((at(done.started_at.as_deref()), at(done.completed_at.as_deref())));
+    }
+    let most_at_once = spans
+        .iter()
+        .map(|(start, _)| {
+            spans.iter().filter(|(other_start, other_end)| other_start <= start && start < other_end).count()
+        })
+        .max()
+        .unwrap();
+    assert!(most_at_once <= 2, "{most_at_once} of alice's jobs ran at once: {spans:?}");
+    let done = bob.watch(bobs.job_id.as_str(), &mut Vec::new()).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    let slots = jobpipe_core::tenant_slots::TenantSlots::new(
+        aws_sdk_dynamodb::Client::new(&jobpipe_emulator::aws::sdk_config(&stack.endpoints.dynamodb)),
+        &stack.created.tables["ControlTable"],
+    );
+    assert!(slots.holders("alice").await.unwrap().is_empty(), "every slot was given back");
     stack.stop().await;
 }

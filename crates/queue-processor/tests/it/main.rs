@@ -11,3 +11,4 @@ mod pausing;
 mod reconcile;
 mod retries;
 mod scheduling;
+mod tenant_concurrency;
