@@ -23,15 +23,23 @@ pub struct ApiError {
     pub field: Option<String>,
     /// The failed AWS call behind this answer, for the log only.
     cause: Option<Arc<AwsError>>,
+    /// `Retry-After` in seconds, for a `429` or `503` (1 unless set).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None, cause: None }
+        ApiError { status, code, message: message.into(), field: None, cause: None, retry_after_secs: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    /// The `Retry-After` a `429` or `503` answers with.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_secs = Some(seconds);
         self
     }
 
@@ -146,9 +154,10 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            // Quotas count per second: the next one starts within a second.
+            // Unless said otherwise: quotas count per second, the next one starts within a second.
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let seconds = HeaderValue::from(self.retry_after_secs.unwrap_or(1));
+                response.headers_mut().insert(header::RETRY_AFTER, seconds);
             }
             _ => {}
         }

@@ -26,6 +26,7 @@ use jobpipe_core::config::{AwsClients, Config, ConfigError};
 use jobpipe_core::controls::{ControlStore, SubmissionQuota};
 use jobpipe_core::dispatch::Dispatcher;
 use jobpipe_core::kinds::KindRegistry;
+use jobpipe_core::open_jobs::OpenJobs;
 use jobpipe_core::payload::PayloadStore;
 use jobpipe_core::schedules::ScheduleStore;
 use jobpipe_core::store::JobStore;
@@ -75,6 +76,7 @@ impl Api {
                     ControlStore::new(clients.dynamodb.clone(), table),
                     config.tenant_submissions_per_second,
                 )
+                .with_open_jobs(OpenJobs::new(clients.dynamodb.clone(), table), config.tenant_open_jobs)
             }),
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),

@@ -59,8 +59,9 @@ struct Submission {
         (status = 422, description = "Unknown kind, input the kind rejects, a start time in the past or more \
             than 365 days ahead, or a reused Idempotency-Key.",
             body = ErrorBody),
-        (status = 429, description = "Over the tenant's submissions per second; nothing was stored. Retry after \
-            `Retry-After` seconds.", body = ErrorBody),
+        (status = 429, description = "Over the tenant's submissions per second (`field`: `submissionsPerSecond`) \
+            or its jobs waiting or running (`openJobs`); nothing was stored. Retry after `Retry-After` seconds.",
+            body = ErrorBody),
         CommonErrors,
     )
 )]
@@ -98,7 +99,11 @@ pub async fn submit(
     let accepted = match checked {
         Ok(()) => {
             admit(&api, &new.owner, now).await?;
-            intake.accept(new, now).await?
+            let open = match &api.quota {
+                Some(quota) => quota.open_jobs_limit(&new.owner, now).await?,
+                None => None,
+            };
+            intake.accept_counted(new, now, open).await?
         }
         Err(refusal) => intake.replay(&new, now).await?.ok_or(refusal)?,
     };
@@ -107,6 +112,18 @@ pub async fn submit(
         Accepted::Replayed(job) => (job, true),
         Accepted::KeyReused => {
             return Err(ApiError::key_reused());
+        }
+        Accepted::OverOpenJobs { limit } => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "this tenant has {limit} jobs waiting or running, its limit; retry after Retry-After seconds, \
+                     or once some have ended"
+                ),
+            )
+            .field("openJobs")
+            .retry_after(OPEN_JOBS_RETRY_AFTER_SECS));
         }
     };
     tracing::info!(job_id = %job.job_id, kind = %job.kind, replayed, run_at = job.run_at, "job accepted");
@@ -124,6 +141,10 @@ pub async fn submit(
     }
     Ok(response)
 }
+
+/// The `Retry-After` of a submission over its tenant's open jobs: when one ends is unknown, and a refused
+/// transaction still costs a write.
+const OPEN_JOBS_RETRY_AFTER_SECS: u64 = 5;
 
 /// Counts a new submission against its tenant's quota; over it, a `429` and nothing stored.
 async fn admit(api: &Api, owner: &str, now: Millis) -> Result<(), ApiError> {

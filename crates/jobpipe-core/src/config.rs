@@ -36,6 +36,8 @@ pub struct Config {
     pub tenant_submissions_per_second: u32,
     /// Jobs of one tenant that run at once unless it has its own limit (0: no limit).
     pub tenant_concurrency: u32,
+    /// Jobs of one tenant waiting or running unless it has its own limit (0: no limit).
+    pub tenant_open_jobs: u32,
     /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
     /// where the notifier posts to connections.
     pub websocket_endpoint: Option<String>,
@@ -170,6 +172,7 @@ impl Config {
             paused_kind_recheck: Duration::from_secs(number("PAUSED_KIND_RECHECK_SECONDS", 60)?.clamp(1, 900)),
             tenant_submissions_per_second: number("TENANT_SUBMISSIONS_PER_SECOND", 0)?.min(u32::MAX as u64) as u32,
             tenant_concurrency: number("TENANT_CONCURRENCY", 0)?.min(u32::MAX as u64) as u32,
+            tenant_open_jobs: number("TENANT_OPEN_JOBS", 0)?.min(u32::MAX as u64) as u32,
             websocket_endpoint: get("WEBSOCKET_ENDPOINT"),
             auth,
             kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },

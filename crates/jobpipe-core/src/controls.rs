@@ -27,6 +27,7 @@ pub mod attr {
     pub const TENANT_PREFIX: &str = "tenant#";
     pub const SUBMISSIONS_PER_SECOND: &str = "submissionsPerSecond";
     pub const CONCURRENCY: &str = "concurrency";
+    pub const OPEN_JOBS: &str = "openJobs";
     /// A tenant's submissions in one second are counted in the item `submissions#<owner>#<epoch second>`.
     pub const SUBMISSIONS_PREFIX: &str = "submissions#";
     pub const COUNT: &str = "count";
@@ -109,6 +110,8 @@ pub enum TenantLimit {
     SubmissionsPerSecond,
     /// Of its jobs, how many run at once.
     Concurrency,
+    /// Of its jobs, how many may be waiting or running (accepted and not ended).
+    OpenJobs,
 }
 
 impl TenantLimit {
@@ -116,6 +119,7 @@ impl TenantLimit {
         match self {
             TenantLimit::SubmissionsPerSecond => attr::SUBMISSIONS_PER_SECOND,
             TenantLimit::Concurrency => attr::CONCURRENCY,
+            TenantLimit::OpenJobs => attr::OPEN_JOBS,
         }
     }
 }
@@ -125,6 +129,7 @@ impl TenantLimit {
 pub struct TenantLimits {
     pub submissions_per_second: Option<u32>,
     pub concurrency: Option<u32>,
+    pub open_jobs: Option<u32>,
 }
 
 impl ControlStore {
@@ -147,6 +152,7 @@ impl ControlStore {
         Ok(TenantLimits {
             submissions_per_second: limit(TenantLimit::SubmissionsPerSecond),
             concurrency: limit(TenantLimit::Concurrency),
+            open_jobs: limit(TenantLimit::OpenJobs),
         })
     }
 
@@ -244,17 +250,37 @@ impl TenantLimitsCache {
     }
 }
 
-/// Per-tenant submissions per second: the deployment's default (`TENANT_SUBMISSIONS_PER_SECOND`; 0 is no
-/// limit) unless an operator set the tenant's own, counted per second in the control table.
+/// The quotas a submission meets: submissions per second (the deployment's default,
+/// `TENANT_SUBMISSIONS_PER_SECOND`, unless an operator set the tenant's own; counted per second in the
+/// control table) and open jobs (`TENANT_OPEN_JOBS` or the tenant's own; counted by `open_jobs`). 0 is no
+/// limit.
 #[derive(Debug)]
 pub struct SubmissionQuota {
     limits: TenantLimitsCache,
     default_per_second: u32,
+    open_jobs: Option<(crate::open_jobs::OpenJobs, u32)>,
 }
 
 impl SubmissionQuota {
     pub fn new(store: ControlStore, default_per_second: u32) -> Self {
-        SubmissionQuota { limits: TenantLimitsCache::new(store), default_per_second }
+        SubmissionQuota { limits: TenantLimitsCache::new(store), default_per_second, open_jobs: None }
+    }
+
+    /// Also bounds each tenant's open jobs, by `default` unless it has its own limit.
+    pub fn with_open_jobs(mut self, open_jobs: crate::open_jobs::OpenJobs, default: u32) -> Self {
+        self.open_jobs = Some((open_jobs, default));
+        self
+    }
+
+    /// The counter and limit of `owner`'s open jobs, when it has a limit.
+    pub async fn open_jobs_limit(
+        &self,
+        owner: &str,
+        now: Millis,
+    ) -> Result<Option<(&crate::open_jobs::OpenJobs, u32)>, AwsError> {
+        let Some((open_jobs, default)) = &self.open_jobs else { return Ok(None) };
+        let limit = self.limits.get(owner, now).await?.open_jobs.unwrap_or(*default);
+        Ok((limit > 0).then_some((open_jobs, limit)))
     }
 
     /// Admits `n` submissions of `owner` at `now`, or says when to retry.

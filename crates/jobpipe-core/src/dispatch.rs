@@ -157,7 +157,9 @@ impl Dispatcher {
         } else {
             request = request.message_group_id(tenant_group(&job.owner));
             if !delay.is_zero() {
-                request = request.delay_seconds(delay.as_secs().min(900) as i32);
+                // Whole seconds, rounded up: a delay is never shorter than asked.
+                let seconds = (delay.as_millis() as u64).div_ceil(1000).min(900);
+                request = request.delay_seconds(seconds as i32);
             }
         }
         request.send().await.map_err(|e| AwsError::from_sdk(format!("SendMessage (job {job_id})"), e))?;

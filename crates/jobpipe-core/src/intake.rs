@@ -13,8 +13,9 @@ use crate::clock::Millis;
 use crate::dispatch::{Dispatcher, SCHEDULE_LEAD, sent_now};
 use crate::error::AwsError;
 use crate::job::{Job, JobId, JobStatus};
+use crate::open_jobs::OpenJobs;
 use crate::payload::PayloadStore;
-use crate::store::{CreateOutcome, JobStore};
+use crate::store::{CountedCreate, CreateOutcome, JobStore};
 
 /// A job to accept, already validated.
 #[derive(Debug, Clone)]
@@ -71,6 +72,10 @@ pub enum Accepted {
     Replayed(Job),
     /// The idempotency key was used with a different request; nothing was stored.
     KeyReused,
+    /// The tenant has `limit` open jobs already (`accept_counted`); nothing was stored.
+    OverOpenJobs {
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +89,17 @@ pub struct Intake<'a> {
 
 impl Intake<'_> {
     pub async fn accept(&self, new: NewJob, now: Millis) -> Result<Accepted, AwsError> {
+        self.accept_counted(new, now, None).await
+    }
+
+    /// `accept`, counting the job as one of its tenant's at most `limit` open jobs when `open` is given
+    /// (`open_jobs`): over it, `Accepted::OverOpenJobs` and nothing stored.
+    pub async fn accept_counted(
+        &self,
+        new: NewJob,
+        now: Millis,
+        open: Option<(&OpenJobs, u32)>,
+    ) -> Result<Accepted, AwsError> {
         let (job_id, request_hash) = identity(&new);
         let run_at = new.start.run_at(now);
         let scheduled = run_at.filter(|at| *at > now);
@@ -119,7 +135,14 @@ impl Intake<'_> {
             dispatch_due_at: Some(dispatch_due_at),
             dispatched_at: None,
         };
-        let (job, accepted) = match self.store.create(&job).await? {
+        let created = match open {
+            None => self.store.create(&job).await?,
+            Some((open, limit)) => match self.store.create_counted(&job, open.count_up(&job.owner, limit)).await? {
+                CountedCreate::Done(created) => *created,
+                CountedCreate::OverLimit => return Ok(Accepted::OverOpenJobs { limit }),
+            },
+        };
+        let (job, accepted) = match created {
             CreateOutcome::Created(job) => (job.clone(), Accepted::New(job)),
             CreateOutcome::Replayed(job) => (job.clone(), Accepted::Replayed(job)),
             CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),

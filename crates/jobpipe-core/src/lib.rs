@@ -14,6 +14,7 @@ pub mod intake;
 pub mod job;
 pub mod kinds;
 pub mod metrics;
+pub mod open_jobs;
 pub mod payload;
 pub mod schedules;
 pub mod store;

@@ -55,6 +55,11 @@ pub struct TenantSlots {
     table: String,
 }
 
+/// The highest concurrency limit applied: a tenant's slots are one item, each entry about 100 bytes, and
+/// every take or release is billed by the item's whole size (1 WCU per KB), within DynamoDB's 400 KB
+/// item limit. A higher limit (from the template or an operator) is taken as this.
+pub const MAX_CONCURRENCY: u32 = 1000;
+
 /// How many times a worker removes expired entries, or makes the item, and tries again before it takes
 /// the tenant as full (a later delivery tries again).
 const TRIES: usize = 4;
@@ -106,16 +111,20 @@ impl TenantSlots {
                 self.create(slot.owner).await?;
                 continue;
             };
-            let slots = entries(slots);
-            if let Some(held) = slots.get(slot.job_id.as_str())
-                && held.1 >= now
+            let read = entries(slots);
+            if let Some((token, expires_at)) = read.get(slot.job_id.as_str())
+                && *expires_at >= now
             {
-                return Ok(SlotOutcome::HeldElsewhere { expires_at: held.1 });
+                if *token == slot.token {
+                    // This worker's own entry: an earlier try took effect and its response was lost.
+                    return Ok(SlotOutcome::Taken);
+                }
+                return Ok(SlotOutcome::HeldElsewhere { expires_at: *expires_at });
             }
-            let expired: Vec<(&str, Millis)> = slots
+            let expired: Vec<(&str, &AttributeValue)> = slots
                 .iter()
-                .filter(|(_, (_, expires_at))| *expires_at < now)
-                .map(|(job, (_, at))| (*job, *at))
+                .filter(|(job, _)| read.get(job.as_str()).is_some_and(|(_, expires_at)| *expires_at < now))
+                .map(|(job, entry)| (job.as_str(), entry))
                 .collect();
             if expired.is_empty() {
                 return Ok(SlotOutcome::Full { limit });
@@ -186,23 +195,23 @@ impl TenantSlots {
         }
     }
 
-    /// Removes entries whose lease expired, each only if it is unchanged (a worker that took the job over
-    /// since holds a fresh entry). A lost race is no error: the caller looks again.
-    async fn remove_expired(&self, owner: &str, expired: &[(&str, Millis)]) -> Result<(), AwsError> {
+    /// Removes entries whose lease expired, each only if it is unchanged (compared whole, so an entry
+    /// of any shape can go; a worker that took the job over since holds a fresh entry). A lost race is no
+    /// error: the caller looks again.
+    async fn remove_expired(&self, owner: &str, expired: &[(&str, &AttributeValue)]) -> Result<(), AwsError> {
         let mut update = self.client.update_item().table_name(&self.table).key(attr::NAME, Self::key(owner));
         let (mut removals, mut conditions) = (Vec::new(), Vec::new());
-        for (i, (job, expires_at)) in expired.iter().take(25).enumerate() {
+        for (i, (job, entry)) in expired.iter().take(25).enumerate() {
             removals.push(format!("#slots.#j{i}"));
-            conditions.push(format!("#slots.#j{i}.#expires = :e{i}"));
+            conditions.push(format!("#slots.#j{i} = :e{i}"));
             update = update
                 .expression_attribute_names(format!("#j{i}"), *job)
-                .expression_attribute_values(format!(":e{i}"), AttributeValue::N(expires_at.to_string()));
+                .expression_attribute_values(format!(":e{i}"), (*entry).clone());
         }
         let result = update
             .update_expression(format!("REMOVE {}", removals.join(", ")))
             .condition_expression(conditions.join(" AND "))
             .expression_attribute_names("#slots", attr::SLOTS)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .send()
             .await;
         match result {
@@ -261,7 +270,7 @@ impl ConcurrencyLimit {
 
     /// Takes a slot for the job when its tenant has a limit; `None` when it has none.
     pub async fn take(&self, slot: Slot<'_>, now: Millis) -> Result<Option<SlotOutcome>, AwsError> {
-        let limit = self.limits.get(slot.owner, now).await?.concurrency.unwrap_or(self.default);
+        let limit = self.limits.get(slot.owner, now).await?.concurrency.unwrap_or(self.default).min(MAX_CONCURRENCY);
         if limit == 0 {
             return Ok(None);
         }

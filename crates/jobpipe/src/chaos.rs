@@ -42,6 +42,10 @@ pub struct ChaosOptions {
     /// Fraction of jobs submitted by a tenant limited to `limited_concurrency` jobs running at once.
     pub limited_rate: f64,
     pub limited_concurrency: u32,
+    /// Every this many-th job is submitted by a tenant allowed `open_jobs_limit` jobs waiting or running
+    /// (0: none); its submissions over the limit are refused with `429`.
+    pub open_jobs_every: usize,
+    pub open_jobs_limit: u32,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
     /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
@@ -71,6 +75,8 @@ impl Default for ChaosOptions {
             scheduled_rate: 0.1,
             limited_rate: 0.2,
             limited_concurrency: 2,
+            open_jobs_every: 20,
+            open_jobs_limit: 4,
             poison: 20,
             kill_every_jobs: 60,
             aws_fault_rate: 0.02,
@@ -127,6 +133,13 @@ pub struct ChaosReport {
     pub limited_jobs: usize,
     pub limited_most_at_once: usize,
     pub limited_concurrency: u32,
+    /// Submissions of the open-jobs tenant refused over its limit (`429`, `openJobs`), the most of its
+    /// jobs open at once (at most its limit), and its count once every job ended (0: each counted down
+    /// exactly once).
+    pub over_open_jobs: usize,
+    pub open_most_at_once: usize,
+    pub open_jobs_limit: u32,
+    pub open_count_at_end: i64,
     pub duplicates_sent: usize,
     pub poison_sent: usize,
     pub dead_letters: usize,
@@ -167,6 +180,18 @@ impl ChaosReport {
                 self.limited_most_at_once, self.limited_concurrency
             ));
         }
+        if self.open_most_at_once > self.open_jobs_limit as usize {
+            problems.push(format!(
+                "the open-jobs tenant had {} jobs open at once, over its limit of {}",
+                self.open_most_at_once, self.open_jobs_limit
+            ));
+        }
+        if self.open_count_at_end != 0 {
+            problems.push(format!(
+                "the open-jobs tenant's count is {} with every job ended (counted down other than once)",
+                self.open_count_at_end
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -202,6 +227,12 @@ impl ChaosReport {
                 "its most claims at once (<= limit)",
                 format!("{} (limit {})", self.limited_most_at_once, self.limited_concurrency),
             ),
+            ("open-jobs tenant refused (429)", self.over_open_jobs.to_string()),
+            (
+                "its most open at once (<= limit)",
+                format!("{} (limit {})", self.open_most_at_once, self.open_jobs_limit),
+            ),
+            ("its count at the end (0)", self.open_count_at_end.to_string()),
             ("duplicate deliveries sent", self.duplicates_sent.to_string()),
             ("processor kills (SIGKILL)", self.kills.to_string()),
             ("AWS faults injected", self.faults_injected.to_string()),
@@ -275,9 +306,19 @@ pub async fn run(
     );
     let limit = Some(options.limited_concurrency).filter(|n| *n > 0);
     controls.set_tenant_limit(LIMITED_TENANT, jobpipe_core::controls::TenantLimit::Concurrency, limit).await?;
+    let limit = Some(options.open_jobs_limit).filter(|n| *n > 0);
+    controls.set_tenant_limit(OPEN_JOBS_TENANT, jobpipe_core::controls::TenantLimit::OpenJobs, limit).await?;
+    let open_jobs = jobpipe_core::open_jobs::OpenJobs::new(
+        dynamodb_client(&endpoints),
+        stack.created.tables["ControlTable"].clone(),
+    );
 
     proxy.enabled.store(true, Ordering::SeqCst);
-    let mut report = ChaosReport { limited_concurrency: options.limited_concurrency, ..Default::default() };
+    let mut report = ChaosReport {
+        limited_concurrency: options.limited_concurrency,
+        open_jobs_limit: options.open_jobs_limit,
+        ..Default::default()
+    };
 
     // Submissions; every `kill_every_jobs`-th accepted one kills the queue processor's processes.
     let processor = stack.functions["QueueProcessorFunction"].clone();
@@ -285,6 +326,8 @@ pub async fn run(
     let kill_count = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
     let (token, limited_token) = (stack.token("chaos"), stack.token(LIMITED_TENANT));
+    let open_token = stack.token(OPEN_JOBS_TENANT);
+    let over_open = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let early_sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -310,13 +353,28 @@ pub async fn run(
         let cancel = scheduled && n % 2 == 0;
         // Spread over every design: every fifth job (at the default rate) is the limited tenant's.
         let limited = ((n as f64 + 0.5) * options.limited_rate).fract() < options.limited_rate;
-        let token = if limited { limited_token.clone() } else { token };
+        let open_tenant = options.open_jobs_every > 0 && n % options.open_jobs_every == options.open_jobs_every / 3;
+        let token = if open_tenant {
+            open_token.clone()
+        } else if limited {
+            limited_token.clone()
+        } else {
+            token
+        };
+        let over_open = over_open.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("open");
             let reply = http.post(format!("{base}/jobs")).bearer_auth(&token).json(&submission).send().await;
             let id = match reply {
                 Ok(r) if r.status() == 202 => {
                     r.json::<Value>().await.ok().and_then(|v| v["jobId"].as_str().map(String::from))
+                }
+                Ok(r) if r.status() == 429 => {
+                    let body = r.json::<Value>().await.unwrap_or_default();
+                    if body["error"]["field"] == "openJobs" {
+                        over_open.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None
                 }
                 _ => None,
             }?;
@@ -352,6 +410,8 @@ pub async fn run(
         }
     }
     report.accepted = accepted.len();
+    report.over_open_jobs = over_open.load(Ordering::SeqCst);
+    report.rejected -= report.over_open_jobs;
     report.scheduled = (options.jobs as f64 * options.scheduled_rate).round() as usize;
     report.kills = kill_count.load(Ordering::SeqCst);
     report.early_deliveries_sent = early_sent.load(Ordering::SeqCst);
@@ -458,6 +518,17 @@ pub async fn run(
     report.written_after_end = history.written_after_end;
     report.limited_jobs = history.limited_jobs;
     report.limited_most_at_once = history.limited_most_at_once;
+    report.open_most_at_once = history.open_most_at_once;
+    // Every job ended: once the stream consumer has caught up, the count is back to zero.
+    let mut still = 0;
+    loop {
+        report.open_count_at_end = open_jobs.count(OPEN_JOBS_TENANT).await?;
+        still += 1;
+        if report.open_count_at_end == 0 || still > options.stall.as_secs() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     report.started_early = history.started_early;
     report.dead_letters = queue_depth(&sqs, &dlq_url).await? as usize;
     report.left_in_job_queue = queue_depth(&sqs, &queue_url).await? as usize;
@@ -501,6 +572,23 @@ struct History {
     /// Jobs of `LIMITED_TENANT`, and the most of their claims that were live at once.
     limited_jobs: usize,
     limited_most_at_once: usize,
+    /// The most jobs of `OPEN_JOBS_TENANT` open (created, not ended) at once.
+    open_most_at_once: usize,
+}
+
+/// The tenant allowed only `ChaosOptions::open_jobs_limit` jobs waiting or running.
+const OPEN_JOBS_TENANT: &str = "chaos-open";
+
+/// The most at once of things that start (+1) and end (-1) at the given instants. An end and a start at
+/// the same instant do not overlap.
+fn most_at_once(mut edges: Vec<(i64, i32)>) -> usize {
+    edges.sort();
+    let (mut live, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        live += step;
+        most = most.max(live);
+    }
+    most as usize
 }
 
 /// The tenant whose jobs may run only `ChaosOptions::limited_concurrency` at once.
@@ -545,15 +633,7 @@ impl Claims {
     /// The most claims live at the same instant.
     fn most_at_once(mut self) -> usize {
         self.spans.extend(self.open.into_values().map(|(_, since, expires_at)| (since, expires_at)));
-        let mut edges: Vec<(i64, i32)> = self.spans.iter().flat_map(|(a, b)| [(*a, 1), (*b, -1)]).collect();
-        // An end and a start at the same instant do not overlap.
-        edges.sort();
-        let (mut live, mut most) = (0i32, 0i32);
-        for (_, step) in edges {
-            live += step;
-            most = most.max(live);
-        }
-        most as usize
+        most_at_once(self.spans.iter().flat_map(|(a, b)| [(*a, 1), (*b, -1)]).collect())
     }
 }
 
@@ -563,6 +643,8 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
     let mut after_end = 0;
     let mut started_early = 0;
     let mut limited = Claims::default();
+    // (instant, +1 created / -1 ended) of the open-jobs tenant's jobs.
+    let mut open_edges: Vec<(i64, i32)> = Vec::new();
     for shard in described.stream_description().map(|d| d.shards()).unwrap_or_default() {
         let Some(shard_id) = shard.shard_id() else { continue };
         let mut iterator = streams
@@ -601,6 +683,15 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
                 if let Some(job) = new.as_ref().filter(|job| job.owner == LIMITED_TENANT) {
                     limited.saw(job);
                 }
+                if let Some(job) = new.as_ref().filter(|job| job.owner == OPEN_JOBS_TENANT) {
+                    match &old {
+                        None => open_edges.push((job.created_at, 1)),
+                        Some(before) if job.status.is_terminal() && !before.status.is_terminal() => {
+                            open_edges.push((job.updated_at, -1))
+                        }
+                        _ => {}
+                    }
+                }
                 let ended = old.as_ref().is_some_and(|job| job.status.is_terminal());
                 if ended && new.is_some() && record["dynamodb"]["NewImage"] != record["dynamodb"]["OldImage"] {
                     after_end += 1;
@@ -618,5 +709,6 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
         started_early,
         limited_jobs: limited.jobs.len(),
         limited_most_at_once: limited.most_at_once(),
+        open_most_at_once: most_at_once(open_edges),
     })
 }

@@ -88,15 +88,18 @@ enum Kinds {
 #[derive(Subcommand)]
 enum Tenants {
     /// Set a tenant's own limits, each a number (0: none) or `default` for the deployment's
-    /// (TenantSubmissionsPerSecond, TenantConcurrency).
+    /// (TenantSubmissionsPerSecond, TenantConcurrency, TenantOpenJobs).
     Limit {
         tenant: String,
         /// Submissions a second (`POST /jobs`).
-        #[arg(long, value_parser = parse_limit, required_unless_present = "concurrency")]
+        #[arg(long, value_parser = parse_limit, required_unless_present_any = ["concurrency", "open_jobs"])]
         submissions_per_second: Option<LimitValue>,
         /// Of the tenant's jobs, how many run at once.
         #[arg(long, value_parser = parse_limit)]
         concurrency: Option<LimitValue>,
+        /// Of the tenant's jobs, how many may be waiting or running (accepted, not ended).
+        #[arg(long, value_parser = parse_limit)]
+        open_jobs: Option<LimitValue>,
     },
 }
 
@@ -413,12 +416,16 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        Commands::Tenants { action: Tenants::Limit { tenant, submissions_per_second, concurrency }, target } => {
+        Commands::Tenants {
+            action: Tenants::Limit { tenant, submissions_per_second, concurrency, open_jobs },
+            target,
+        } => {
             use jobpipe_core::controls::TenantLimit;
             let controls = target.target().await?.controls.ok_or_else(|| anyhow::anyhow!("no control table"))?;
             let chosen = [
                 (TenantLimit::SubmissionsPerSecond, submissions_per_second, "submissions a second"),
                 (TenantLimit::Concurrency, concurrency, "jobs running at once"),
+                (TenantLimit::OpenJobs, open_jobs, "jobs waiting or running"),
             ];
             for (limit, value, what) in chosen {
                 let Some(LimitValue(value)) = value else { continue };

@@ -14,6 +14,7 @@ use aws_sdk_apigatewaymanagement::primitives::Blob;
 use jobpipe_core::AwsError;
 use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::connections::{ConnectionStore, GoneConnection};
+use jobpipe_core::open_jobs::{self, OpenJobs};
 use jobpipe_core::store::job_from_stream_image;
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,9 @@ pub struct Notifier {
     pub connections: ConnectionStore,
     pub push: aws_sdk_apigatewaymanagement::Client,
     pub clock: Arc<dyn Clock>,
+    /// Tenants' open jobs, counted down here when a counted job ends; `None` where `CONTROL_TABLE` is
+    /// not set.
+    pub open_jobs: Option<OpenJobs>,
 }
 
 /// What a record asked of us.
@@ -94,11 +98,32 @@ impl Notifier {
             connections,
             push: aws_sdk_apigatewaymanagement::Client::from_conf(config),
             clock: Arc::new(SystemClock),
+            open_jobs: None,
         }
+    }
+
+    /// Counts a job that this record ends down from its tenant's open jobs, if it was counted when it was
+    /// created (once, however often the record comes).
+    pub async fn count_down_if_ended(&self, record: &StreamRecord) -> Result<(), AwsError> {
+        let Some(counter) = &self.open_jobs else { return Ok(()) };
+        let (Some(old), Some(new)) = (&record.dynamodb.old_image, &record.dynamodb.new_image) else { return Ok(()) };
+        if new[open_jobs::attr::COUNTED]["BOOL"] != Value::Bool(true) {
+            return Ok(());
+        }
+        let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
+        if !new.status.is_terminal() || old.status.is_terminal() {
+            return Ok(());
+        }
+        let (owner, job_id) = (new.owner.as_str(), &new.job_id);
+        if counter.count_down(owner, job_id, self.clock.now_ms()).await? {
+            tracing::info!(%job_id, "an ended job no longer counts among its tenant's open jobs");
+        }
+        Ok(())
     }
 
     /// Pushes one stream record's change, if it is one a client cares about.
     pub async fn notify(&self, record: &StreamRecord) -> Result<Delivery, AwsError> {
+        self.count_down_if_ended(record).await?;
         let Some(message) = push_message(record)? else { return Ok(Delivery::default()) };
         let job_id = jobpipe_core::JobId::parse(message["jobId"].as_str().unwrap_or_default())
             .ok_or_else(|| AwsError::corrupt("stream record", "job id is not a UUID"))?;

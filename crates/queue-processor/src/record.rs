@@ -166,15 +166,17 @@ impl Processor {
         let owner = match &carried.tenant {
             Some(owner) => owner.clone(),
             None => match self.store.get(job_id).await? {
+                Some(job) if job.status.is_terminal() => return Ok(RecordOutcome::AlreadyFinished(job)),
                 Some(job) => job.owner,
                 None => return Ok(RecordOutcome::Poison(format!("job {job_id} does not exist"))),
             },
         };
         let slot = Slot { owner: &owner, job_id, token: &lease.token, expires_at: lease.expires_at };
-        match limit.take(slot, now).await? {
-            None => return self.claim_and_run(job_id, &lease, &paused, None, deadline).await,
-            Some(SlotOutcome::Taken) => {}
-            Some(SlotOutcome::Full { limit }) => {
+        match limit.take(slot, now).await {
+            // No limit for this tenant; the claim still checks the message named the job's own.
+            Ok(None) => return self.claim_and_run(job_id, &lease, &paused, Some(&owner), deadline).await,
+            Ok(Some(SlotOutcome::Taken)) => {}
+            Ok(Some(SlotOutcome::Full { limit })) => {
                 tracing::info!(
                     owner,
                     limit,
@@ -184,7 +186,16 @@ impl Processor {
                 metrics::emit(SERVICE, "TenantConcurrencyHolds", Unit::Count, 1.0, &[]);
                 return self.hold(job_id, "its tenant runs its limit of jobs", Some(carried.held)).await;
             }
-            Some(SlotOutcome::HeldElsewhere { expires_at }) => return Ok(RecordOutcome::HeldElsewhere { expires_at }),
+            Ok(Some(SlotOutcome::HeldElsewhere { expires_at })) => {
+                return Ok(RecordOutcome::HeldElsewhere { expires_at });
+            }
+            Err(error) => {
+                // Unknown whether the tenant has room: hold the job as if it had none, without a claim,
+                // so neither an attempt nor a receive count is spent while the control table fails.
+                tracing::error!(owner, %error, retryable = error.is_retryable(), "the tenant's slots cannot be read or taken; holding the job back");
+                metrics::emit(SERVICE, "TenantSlotsUnavailable", Unit::Count, 1.0, &[]);
+                return self.hold(job_id, "its tenant's slots cannot be taken", Some(carried.held)).await;
+            }
         }
         let outcome = self.claim_and_run(job_id, &lease, &paused, Some(&owner), deadline).await;
         if let Err(error) = limit.slots().release(&owner, job_id, &lease.token).await {
@@ -193,8 +204,9 @@ impl Processor {
         outcome
     }
 
-    /// Claims the job with `lease` and runs it. `slot_owner` is the tenant whose concurrency slot this
-    /// worker took for it, if any.
+    /// Claims the job with `lease` and runs it. `slot_owner` is the tenant the message named when
+    /// concurrency is limited (this worker holds that tenant's slot if the tenant has a limit): a job of
+    /// another tenant is given back and sent again under its own.
     async fn claim_and_run(
         &self,
         job_id: &JobId,

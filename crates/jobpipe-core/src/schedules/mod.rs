@@ -255,6 +255,10 @@ async fn fire_one(
     };
     let job_id = match intake.accept(new, now).await? {
         Accepted::New(job) | Accepted::Replayed(job) => job.job_id,
+        // `accept` counts no open jobs: a tick's job is not refused for its tenant's.
+        Accepted::OverOpenJobs { .. } => {
+            return Err(AwsError::corrupt("firing a tick", "a tick's job was refused for its tenant's open jobs"));
+        }
         Accepted::KeyReused => {
             // Only another input under the same tick key could do this, and a schedule's input never
             // changes: a corrupt item. Move on rather than stop the schedule.

@@ -21,7 +21,9 @@ mod update;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
-use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use crate::clock::Millis;
@@ -35,6 +37,28 @@ use update::Update;
 pub use item::job_from_stream_image;
 pub use paging::PageToken;
 pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of, stable_shard};
+
+/// What creating a job that counts against its tenant's open jobs came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CountedCreate {
+    Done(Box<CreateOutcome>),
+    /// The tenant has its limit of open jobs: nothing was written.
+    OverLimit,
+}
+
+/// What a create whose condition failed found: its own write (`written`, whose response was lost), the
+/// same request before (a replay), or another request under the same key.
+fn created_before(job: &Job, written: &Item, old: &Item) -> Result<CreateOutcome, AwsError> {
+    if old == written {
+        return Ok(CreateOutcome::Created(job.clone()));
+    }
+    let existing = from_item(old)?;
+    if existing.owner == job.owner && existing.request_hash == job.request_hash {
+        Ok(CreateOutcome::Replayed(existing))
+    } else {
+        Ok(CreateOutcome::KeyReused(existing))
+    }
+}
 
 /// The outcome of creating a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,11 +142,12 @@ impl JobStore {
     /// Writes a new `queued` job unless its id exists. With an idempotency key the id is derived from
     /// the key, so a repeated request meets its earlier job here and is told apart by the request hash.
     pub async fn create(&self, job: &Job) -> Result<CreateOutcome, AwsError> {
+        let item = to_item(job);
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(job)))
+            .set_item(Some(item.clone()))
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", attr::JOB_ID)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -138,19 +163,44 @@ impl JobStore {
                     _ => None,
                 });
                 match old {
-                    // Exactly what this request writes: its own write, whose response was lost.
-                    Some(item) if item == to_item(job) => Ok(CreateOutcome::Created(job.clone())),
-                    Some(item) => {
-                        let existing = from_item(&item)?;
-                        if existing.owner == job.owner && existing.request_hash == job.request_hash {
-                            Ok(CreateOutcome::Replayed(existing))
-                        } else {
-                            Ok(CreateOutcome::KeyReused(existing))
-                        }
-                    }
+                    Some(old) => created_before(job, &item, &old),
                     None => Err(AwsError::from_sdk("PutItem (create job)", err)),
                 }
             }
+        }
+    }
+
+    /// `create`, counting the job as one of its tenant's open jobs in the same transaction (`count_up`,
+    /// from `OpenJobs::count_up`): over the tenant's limit, nothing is written. The job item is marked
+    /// counted, so it is counted down when it ends.
+    pub async fn create_counted(&self, job: &Job, count_up: TransactWriteItem) -> Result<CountedCreate, AwsError> {
+        let mut item = to_item(job);
+        item.insert(crate::open_jobs::attr::COUNTED.into(), AttributeValue::Bool(true));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", attr::JOB_ID)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .expect("table and item are set");
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(count_up)
+            .send()
+            .await;
+        let Err(err) = result else { return Ok(CountedCreate::Done(Box::new(CreateOutcome::Created(job.clone())))) };
+        let reasons = crate::open_jobs::cancellation_reasons(&err).unwrap_or_default();
+        match reasons.first().cloned().flatten() {
+            // The job exists: an earlier request's (a replay, or this one's whose response was lost). The
+            // count was not touched.
+            Some((code, old)) if code == "ConditionalCheckFailed" => {
+                created_before(job, &item, &old.unwrap_or_default()).map(|done| CountedCreate::Done(Box::new(done)))
+            }
+            _ if crate::open_jobs::cancelled_by_condition(&err, 1) => Ok(CountedCreate::OverLimit),
+            _ => Err(AwsError::from_sdk("TransactWriteItems (create a counted job)", err)),
         }
     }
 

@@ -193,8 +193,10 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     let stack = start_stack_with(|options| {
         options.endpoints = Some(endpoints);
         options.schedule_override = Some(Duration::from_secs(1));
-        // Tenants' concurrency limited (never reached), so the processor takes and gives back slots.
+        // Tenants' concurrency and open jobs limited (never reached), so the processor takes and gives back
+        // slots, and api-ingest and the notifier count open jobs up and down.
         options.parameters.insert("TenantConcurrency".into(), "50".into());
+        options.parameters.insert("TenantOpenJobs".into(), "1000".into());
         for (name, value) in [
             ("DISPATCH_GRACE_SECONDS", "1"),
             ("DISPATCH_RECHECK_SECONDS", "2"),

@@ -4,7 +4,8 @@
 //! switched off. Queue waits are printed; the verdict is by counts (how many of the noisy tenant's jobs
 //! started ahead of a quiet job that was already waiting), so it does not depend on the machine's speed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
@@ -26,7 +27,7 @@ const DISPATCH_GRACE: Duration = Duration::from_secs(1800);
 /// Messages the local processor's mapping holds at most: 4 batches of 10 (`local_sqs_concurrency`).
 const MAPPING_CAPACITY: usize = 40;
 
-/// One tenant's jobs as they ran: (created, started) in ms, and how many of the other tenant's jobs
+/// One tenant's jobs as they ran: how long each waited, and how many of the other tenant's jobs
 /// started while each waited.
 struct Waits {
     waits_ms: Vec<f64>,
@@ -40,16 +41,28 @@ async fn run(fair: bool) -> (Waits, Waits) {
     // Until released, every receive finds nothing (after a pause, as a long poll would), so the backlog
     // builds whatever the machine's speed. (Holding the calls instead would let a client give up on a
     // call that then receives messages, which stay invisible for the visibility timeout.)
-    let hook: CallHook = Arc::new(move |target, _call| {
-        let released = released.clone();
-        Box::pin(async move {
-            if target == "AmazonSQS.ReceiveMessage" && !*released.borrow() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return HookVerdict::Swallow;
-            }
-            HookVerdict::Forward
+    // It also notes when each job's message was sent: a quiet job is waiting from then.
+    let sent_at: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let hook: CallHook = {
+        let sent_at = sent_at.clone();
+        Arc::new(move |target, call| {
+            let (released, sent_at) = (released.clone(), sent_at.clone());
+            Box::pin(async move {
+                if target == "AmazonSQS.ReceiveMessage" && !*released.borrow() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return HookVerdict::Swallow;
+                }
+                if target == "AmazonSQS.SendMessage"
+                    && let Some(body) = call["MessageBody"].as_str()
+                    && let Ok(message) = serde_json::from_str::<serde_json::Value>(body)
+                    && let Some(job_id) = message["jobId"].as_str()
+                {
+                    sent_at.lock().unwrap().entry(job_id.to_string()).or_insert_with(now_ms);
+                }
+                HookVerdict::Forward
+            })
         })
-    });
+    };
     // Engines of this run's own: 2,000 jobs' worth of items slowed the next run on a shared DynamoDB
     // Local (the run without fairness took twice as long as the first), and would slow other tests.
     let (_engines, own) = jobpipe_testkit::own_engines();
@@ -72,26 +85,33 @@ async fn run(fair: bool) -> (Waits, Waits) {
     }
     let (noisy, quiet) = (target(&stack, "noisy").await, target(&stack, "quiet").await);
     let noisy_ids = accept_backlog(&stack, "noisy", NOISY_JOBS).await;
-    let opened_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let opened_at = now_ms();
     release.send_replace(true);
     let quiet_ids = submit(&quiet, QUIET_JOBS).await;
     drained(&sqs, &queue_url).await;
 
-    let noisy_jobs = ended(&noisy, &noisy_ids).await;
-    let quiet_jobs = ended(&quiet, &quiet_ids).await;
+    let sent_at = sent_at.lock().unwrap().clone();
+    let noisy_jobs = ended(&noisy, &noisy_ids, &sent_at).await;
+    let quiet_jobs = ended(&quiet, &quiet_ids, &sent_at).await;
     let noisy_starts: Vec<i64> = noisy_jobs.iter().map(|(_, started)| *started).collect();
     let quiet_starts: Vec<i64> = quiet_jobs.iter().map(|(_, started)| *started).collect();
+    // Waits count from the later of the message's sending and the consumers' start; "overtaken" counts
+    // the other tenant's starts while the message was in the queue.
     let waits = |jobs: &[(i64, i64)], others: &[i64]| Waits {
-        waits_ms: jobs.iter().map(|(created, started)| (started - created.max(&opened_at)) as f64).collect(),
+        waits_ms: jobs.iter().map(|(sent, started)| (started - sent.max(&opened_at)) as f64).collect(),
         overtaken_by: jobs
             .iter()
-            .map(|(created, started)| others.iter().filter(|other| *other > created && *other < started).count())
+            .map(|(sent, started)| others.iter().filter(|other| *other > sent && *other < started).count())
             .collect(),
     };
     let figures = (waits(&noisy_jobs, &quiet_starts), waits(&quiet_jobs, &noisy_starts));
     stack.stop().await;
     serving.abort();
     figures
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 async fn target(stack: &DevStack, user: &str) -> Target {
@@ -135,8 +155,7 @@ async fn accept_backlog(stack: &DevStack, owner: &str, count: usize) -> Vec<Stri
                 correlation_id: format!("backlog-{n}"),
                 start: StartAt::Now,
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-            match intake.accept(new, now).await.expect("accepted") {
+            match intake.accept(new, now_ms()).await.expect("accepted") {
                 Accepted::New(job) => job.job_id.to_string(),
                 other => panic!("expected a new job, got {other:?}"),
             }
@@ -172,14 +191,14 @@ async fn drained(sqs: &aws_sdk_sqs::Client, queue_url: &str) {
     }
 }
 
-/// Each job's (createdAt, startedAt) in ms; every one completed at its first attempt.
-async fn ended(target: &Target, ids: &[String]) -> Vec<(i64, i64)> {
+/// Each job's (message sent, startedAt) in ms; every one completed at its first attempt.
+async fn ended(target: &Target, ids: &[String], sent_at: &HashMap<String, i64>) -> Vec<(i64, i64)> {
     stream::iter(ids)
         .map(|id| async move {
             let job = target.status(id).await.unwrap();
             assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1), "{job:?}");
-            let at = |rfc3339: &str| from_rfc3339(rfc3339).unwrap();
-            (at(&job.created_at), at(job.started_at.as_deref().unwrap()))
+            let started = from_rfc3339(job.started_at.as_deref().unwrap()).unwrap();
+            (*sent_at.get(id).expect("its message went through the proxy"), started)
         })
         .buffer_unordered(16)
         .collect()

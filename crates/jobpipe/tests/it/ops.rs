@@ -515,3 +515,56 @@ async fn the_cli_limits_how_many_of_a_tenants_jobs_run_at_once() {
     assert!(slots.holders("alice").await.unwrap().is_empty(), "every slot was given back");
     stack.stop().await;
 }
+
+/// `jobpipe tenants limit carol --open-jobs 2` through the whole local stack: with two of carol's jobs
+/// waiting or running, a third is refused (`429`, `openJobs`, nothing stored); once they end, the stream
+/// consumer counts them down and carol may submit again; at the end her count is back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_limits_how_many_of_a_tenants_jobs_wait_or_run() {
+    use jobpipe::ops::{Target, TargetOptions};
+    use jobpipe_core::controls::TenantLimit;
+    use jobpipe_core::open_jobs::OpenJobs;
+    let stack = start_stack().await;
+    let carol =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user: "carol".into() })
+            .await
+            .unwrap();
+    carol.controls.clone().unwrap().set_tenant_limit("carol", TenantLimit::OpenJobs, Some(2)).await.unwrap();
+    let open = OpenJobs::new(
+        aws_sdk_dynamodb::Client::new(&jobpipe_emulator::aws::sdk_config(&stack.endpoints.dynamodb)),
+        &stack.created.tables["ControlTable"],
+    );
+    let first = carol.submit("echo", json!({"sleepMs": 300})).await.unwrap();
+    let second = carol.submit("echo", json!({"sleepMs": 300})).await.unwrap();
+    let refused = carol.submit("echo", json!({})).await.unwrap_err().to_string();
+    assert!(refused.contains("quota_exceeded") && refused.contains("waiting or running"), "{refused}");
+    assert_eq!(carol.list(None, 10).await.unwrap().jobs.len(), 2, "nothing stored for the refused");
+    for job in [&first, &second] {
+        let done = carol.watch(job.job_id.as_str(), &mut Vec::new()).await.unwrap();
+        assert_eq!(done.status, JobStatus::Completed);
+    }
+    // Counted down by the notifier from the table's stream, a moment after the jobs ended.
+    let mut third = None;
+    for _ in 0..240 {
+        match carol.submit("echo", json!({})).await {
+            Ok(job) => {
+                third = Some(job);
+                break;
+            }
+            Err(error) => assert!(error.to_string().contains("waiting or running"), "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let third = third.expect("ended jobs make room again");
+    carol.watch(third.job_id.as_str(), &mut Vec::new()).await.unwrap();
+    let mut count = open.count("carol").await.unwrap();
+    for _ in 0..240 {
+        if count == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        count = open.count("carol").await.unwrap();
+    }
+    assert_eq!(count, 0, "every ended job was counted down once");
+    stack.stop().await;
+}

@@ -152,3 +152,22 @@ async fn a_message_naming_another_tenant_is_sent_again_with_the_jobs_own() {
     let RecordOutcome::Completed(done) = outcome else { panic!("expected completion, got {outcome:?}") };
     assert_eq!(done.attempts, 1);
 }
+
+/// A slot taken while the response was lost: the SDK's retry finds this worker's own entry, which is
+/// still this worker's slot (before, it read as held elsewhere, and the job waited out a whole lease).
+#[tokio::test]
+async fn a_slot_whose_response_was_lost_is_still_this_workers_slot() {
+    let stack = jobpipe_testkit::TestStack::new().await;
+    let (proxy, clients) = jobpipe_testkit::through_fault_proxy().await;
+    let slots = TenantSlots::new(clients.dynamodb.clone(), &stack.control_table);
+    let now = 1_000_000;
+    let first = JobId::new_random();
+    let slot = Slot { owner: "dora", job_id: &first, token: "mine", expires_at: now + 60_000 };
+    assert_eq!(slots.take(slot, 2, now).await.unwrap(), SlotOutcome::Taken);
+    let second = JobId::new_random();
+    proxy.script(jobpipe_testkit::ScriptedFault::lost_response("DynamoDB_20120810.UpdateItem", "SET #slots.#job"));
+    let slot = Slot { owner: "dora", job_id: &second, token: "mine-too", expires_at: now + 60_000 };
+    assert_eq!(slots.take(slot, 2, now).await.unwrap(), SlotOutcome::Taken);
+    assert_eq!(proxy.scripted_pending(), 0, "the lost response was injected");
+    assert_eq!(slots.holders("dora").await.unwrap().len(), 2);
+}
