@@ -147,6 +147,11 @@ def install() -> None:
     def approximate_number_of_messages(self: Queue) -> int:
         return len(arrival_order(self))  # a count: the order is not needed
 
+    def wait_for_messages(self: Queue, timeout: int) -> None:
+        # A long poll only waits for any message: no order needed on each wake-up.
+        with self._messages_lock:
+            self._messages_lock.wait_for(lambda: arrival_order(self), timeout=timeout)
+
     def add_message(self: Queue, message: Message) -> None:
         _usage(self).sent(message, _now_ms())
         original_add(self, message)
@@ -164,6 +169,7 @@ def install() -> None:
 
     Queue.messages = property(messages)
     Queue.approximate_number_of_messages = property(approximate_number_of_messages)
+    Queue.wait_for_messages = wait_for_messages
     Queue.add_message = add_message
     Queue.delete_message = delete_message
     Message.mark_received = mark_received

@@ -405,13 +405,17 @@ impl Target {
                     .get(kind)
                     .or_else(|| self.queues_by_kind.get(""))
                     .context("no queue to redrive to")?;
-                sqs.send_message()
+                let mut resend = sqs
+                    .send_message()
                     .queue_url(target)
                     .message_body(message.body().unwrap_or_default())
-                    .set_message_attributes(Some(attributes.clone()))
-                    .send()
-                    .await
-                    .context("sending a dead letter back")?;
+                    .set_message_attributes(Some(attributes.clone()));
+                // Back in its tenant's message group, so the fair queue still knows whose it is.
+                let tenant = attributes.get(jobpipe_core::dispatch::TENANT_ATTRIBUTE).and_then(|v| v.string_value());
+                if let Some(tenant) = tenant.filter(|_| !target.ends_with(".fifo")) {
+                    resend = resend.message_group_id(jobpipe_core::dispatch::tenant_group(tenant));
+                }
+                resend.send().await.context("sending a dead letter back")?;
                 sqs.delete_message()
                     .queue_url(dlq)
                     .receipt_handle(message.receipt_handle().unwrap_or_default())
