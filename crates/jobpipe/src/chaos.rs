@@ -140,6 +140,13 @@ pub struct ChaosReport {
     pub open_most_at_once: usize,
     pub open_jobs_limit: u32,
     pub open_count_at_end: i64,
+    /// A recurring schedule (every minute) running through the faults: ticks that created a job, ticks
+    /// between its first and last that created none (0), ticks that created two (0), and whether a tick
+    /// due by the end was never fired (false).
+    pub schedule_ticks: usize,
+    pub ticks_missing: usize,
+    pub ticks_twice: usize,
+    pub tick_left_unfired: bool,
     pub duplicates_sent: usize,
     pub poison_sent: usize,
     pub dead_letters: usize,
@@ -192,6 +199,12 @@ impl ChaosReport {
                 self.open_count_at_end
             ));
         }
+        if self.schedule_ticks == 0 || self.ticks_missing > 0 || self.ticks_twice > 0 || self.tick_left_unfired {
+            problems.push(format!(
+                "the schedule fired {} tick(s), missed {}, created {} twice, left a due one unfired: {}",
+                self.schedule_ticks, self.ticks_missing, self.ticks_twice, self.tick_left_unfired
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -233,6 +246,9 @@ impl ChaosReport {
                 format!("{} (limit {})", self.open_most_at_once, self.open_jobs_limit),
             ),
             ("its count at the end (0)", self.open_count_at_end.to_string()),
+            ("schedule's ticks fired (> 0)", self.schedule_ticks.to_string()),
+            ("ticks missed or doubled (0)", format!("{} {}", self.ticks_missing, self.ticks_twice)),
+            ("a due tick left unfired (no)", if self.tick_left_unfired { "yes" } else { "no" }.to_string()),
             ("duplicate deliveries sent", self.duplicates_sent.to_string()),
             ("processor kills (SIGKILL)", self.kills.to_string()),
             ("AWS faults injected", self.faults_injected.to_string()),
@@ -313,6 +329,18 @@ pub async fn run(
         stack.created.tables["ControlTable"].clone(),
     );
 
+    // A schedule ticking every minute through the faults; the reconciler fires ticks up to 150 s ahead.
+    let http = reqwest::Client::new();
+    let schedule: Value = http
+        .post(format!("{}/schedules", stack.base_url()))
+        .bearer_auth(stack.token("chaos"))
+        .json(&json!({"kind": "echo", "input": {"tick": true}, "rate": "1 minute"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let schedule_id = schedule["scheduleId"].as_str().context("the schedule's id")?.to_string();
+
     proxy.enabled.store(true, Ordering::SeqCst);
     let mut report = ChaosReport {
         limited_concurrency: options.limited_concurrency,
@@ -324,7 +352,6 @@ pub async fn run(
     let processor = stack.functions["QueueProcessorFunction"].clone();
     let accepted_count = Arc::new(AtomicUsize::new(0));
     let kill_count = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::new();
     let (token, limited_token) = (stack.token("chaos"), stack.token(LIMITED_TENANT));
     let open_token = stack.token(OPEN_JOBS_TENANT);
     let over_open = Arc::new(AtomicUsize::new(0));
@@ -473,6 +500,29 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     proxy.enabled.store(false, Ordering::SeqCst);
+    // Every tick due within the next 90 s has fired by now (the reconciler runs every 2 s); if not yet,
+    // it does while the faults are off, or never (a lost tick).
+    let mut still = 0;
+    loop {
+        let view: Value = http
+            .get(format!("{}/schedules/{schedule_id}", stack.base_url()))
+            .bearer_auth(stack.token("chaos"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let next = view["nextTickAt"].as_str().and_then(jobpipe_core::clock::from_rfc3339);
+        let now = jobpipe_core::clock::Clock::now_ms(&jobpipe_core::clock::SystemClock);
+        report.tick_left_unfired = next.is_none_or(|next| next <= now + 90_000);
+        still += 1;
+        if !report.tick_left_unfired || still > options.stall.as_secs() {
+            if report.tick_left_unfired {
+                eprintln!("the schedule at the end: {view}");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     // Let in-flight work settle before reading the history.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -511,6 +561,21 @@ pub async fn run(
             }
             _ => *report.unexplained.entry(format!("{design:?} -> {outcome}")).or_default() += 1,
         }
+    }
+    let mut ticks: Vec<i64> = jobs
+        .scan_all()
+        .await?
+        .into_iter()
+        .filter(|job| job.correlation_id == format!("schedule-{schedule_id}"))
+        .filter_map(|job| job.run_at)
+        .collect();
+    ticks.sort();
+    let fired = ticks.len();
+    ticks.dedup();
+    report.schedule_ticks = ticks.len();
+    report.ticks_twice = fired - ticks.len();
+    if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
+        report.ticks_missing = ((last - first) / 60_000 + 1) as usize - ticks.len();
     }
     let stream_arn = stack.created.stream_arns["JobsTable"].clone();
     let history = stream_history(&streams, &stream_arn).await?;

@@ -20,7 +20,9 @@ use crate::Processor;
 const SWEEP_LIMIT: usize = 1_000;
 /// Upper bound on schedules fired per run; the next run continues (ticks are created minutes ahead).
 const TICK_LIMIT: usize = 1_000;
-/// Ticks stop being fired this long before the invocation's deadline.
+/// Ticks stop being fired this long before the invocation's deadline, or at 60% of the time the run had
+/// when the invocation's timeout is short (a fixed minute would leave no time at all under a timeout
+/// below a minute, and no tick would ever fire).
 const TICK_DEADLINE_MARGIN_MS: Millis = 60_000;
 /// Dead letters handled at once.
 const DEAD_LETTER_CONCURRENCY: usize = 10;
@@ -78,7 +80,9 @@ impl Processor {
                     dispatch_grace: self.settings.dispatch_grace,
                 };
                 // Ticks stop early enough to leave the sweep and the dead letters their time.
-                let stop_at = deadline.map(|deadline| deadline - TICK_DEADLINE_MARGIN_MS);
+                let now = self.clock.now_ms();
+                let stop_at =
+                    deadline.map(|deadline| deadline - TICK_DEADLINE_MARGIN_MS.min((deadline - now).max(0) * 2 / 5));
                 fire_due(schedules, &intake, self.clock.as_ref(), stop_at, TICK_LIMIT).await.unwrap_or_else(|error| {
                     tracing::warn!(%error, retryable = error.is_retryable(), "reading due schedule ticks failed; the next run retries");
                     TickReport { tick_failures: 1, ..Default::default() }

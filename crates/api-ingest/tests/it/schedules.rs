@@ -39,6 +39,19 @@ async fn tick_jobs(app: &App) -> Vec<(Millis, JobStatus, String)> {
     jobs
 }
 
+/// A reconciler with a short timeout (here 10 s left) still fires due ticks: before, ticks stopped a
+/// fixed minute before the deadline, so under a timeout below a minute none ever fired (the fault run,
+/// with its 10 s timeouts, showed it).
+#[tokio::test]
+async fn a_reconciler_with_a_short_timeout_still_fires_ticks() {
+    let app = spawn_app().await;
+    let created = create(&app, "alice", json!({"kind": "echo", "input": {}, "rate": "1 minute"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let report = app.processor.reconcile(Some(app.clock.now_ms() + 10_000)).await.unwrap();
+    assert!(report.ticks.ticks_fired >= 1, "{report:?}");
+    assert_eq!(tick_jobs(&app).await.len(), report.ticks.ticks_fired);
+}
+
 #[tokio::test]
 async fn each_tick_creates_one_job_however_often_it_is_fired() {
     let app = spawn_app().await;
