@@ -1,5 +1,5 @@
 //! The jobs HTTP API: `POST /jobs`, `GET /jobs`, `GET /jobs/{jobId}`, `DELETE /jobs/{jobId}`, `GET /kinds`,
-//! and recurring jobs under `/schedules`.
+//! recurring jobs under `/schedules`, and a tenant's webhook endpoints and signing secret under `/webhooks`.
 //!
 //! An axum router served by `lambda_http` behind API Gateway, and by the local stack's HTTP server
 //! elsewhere; tests call it directly.
@@ -10,6 +10,7 @@ mod jobs;
 pub mod openapi;
 mod schedules;
 mod submit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ use jobpipe_core::open_jobs::OpenJobs;
 use jobpipe_core::payload::PayloadStore;
 use jobpipe_core::schedules::ScheduleStore;
 use jobpipe_core::store::JobStore;
+use jobpipe_core::webhooks::store::WebhookStore;
+use jobpipe_core::webhooks::target::TargetPolicy;
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -53,6 +56,10 @@ pub struct Api {
     pub controls: Option<ControlStore>,
     /// Submissions per second per tenant (`POST /jobs` answers 429 over it); `None` without a control table.
     pub quota: Option<SubmissionQuota>,
+    /// Webhook endpoints and signing secrets; `None` where `WEBHOOKS_TABLE` is not set.
+    pub webhooks: Option<WebhookStore>,
+    /// Which callback and endpoint URLs are accepted.
+    pub webhook_targets: TargetPolicy,
     pub dispatcher: Dispatcher,
     pub kinds: KindRegistry,
     pub auth: Authenticator,
@@ -78,6 +85,8 @@ impl Api {
                 )
                 .with_open_jobs(OpenJobs::new(clients.dynamodb.clone(), table), config.tenant_open_jobs)
             }),
+            webhooks: config.webhooks_table.as_ref().map(|table| WebhookStore::new(clients.dynamodb.clone(), table)),
+            webhook_targets: config.webhook_targets,
             dispatcher: Dispatcher::new(clients.sqs.clone(), config.queue_routes.clone()),
             kinds: KindRegistry::from_config(&config.kinds, &clients.bedrock),
             auth: config.authenticator()?,
@@ -103,6 +112,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .routes(routes!(schedules::get, schedules::delete))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
+        .routes(routes!(webhooks::list, webhooks::add))
+        .routes(routes!(webhooks::remove))
+        .routes(routes!(webhooks::secret))
+        .routes(routes!(webhooks::rotate))
         .split_for_parts();
     let document = Arc::new(openapi::document(&openapi, &api.kinds));
     routes

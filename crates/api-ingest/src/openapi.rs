@@ -32,7 +32,9 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
     modifiers(&BearerToken),
     tags(
         (name = "jobs", description = "Submit, read, list and cancel jobs."),
-        (name = "schedules", description = "Recurring jobs: a job created at every tick of a cron expression or a rate.")
+        (name = "schedules", description = "Recurring jobs: a job created at every tick of a cron expression or a rate."),
+        (name = "webhooks", description = "Be told when jobs end: endpoints for events, and the secret deliveries are signed with \
+            (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`).")
     )
 )]
 pub struct ApiDoc;
@@ -92,6 +94,13 @@ pub fn document(openapi: &OpenApi, kinds: &KindRegistry) -> Value {
                 "delaySeconds": {
                     "type": "integer", "minimum": 0, "maximum": MAX_SCHEDULE_AHEAD.as_secs(),
                     "description": "Start this many seconds after acceptance. Not with `runAt`.",
+                },
+                "callback": {
+                    "type": "object", "additionalProperties": false, "required": ["url"],
+                    "description": "Deliver the job's end (`job.completed` or `job.failed`) to this URL, signed \
+                        as Standard Webhooks says with your secret (`GET /webhooks/secret`).",
+                    "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048,
+                        "description": "An `https` URL on a public host."}},
                 },
             },
         });

@@ -33,6 +33,7 @@ struct Submission {
     kind: String,
     input: Value,
     start: StartAt,
+    callback_url: Option<String>,
 }
 
 /// Submits a job. It is stored as `queued` and sent to the queue before this answers, or, with `runAt` or
@@ -57,7 +58,7 @@ struct Submission {
         (status = 413, description = "The body is over the size limit.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "Unknown kind, input the kind rejects, a start time in the past or more \
-            than 365 days ahead, or a reused Idempotency-Key.",
+            than 365 days ahead, a callback URL webhooks may not call, or a reused Idempotency-Key.",
             body = ErrorBody),
         (status = 429, description = "Over the tenant's submissions per second (`field`: `submissionsPerSecond`) \
             or its jobs waiting or running (`openJobs`); nothing was stored. Retry after `Retry-After` seconds.",
@@ -77,6 +78,10 @@ pub async fn submit(
     let submission = parse_submission(&body)?;
     let now = api.clock.now_ms();
     check_kind_input(&api, &submission.kind, &submission.input)?;
+    let callback_url = match &submission.callback_url {
+        Some(url) => Some(crate::webhooks::check_url(&api, url, "callback.url")?),
+        None => None,
+    };
 
     let intake = Intake {
         store: &api.store,
@@ -91,6 +96,7 @@ pub async fn submit(
         idempotency_key,
         correlation_id,
         start: submission.start,
+        callback_url,
     };
     // A keyed retry is the job it names even when it would no longer be accepted as new (its `runAt` has
     // passed meanwhile): the start is checked only for a job not seen before.
@@ -229,10 +235,12 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("body", "must be a JSON object with kind and input"));
     };
-    if let Some(unknown) = fields.keys().find(|k| !["kind", "input", "runAt", "delaySeconds"].contains(&k.as_str())) {
+    if let Some(unknown) =
+        fields.keys().find(|k| !["kind", "input", "runAt", "delaySeconds", "callback"].contains(&k.as_str()))
+    {
         return Err(ApiError::bad_request(
             unknown.clone(),
-            "unknown field; a job has kind, input, and optionally runAt or delaySeconds",
+            "unknown field; a job has kind, input, and optionally runAt or delaySeconds, and callback",
         ));
     }
     let kind = match fields.remove("kind") {
@@ -259,7 +267,21 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
         },
         (None, None) => StartAt::Now,
     };
-    Ok(Submission { kind, input, start })
+    let callback_url = match fields.remove("callback") {
+        None => None,
+        Some(Value::Object(mut callback)) => {
+            if let Some(unknown) = callback.keys().find(|k| *k != "url") {
+                return Err(ApiError::bad_request(format!("callback.{unknown}"), "unknown field; a callback has url"));
+            }
+            match callback.remove("url") {
+                Some(Value::String(url)) => Some(url),
+                Some(_) => return Err(ApiError::bad_request("callback.url", "must be a string")),
+                None => return Err(ApiError::bad_request("callback.url", "is required")),
+            }
+        }
+        Some(_) => return Err(ApiError::bad_request("callback", "must be an object with url")),
+    };
+    Ok(Submission { kind, input, start, callback_url })
 }
 
 /// A non-negative whole number, as JSON Schema counts integers: `60` and `60.0` alike.

@@ -8,6 +8,8 @@ use crate::auth::{Authenticator, JwtSettings, JwtSettingsError, JwtVerifier};
 use crate::backoff::Backoff;
 use crate::dispatch::QueueRoutes;
 use crate::kinds::KindsConfig;
+use crate::webhooks::RetrySchedule;
+use crate::webhooks::target::TargetPolicy;
 
 /// A setting that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +40,14 @@ pub struct Config {
     pub tenant_concurrency: u32,
     /// Jobs of one tenant waiting or running unless it has its own limit (0: no limit).
     pub tenant_open_jobs: u32,
+    /// Webhook endpoints, signing secrets and dead letters (`webhooks::store`).
+    pub webhooks_table: Option<String>,
+    /// Where webhook deliveries wait for their (next) attempt.
+    pub webhook_queue_url: Option<String>,
+    /// The waits between a webhook delivery's attempts (`WEBHOOK_RETRY_DELAYS`, seconds).
+    pub webhook_retry: RetrySchedule,
+    /// Which URLs webhooks may call (`WEBHOOK_ALLOW_LOOPBACK` only in the local stack).
+    pub webhook_targets: TargetPolicy,
     /// The WebSocket API's management endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`),
     /// where the notifier posts to connections.
     pub websocket_endpoint: Option<String>,
@@ -174,6 +184,14 @@ impl Config {
             tenant_concurrency: number("TENANT_CONCURRENCY", 0)?.min(u32::MAX as u64) as u32,
             tenant_open_jobs: number("TENANT_OPEN_JOBS", 0)?.min(u32::MAX as u64) as u32,
             websocket_endpoint: get("WEBSOCKET_ENDPOINT"),
+            webhooks_table: get("WEBHOOKS_TABLE"),
+            webhook_queue_url: get("WEBHOOK_QUEUE_URL"),
+            webhook_retry: match get("WEBHOOK_RETRY_DELAYS") {
+                None => RetrySchedule::default(),
+                Some(text) => RetrySchedule::parse(&text)
+                    .map_err(|problem| ConfigError { variable: "WEBHOOK_RETRY_DELAYS", problem })?,
+            },
+            webhook_targets: TargetPolicy { allow_loopback: flag("WEBHOOK_ALLOW_LOOPBACK")? },
             auth,
             kinds: KindsConfig { echo_enabled: flag("ECHO_KIND_ENABLED")? },
             max_attempts,

@@ -26,6 +26,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub correlation_id: String,
     pub start: StartAt,
+    /// Where the job's end is delivered (a URL the webhook policy allows; checked by the caller).
+    pub callback_url: Option<String>,
 }
 
 /// When a job may start, as its submission says.
@@ -134,6 +136,8 @@ impl Intake<'_> {
             correlation_id: new.correlation_id,
             dispatch_due_at: Some(dispatch_due_at),
             dispatched_at: None,
+            callback_url: new.callback_url,
+            webhooks: Vec::new(),
         };
         let created = match open {
             None => self.store.create(&job).await?,
@@ -182,7 +186,7 @@ impl Intake<'_> {
     }
 }
 
-/// A submission's job id (from its key, or new) and request hash (kind, input and start as given).
+/// A submission's job id (from its key, or new) and request hash (kind, input, start and callback as given).
 fn identity(new: &NewJob) -> (JobId, String) {
     let job_id = match &new.idempotency_key {
         Some(key) => JobId::from_idempotency_key(&new.owner, key),
@@ -191,6 +195,9 @@ fn identity(new: &NewJob) -> (JobId, String) {
     let mut hash = request_hash(&new.kind, &new.input);
     if let Some(part) = new.start.hash_part() {
         hash = request_hash_with(&hash, &part);
+    }
+    if let Some(url) = &new.callback_url {
+        hash = request_hash_with(&hash, &format!("callback:{url}"));
     }
     (job_id, hash)
 }

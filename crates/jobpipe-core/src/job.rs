@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::{Millis, to_rfc3339};
+use crate::webhooks::WebhookDelivery;
 
 /// A job's id: a UUID (v7 for fresh jobs, v5 of owner and idempotency key for keyed ones).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -178,6 +179,10 @@ pub struct Job {
     pub dispatch_due_at: Option<Millis>,
     /// When its message was last known to be in SQS; `None` until the first send succeeded.
     pub dispatched_at: Option<Millis>,
+    /// Where to deliver the job's end (`callback.url` at submission), signed (see `webhooks`).
+    pub callback_url: Option<String>,
+    /// How the deliveries of the job's end went, one per target, ordered by target.
+    pub webhooks: Vec<WebhookDelivery>,
 }
 
 impl Job {
@@ -234,6 +239,8 @@ impl Job {
             completed_at: self.completed_at.map(to_rfc3339),
             updated_at: to_rfc3339(self.updated_at),
             duration_ms: self.duration_ms(),
+            callback: self.callback_url.clone().map(|url| Callback { url }),
+            webhooks: self.webhooks.clone(),
             omitted: Vec::new(),
         }
     }
@@ -271,10 +278,24 @@ pub struct JobView {
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub duration_ms: Option<i64>,
+    /// Where the job's end is delivered, as submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Callback>,
+    /// How the webhook deliveries of the job's end went: its callback's and each endpoint's, once tried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookDelivery>,
     /// Fields shown as `null` here because they are stored apart (inputs and results over 16 KiB): list
     /// pages never carry them; `GET /jobs/{jobId}` does. Absent when nothing was left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub omitted: Vec<String>,
+}
+
+/// A job's callback: the URL its end is delivered to, signed like every webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Callback {
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
+    pub url: String,
 }
 
 /// A job's live state as the WebSocket API sends it: the fields of a `{"type":"job", ...}` push (and of the
@@ -343,6 +364,18 @@ mod tests {
             completed_at: Some("2026-01-02T03:04:07.000Z".into()),
             updated_at: "2026-01-02T03:04:07.000Z".into(),
             duration_ms: Some(1000),
+            callback: Some(Callback { url: "https://example.com/hook".into() }),
+            webhooks: vec![WebhookDelivery {
+                target: "callback".into(),
+                event: crate::webhooks::WebhookEvent::JobFailed,
+                url: "https://example.com/hook".into(),
+                state: crate::webhooks::DeliveryState::Retrying,
+                attempts: 2,
+                last_status: Some(503),
+                last_error: Some("the receiver answered 503".into()),
+                next_attempt_at: Some(5),
+                updated_at: 4,
+            }],
             omitted: vec!["input".into()],
         };
         let queued = JobView {
@@ -354,6 +387,8 @@ mod tests {
             started_at: None,
             completed_at: None,
             duration_ms: None,
+            callback: None,
+            webhooks: Vec::new(),
             omitted: Vec::new(),
             ..finished.clone()
         };

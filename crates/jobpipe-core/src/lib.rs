@@ -20,6 +20,7 @@ pub mod schedules;
 pub mod store;
 pub mod telemetry;
 pub mod tenant_slots;
+pub mod webhooks;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{AwsError, Retryability};

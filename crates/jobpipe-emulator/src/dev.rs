@@ -239,7 +239,7 @@ impl DevStack {
                         };
                         tasks.push(tokio::spawn(mapping.run(function.clone(), local_sqs_concurrency(max_concurrency))));
                     }
-                    EventSpec::DynamoDb { table, batch_size, report_failures, max_retries } => {
+                    EventSpec::DynamoDb { table, batch_size, report_failures, max_retries, filters } => {
                         let stream_arn =
                             created.stream_arns.get(&table).cloned().with_context(|| format!("stream of {table}"))?;
                         mapping_allowed(&iam, &spec.logical_id, STREAM_MAPPING_ACTIONS, &stream_arn)?;
@@ -249,6 +249,7 @@ impl DevStack {
                             batch_size,
                             report_failures,
                             max_retries: max_retries.unwrap_or(10),
+                            filters,
                         };
                         let iterators = mapping
                             .enable()

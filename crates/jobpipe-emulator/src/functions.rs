@@ -91,6 +91,9 @@ fn environment(
         ("WEBSOCKET_ENDPOINT", base_url),
         // Bedrock is served by the local stand-in on the gateway's port.
         ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", base_url),
+        // Webhooks may go to this machine (plain http to loopback), so tests and `jobpipe dev` users can
+        // receive them; deployed, only https to public addresses.
+        ("WEBHOOK_ALLOW_LOOPBACK", "true"),
     ];
     for (name, value) in local {
         env.insert(name.to_string(), value.to_string());

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sources::EventFilter;
 use serde_norway::Value as Yaml;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,10 @@ pub enum EventSpec {
         table: String,
         batch_size: usize,
         report_failures: bool,
+        /// `None`: the default; `MaximumRetryAttempts: -1` (until the record expires) is `u32::MAX`.
         max_retries: Option<u32>,
+        /// `FilterCriteria`: only records one of these matches are invoked.
+        filters: Vec<EventFilter>,
     },
     Schedule {
         every: Duration,
@@ -280,6 +284,19 @@ impl Template {
     }
 }
 
+/// An event source's `FilterCriteria.Filters[].Pattern`s.
+fn filters(props: &Yaml) -> Result<Vec<EventFilter>, String> {
+    let Some(criteria) = get(props, "FilterCriteria") else { return Ok(Vec::new()) };
+    let filters = get(criteria, "Filters").and_then(Yaml::as_sequence).ok_or("FilterCriteria without Filters")?;
+    filters
+        .iter()
+        .map(|filter| {
+            let pattern = get(filter, "Pattern").and_then(scalar).ok_or("a filter without a Pattern string")?;
+            EventFilter::parse(&pattern)
+        })
+        .collect()
+}
+
 fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
     let number = |key: &str, default: u64| get(props, key).and_then(|v| v.as_u64()).unwrap_or(default);
     let reports = || {
@@ -307,7 +324,10 @@ fn event_spec(kind: &str, props: &Yaml) -> Result<Option<EventSpec>, String> {
             table: get(props, "Stream").and_then(reference).ok_or("DynamoDB event whose Stream is not a !GetAtt")?.0,
             batch_size: number("BatchSize", 100) as usize,
             report_failures: reports(),
-            max_retries: get(props, "MaximumRetryAttempts").and_then(|v| v.as_u64()).map(|n| n as u32),
+            max_retries: get(props, "MaximumRetryAttempts")
+                .and_then(|v| v.as_i64())
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            filters: filters(props)?,
         },
         "Schedule" => {
             let expression = get(props, "Schedule").and_then(scalar).ok_or("Schedule event without Schedule")?;

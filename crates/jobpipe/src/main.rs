@@ -115,6 +115,26 @@ fn parse_limit(text: &str) -> Result<LimitValue, String> {
 }
 
 #[derive(Subcommand)]
+enum Webhooks {
+    /// List deliveries given up on (refused, or failing for about a day), oldest first.
+    DeadLetters {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Put dead-lettered deliveries back for a fresh series of attempts (same webhook-id), after the
+    /// receiver is fixed: the ids given (as `dead-letters` prints them), or all with --all.
+    Redeliver {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// With --all: only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Dlq {
     /// Show dead letters (each is hidden for 5 s while the list is read).
     List {
@@ -208,6 +228,14 @@ enum Commands {
     Tenants {
         #[command(subcommand)]
         action: Tenants,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Webhook deliveries given up on: list them, redeliver them (the webhooks table, with your AWS
+    /// credentials).
+    Webhooks {
+        #[command(subcommand)]
+        action: Webhooks,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -433,6 +461,42 @@ async fn main() -> anyhow::Result<()> {
                 match value {
                     Some(n) => println!("{tenant}: at most {n} {what} (0: no limit); workers see it within 5 s"),
                     None => println!("{tenant}: the deployment's default {what}; workers see it within 5 s"),
+                }
+            }
+            Ok(())
+        }
+        Commands::Webhooks { action, target } => {
+            let target = target.target().await?;
+            match action {
+                Webhooks::DeadLetters { tenant } => {
+                    let letters = target.webhook_dead_letters(tenant.as_deref()).await?;
+                    for letter in &letters {
+                        println!(
+                            "{}  {}  tenant={}  {}  attempts={}  at={}  {}",
+                            letter.id(),
+                            letter.delivery.event.as_str(),
+                            letter.delivery.tenant,
+                            letter.delivery.url,
+                            letter.delivery.attempt,
+                            jobpipe_core::clock::to_rfc3339(letter.dead_at),
+                            letter.last_error
+                        );
+                    }
+                    println!("{} dead-lettered deliver{}", letters.len(), if letters.len() == 1 { "y" } else { "ies" });
+                }
+                Webhooks::Redeliver { ids, all, tenant } => {
+                    if ids.is_empty() && !all {
+                        anyhow::bail!("name the dead letters to redeliver, or give --all");
+                    }
+                    let redelivered = target.webhook_redeliver(&ids, tenant.as_deref()).await?;
+                    for letter in &redelivered {
+                        println!("redelivering {} to {}", letter.id(), letter.delivery.url);
+                    }
+                    println!(
+                        "{} deliver{} queued again",
+                        redelivered.len(),
+                        if redelivered.len() == 1 { "y" } else { "ies" }
+                    );
                 }
             }
             Ok(())

@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 use jobpipe_core::controls::ControlStore;
 use jobpipe_core::job::{JobPage, JobStatus, JobUpdate, JobView};
 use jobpipe_core::schedules::{SchedulePage, ScheduleView};
+use jobpipe_core::webhooks::Delivery;
+use jobpipe_core::webhooks::store::{DeadLetter, WebhookStore};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -46,6 +48,9 @@ pub struct Target {
     pub queues_by_kind: HashMap<String, String>,
     /// For `kinds pause|resume`: the control table, with the operator's credentials.
     pub controls: Option<ControlStore>,
+    /// For `webhooks`: the webhooks table (dead letters) and the queue deliveries go back to.
+    pub webhooks: Option<WebhookStore>,
+    pub webhook_queue_url: Option<String>,
     /// One HTTP client for every call: building one loads the trusted roots (measured: the `jobpipe`
     /// test process spent its CPU decoding certificates when each call built its own) and reuses no
     /// connection.
@@ -115,6 +120,14 @@ impl Target {
                 )),
                 _ => None,
             },
+            webhooks: match (resources["dynamodbEndpointUrl"].as_str(), resources["tables"]["WebhooksTable"].as_str()) {
+                (Some(dynamodb), Some(table)) => Some(WebhookStore::new(
+                    aws_sdk_dynamodb::Client::new(&jobpipe_emulator::aws::sdk_config(dynamodb)),
+                    table,
+                )),
+                _ => None,
+            },
+            webhook_queue_url: queue("WebhookQueue"),
         })
     }
 
@@ -149,12 +162,16 @@ impl Target {
             controls: output("ControlTableName")
                 .ok()
                 .map(|table| ControlStore::new(aws_sdk_dynamodb::Client::new(&shared), table)),
+            webhooks: output("WebhooksTableName")
+                .ok()
+                .map(|table| WebhookStore::new(aws_sdk_dynamodb::Client::new(&shared), table)),
+            webhook_queue_url: output("WebhookQueueUrl").ok(),
         })
     }
 
     /// One API call, its answer read as `T`; an answer that is not a success is an error naming the API's
     /// error code.
-    async fn call<T: DeserializeOwned>(
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -354,6 +371,42 @@ impl Target {
                 return self.status(&job_id).await.map(Some);
             }
         }
+    }
+
+    fn webhooks(&self) -> anyhow::Result<&WebhookStore> {
+        self.webhooks.as_ref().context("no webhooks table for this target (no WebhooksTableName output)")
+    }
+
+    /// Webhook deliveries given up on, oldest first: one tenant's, or every tenant's.
+    pub async fn webhook_dead_letters(&self, tenant: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+        Ok(self.webhooks()?.dead_letters(tenant).await?)
+    }
+
+    /// Puts dead-lettered deliveries back on the webhook queue for a fresh series of attempts (the same
+    /// `webhook-id`, so a receiver that did get one can tell): those whose ids are given, or all of them
+    /// (of `tenant`, if given). Answers the ones redelivered.
+    pub async fn webhook_redeliver(&self, ids: &[String], tenant: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+        let store = self.webhooks()?;
+        let sqs = self.sqs.as_ref().context("no SQS access for this target")?;
+        let queue = self.webhook_queue_url.as_deref().context("no webhook queue for this target")?;
+        let letters = store.dead_letters(tenant).await?;
+        if let Some(unknown) = ids.iter().find(|id| !letters.iter().any(|letter| &letter.id() == *id)) {
+            bail!("no dead letter {unknown:?}; `jobpipe webhooks dead-letters` lists them");
+        }
+        let now = jobpipe_core::clock::Clock::now_ms(&jobpipe_core::SystemClock);
+        let mut redelivered = Vec::new();
+        for letter in letters.into_iter().filter(|letter| ids.is_empty() || ids.contains(&letter.id())) {
+            let delivery = Delivery { attempt: 1, not_before: now, ..letter.delivery.clone() };
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(serde_json::to_string(&delivery)?)
+                .send()
+                .await
+                .context("putting a delivery back on the webhook queue")?;
+            store.remove_dead_letter(&letter).await?;
+            redelivered.push(letter);
+        }
+        Ok(redelivered)
     }
 
     fn dlq(&self) -> anyhow::Result<(&aws_sdk_sqs::Client, &str)> {

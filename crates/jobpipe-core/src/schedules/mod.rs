@@ -252,6 +252,7 @@ async fn fire_one(
         idempotency_key: Some(tick_key(&schedule, fire)),
         correlation_id: format!("schedule-{schedule_id}"),
         start: StartAt::At(fire),
+        callback_url: None,
     };
     let job_id = match intake.accept(new, now).await? {
         Accepted::New(job) | Accepted::Replayed(job) => job.job_id,

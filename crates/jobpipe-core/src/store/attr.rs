@@ -31,6 +31,10 @@ pub const CORRELATION_ID: &str = "correlationId";
 pub const DISPATCH_SHARD: &str = "dispatchShard";
 pub const DISPATCH_DUE_AT: &str = "dispatchDueAt";
 pub const DISPATCHED_AT: &str = "dispatchedAt";
+/// Where the job's end is delivered (a webhook URL).
+pub const CALLBACK_URL: &str = "callbackUrl";
+/// A webhook delivery's state is kept in the attribute `webhook:<target>` (a map).
+pub const WEBHOOK_PREFIX: &str = "webhook:";
 /// DynamoDB TTL attribute (epoch seconds): finished jobs expire.
 pub const EXPIRES_AT: &str = "expiresAt";
 

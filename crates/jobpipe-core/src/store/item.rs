@@ -11,6 +11,7 @@ use super::attr;
 use super::pending::shard_of;
 use crate::error::AwsError;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
+use crate::webhooks::{DeliveryState, WebhookDelivery, WebhookEvent};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -94,7 +95,57 @@ pub(super) fn to_item(job: &Job) -> Item {
     if let Some(at) = job.dispatched_at {
         put(attr::DISPATCHED_AT, n(at));
     }
+    if let Some(url) = &job.callback_url {
+        put(attr::CALLBACK_URL, s(url));
+    }
+    for delivery in &job.webhooks {
+        put(&webhook_attr(&delivery.target), webhook_to_attr(delivery));
+    }
     item
+}
+
+/// The attribute a target's delivery state is kept in.
+pub(super) fn webhook_attr(target: &str) -> String {
+    format!("{}{target}", attr::WEBHOOK_PREFIX)
+}
+
+/// A delivery's state as a map attribute.
+pub(super) fn webhook_to_attr(delivery: &WebhookDelivery) -> AttributeValue {
+    let mut map = HashMap::from([
+        ("event".to_string(), s(delivery.event.as_str())),
+        ("url".to_string(), s(&delivery.url)),
+        ("state".to_string(), s(delivery.state.as_str())),
+        ("attempts".to_string(), n(delivery.attempts)),
+        ("updatedAt".to_string(), n(delivery.updated_at)),
+    ]);
+    if let Some(status) = delivery.last_status {
+        map.insert("lastStatus".into(), n(status));
+    }
+    if let Some(error) = &delivery.last_error {
+        map.insert("lastError".into(), s(error));
+    }
+    if let Some(at) = delivery.next_attempt_at {
+        map.insert("nextAttemptAt".into(), n(at));
+    }
+    AttributeValue::M(map)
+}
+
+fn webhook_from_attr(target: &str, value: &AttributeValue) -> Result<WebhookDelivery, AwsError> {
+    let corrupt = |what: &str| AwsError::corrupt("reading job item", format!("webhook state {target}: {what}"));
+    let map = value.as_m().map_err(|_| corrupt("not a map"))?;
+    let event = opt_s(map, "event")?.and_then(|e| WebhookEvent::parse(&e)).ok_or_else(|| corrupt("event"))?;
+    let state = opt_s(map, "state")?.and_then(|e| DeliveryState::parse(&e)).ok_or_else(|| corrupt("state"))?;
+    Ok(WebhookDelivery {
+        target: target.to_string(),
+        event,
+        url: opt_s(map, "url")?.unwrap_or_default(),
+        state,
+        attempts: opt_n(map, "attempts")?.unwrap_or(0),
+        last_status: opt_n(map, "lastStatus")?,
+        last_error: opt_s(map, "lastError")?,
+        next_attempt_at: opt_n(map, "nextAttemptAt")?,
+        updated_at: opt_n(map, "updatedAt")?.unwrap_or(0),
+    })
 }
 
 /// Reads a job from a DynamoDB stream image (`NewImage`/`OldImage`, in DynamoDB JSON).
@@ -220,7 +271,19 @@ pub(super) fn from_item(item: &Item) -> Result<Job, AwsError> {
         correlation_id: opt_s(item, attr::CORRELATION_ID)?.unwrap_or_default(),
         dispatch_due_at: opt_n(item, attr::DISPATCH_DUE_AT)?,
         dispatched_at: opt_n(item, attr::DISPATCHED_AT)?,
+        callback_url: opt_s(item, attr::CALLBACK_URL)?,
+        webhooks: webhooks_of(item)?,
     })
+}
+
+fn webhooks_of(item: &Item) -> Result<Vec<WebhookDelivery>, AwsError> {
+    let mut webhooks = item
+        .iter()
+        .filter_map(|(name, value)| Some((name.strip_prefix(attr::WEBHOOK_PREFIX)?, value)))
+        .map(|(target, value)| webhook_from_attr(target, value))
+        .collect::<Result<Vec<_>, _>>()?;
+    webhooks.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(webhooks)
 }
 
 #[cfg(test)]
@@ -269,6 +332,31 @@ mod tests {
             correlation_id: "c".into(),
             dispatch_due_at: Some(5),
             dispatched_at: Some(4),
+            callback_url: Some("https://example.com/hook".into()),
+            webhooks: vec![
+                WebhookDelivery {
+                    target: "callback".into(),
+                    event: WebhookEvent::JobCompleted,
+                    url: "https://example.com/hook".into(),
+                    state: DeliveryState::Delivered,
+                    attempts: 1,
+                    last_status: Some(204),
+                    last_error: None,
+                    next_attempt_at: None,
+                    updated_at: 7,
+                },
+                WebhookDelivery {
+                    target: "ep_1".into(),
+                    event: WebhookEvent::JobCompleted,
+                    url: "https://example.org/hook".into(),
+                    state: DeliveryState::Retrying,
+                    attempts: 2,
+                    last_status: None,
+                    last_error: Some("timed out".into()),
+                    next_attempt_at: Some(9),
+                    updated_at: 8,
+                },
+            ],
         };
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         assert!(to_item(&job).contains_key(attr::DISPATCH_SHARD));

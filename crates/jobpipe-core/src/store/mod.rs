@@ -29,6 +29,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use crate::clock::Millis;
 use crate::error::AwsError;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
+use crate::webhooks::{DeliveryState, WebhookDelivery};
 // Bare, for the expressions `format!` writes.
 use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, RUN_AT, STARTED_AT};
 use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
@@ -387,6 +388,31 @@ impl JobStore {
                 && has_n(old, attr::PROGRESS, progress.min(100))
         };
         Ok(conditional(result, "UpdateItem (job progress)", own)?.is_ok())
+    }
+
+    /// Keeps how a webhook delivery of the job's end went (`webhook:<target>`). A delivered state is never
+    /// replaced by a late report of an earlier attempt; `false` when the job is gone or already delivered
+    /// there.
+    pub async fn record_webhook(&self, job_id: &JobId, delivery: &WebhookDelivery) -> Result<bool, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::JOB_ID, s(job_id.as_str()))
+            .update_expression("SET #w = :state")
+            .condition_expression("attribute_exists(#id) AND (attribute_not_exists(#w) OR #w.#state <> :delivered)")
+            .expression_attribute_names("#w", item::webhook_attr(&delivery.target))
+            .expression_attribute_names("#id", attr::JOB_ID)
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":state", item::webhook_to_attr(delivery))
+            .expression_attribute_values(":delivered", s(DeliveryState::Delivered.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(false),
+            Err(err) => Err(AwsError::from_sdk("UpdateItem (webhook delivery state)", err)),
+        }
     }
 
     /// Fails a job that is not finished and that no worker holds a live lease on: used when its message

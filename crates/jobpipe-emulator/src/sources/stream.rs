@@ -1,5 +1,6 @@
 //! The DynamoDB stream event source mapping: every shard read from its latest record, batches invoked in
-//! order, retried from the first reported failure up to `MaximumRetryAttempts`.
+//! order, retried from the first reported failure up to `MaximumRetryAttempts`; records the mapping's
+//! filters drop are never invoked.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,10 +21,23 @@ pub struct StreamMapping {
     pub batch_size: usize,
     pub report_failures: bool,
     pub max_retries: u32,
+    /// The mapping's `FilterCriteria`: records none matches are never invoked.
+    pub filters: Vec<super::EventFilter>,
 }
 
-/// A mapping's position in each shard it reads.
+/// A mapping's starting position in each shard it reads.
 pub type ShardIterators = HashMap<String, String>;
+
+/// Where a mapping is in one shard.
+#[derive(Debug, Clone, Default)]
+struct ShardPosition {
+    /// `None` until taken (a new shard) or after a failed read.
+    iterator: Option<String>,
+    /// The sequence number of the last record read, to resume after.
+    last_sequence: Option<String>,
+    /// A closed shard read to its end.
+    finished: bool,
+}
 
 impl StreamMapping {
     /// Takes the mapping's starting positions (LATEST) in every shard the stream has now. A stack is
@@ -35,32 +49,60 @@ impl StreamMapping {
         Ok(iterators)
     }
 
-    /// Reads the shards from `iterators` (from `enable`), and shards that appear later from their latest.
-    pub async fn run(self, function: Function, mut iterators: ShardIterators) {
+    /// Reads the shards from `iterators` (from `enable`), and shards that appear later from their first
+    /// record, as Lambda reads a new (child) shard whole. A shard whose iterator fails (DynamoDB Local
+    /// answers `TrimmedDataAccessException` to an iterator taken on a shard that was still empty) is read
+    /// again right after the last record it gave, or from its start when it gave none: a record is never
+    /// skipped, as Lambda's checkpoints never skip one.
+    pub async fn run(self, function: Function, iterators: ShardIterators) {
+        let mut shards: HashMap<String, ShardPosition> = iterators
+            .into_iter()
+            .map(|(shard, iterator)| (shard, ShardPosition { iterator: Some(iterator), ..ShardPosition::default() }))
+            .collect();
         loop {
-            if let Err(error) = self.discover(&mut iterators).await {
+            if let Err(error) = self.follow_new_shards(&mut shards).await {
                 tracing::warn!(%error, "describing the stream failed");
             }
-            let shards: Vec<String> = iterators.keys().cloned().collect();
+            let ids: Vec<String> = shards.keys().cloned().collect();
             let mut idle = true;
-            for shard in shards {
-                let Some(iterator) = iterators.get(&shard).cloned() else { continue };
+            for shard in ids {
+                let Some(position) = shards.get_mut(&shard) else { continue };
+                if position.finished {
+                    continue;
+                }
+                let iterator = match position.iterator.clone() {
+                    Some(iterator) => iterator,
+                    None => match self.resume(&shard, position.last_sequence.as_deref()).await {
+                        Ok(iterator) => iterator,
+                        Err(error) => {
+                            tracing::warn!(%error, %shard, "taking a shard iterator failed");
+                            continue;
+                        }
+                    },
+                };
                 match self.streams.get_records().shard_iterator(iterator).limit(self.batch_size as i32).send().await {
                     Ok(out) => {
-                        let records: Vec<Value> =
-                            out.records().iter().map(|r| stream_record(r, &self.stream_arn)).collect();
+                        if let Some(last) = out.records().last().and_then(|r| r.dynamodb()?.sequence_number()) {
+                            position.last_sequence = Some(last.to_string());
+                        }
+                        let records: Vec<Value> = out
+                            .records()
+                            .iter()
+                            .map(|r| stream_record(r, &self.stream_arn))
+                            .filter(|record| super::passes(&self.filters, record))
+                            .collect();
+                        match out.next_shard_iterator() {
+                            Some(next) => position.iterator = Some(next.to_string()),
+                            None => position.finished = true,
+                        };
                         if !records.is_empty() {
                             idle = false;
                             self.deliver(&function, records).await;
                         }
-                        match out.next_shard_iterator() {
-                            Some(next) => iterators.insert(shard, next.to_string()),
-                            None => iterators.remove(&shard),
-                        };
                     }
                     Err(error) => {
-                        tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(error), "reading the stream failed");
-                        iterators.remove(&shard);
+                        tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(error), "reading the stream failed; resuming after the last record read");
+                        position.iterator = None;
                     }
                 }
             }
@@ -70,7 +112,38 @@ impl StreamMapping {
         }
     }
 
-    /// Starts reading shards we do not know yet, from their latest record (StartingPosition: LATEST).
+    /// An iterator right after `last` in `shard`, or at its start.
+    async fn resume(&self, shard: &str, last: Option<&str>) -> Result<String, String> {
+        let request = self.streams.get_shard_iterator().stream_arn(&self.stream_arn).shard_id(shard);
+        let request = match last {
+            Some(sequence) => {
+                request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(sequence)
+            }
+            None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        };
+        let out =
+            request.send().await.map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
+        out.shard_iterator().map(String::from).ok_or_else(|| format!("no iterator for shard {shard}"))
+    }
+
+    /// Starts following shards that appeared since `enable`, from their first record.
+    async fn follow_new_shards(&self, shards: &mut HashMap<String, ShardPosition>) -> Result<(), String> {
+        let out = self
+            .streams
+            .describe_stream()
+            .stream_arn(&self.stream_arn)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
+        for shard in out.stream_description().map(|d| d.shards()).unwrap_or_default() {
+            if let Some(id) = shard.shard_id() {
+                shards.entry(id.to_string()).or_default();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the latest position in every shard the stream has now (StartingPosition: LATEST).
     async fn discover(&self, iterators: &mut HashMap<String, String>) -> Result<(), String> {
         let out = self
             .streams

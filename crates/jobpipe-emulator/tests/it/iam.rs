@@ -291,6 +291,40 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     }
     assert_eq!(depth, 0, "the reconciler settled the dead letter");
 
+    // A job's end is delivered to its callback (signed with the tenant's secret, made on first need) and
+    // the delivery's state is kept on the job; a tenant registers an endpoint.
+    let (hook_url, delivered) = receive_webhooks().await;
+    let endpoint = http
+        .post(format!("{}/webhooks/endpoints", stack.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({"url": hook_url, "events": ["job.failed"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), 201, "{}", endpoint.text().await.unwrap_or_default());
+    let hooked = http
+        .post(format!("{}/jobs", stack.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "echo", "input": {}, "callback": {"url": hook_url}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hooked.status(), 202);
+    let hooked = job_id(&hooked.json().await.unwrap());
+    let mut recorded = Value::Null;
+    // The webhook sender retries 5 s, 5 min, ... apart: over a hundred reads without the delivery kept on
+    // the job means it never will be.
+    for _ in 0..240 {
+        let job = json_of(http.get(format!("{}/jobs/{hooked}", stack.base_url())).bearer_auth(&token)).await;
+        recorded = job["webhooks"][0].clone();
+        if recorded["state"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(recorded["state"], "delivered", "{recorded}");
+    assert!(delivered.load(Ordering::SeqCst) >= 1);
+
     // The kinds on offer, and which are paused (none).
     let kinds = json_of(http.get(format!("{}/kinds", stack.base_url())).bearer_auth(&token)).await;
     assert_eq!(kinds["paused"], json!([]), "{kinds}");
@@ -329,6 +363,23 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
         .collect();
     assert!(unused.is_empty(), "statements no call needed: {unused:?}");
     stack.stop().await;
+}
+
+/// A webhook receiver answering 200 on 127.0.0.1, and how many deliveries it got.
+async fn receive_webhooks() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, count)
 }
 
 /// Deletes the stored input of the job an SQS `SendMessage` call is about (straight at the engines).

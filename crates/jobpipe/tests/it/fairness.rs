@@ -154,6 +154,7 @@ async fn accept_backlog(stack: &DevStack, owner: &str, count: usize) -> Vec<Stri
                 idempotency_key: None,
                 correlation_id: format!("backlog-{n}"),
                 start: StartAt::Now,
+                callback_url: None,
             };
             match intake.accept(new, now_ms()).await.expect("accepted") {
                 Accepted::New(job) => job.job_id.to_string(),

@@ -7,6 +7,7 @@ mod bench;
 mod chaos;
 mod fairness;
 mod ops;
+mod webhooks;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

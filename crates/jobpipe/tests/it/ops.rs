@@ -182,6 +182,8 @@ async fn watch_ignores_messages_older_than_the_state_it_shows() {
         dead_letter_queue_url: None,
         queues_by_kind: Default::default(),
         controls: None,
+        webhooks: None,
+        webhook_queue_url: None,
         http: reqwest::Client::new(),
     };
     let mut printed = Vec::new();

@@ -73,6 +73,7 @@ impl Harness {
             idempotency_key: None,
             correlation_id: "corr-1".into(),
             start,
+            callback_url: None,
         };
         match intake.accept(new, self.clock.now_ms()).await.unwrap() {
             Accepted::New(job) => job,

@@ -71,6 +71,8 @@ async fn job_of(stack: &TestStack, owner: &str) -> JobId {
         correlation_id: "test".into(),
         dispatch_due_at: None,
         dispatched_at: None,
+        callback_url: None,
+        webhooks: Vec::new(),
     };
     jobpipe_core::store::JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600).create(&job).await.unwrap();
     job.job_id

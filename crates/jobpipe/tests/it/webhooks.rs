@@ -1,0 +1,220 @@
+//! Webhooks end to end on the local stack: deliveries verified by the Standard Webhooks specification's
+//! own Python library (`infra/webhook_receiver.py`), retried on 5xx with one `webhook-id`, dead-lettered on
+//! 4xx and redirects (not followed), redelivered by the CLI, signed by two secrets while a rotation
+//! overlaps, and shown on the job; callback URLs webhooks may not call are refused at submission.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use jobpipe::ops::{Target, TargetOptions};
+use jobpipe_core::JobView;
+use jobpipe_core::webhooks::DeliveryState;
+use jobpipe_core::webhooks::store::Endpoint;
+use jobpipe_testkit::local_stack::*;
+use jobpipe_testkit::repo_root;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+/// The receiver process; killed when dropped.
+struct Receiver {
+    _process: tokio::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let python = std::env::var("JOBPIPE_PYTHON")
+            .unwrap_or_else(|_| repo_root().join(".venv/bin/python").display().to_string());
+        let mut process = tokio::process::Command::new(python)
+            .arg(repo_root().join("infra/webhook_receiver.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting infra/webhook_receiver.py (run `cargo xtask setup`)");
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = lines.next_line().await.unwrap().expect("the receiver printed nothing");
+        let port = ready.strip_prefix("READY ").expect("READY <port>");
+        Receiver { _process: process, url: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let status = self.http.put(format!("{}{path}", self.url)).json(&body).send().await.unwrap().status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+
+    async fn log(&self) -> Vec<Value> {
+        self.http.get(format!("{}/_log", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn at(&self, path: &str) -> Vec<Value> {
+        self.log().await.into_iter().filter(|entry| entry["path"] == path).collect()
+    }
+}
+
+/// Polls `check` until it answers `Some`; a generous bound only so that a broken pipeline fails the test
+/// instead of hanging it.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn submit(target: &Target, input: Value, callback: &str) -> JobView {
+    target
+        .call(Method::POST, "/jobs", Some(json!({"kind": "echo", "input": input, "callback": {"url": callback}})))
+        .await
+        .unwrap()
+}
+
+fn deliveries_of(job: &JobView) -> BTreeMap<String, (DeliveryState, u32, Option<u16>)> {
+    job.webhooks.iter().map(|d| (d.target.clone(), (d.state, d.attempts, d.last_status))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_dead_lettered_redelivered_and_rotated() {
+    let receiver = Receiver::start().await;
+    // Two retries a second apart: three attempts in all.
+    let stack = start_stack_with(|options| {
+        options.extra_env.insert("WEBHOOK_RETRY_DELAYS".into(), "1,1".into());
+    })
+    .await;
+    let tenant = unique("hooks-");
+    let options = TargetOptions { api: stack.base_url(), stack: None, token: None, user: tenant.clone() };
+    let target = Target::resolve(&options).await.unwrap();
+
+    // URLs webhooks may not call are refused before anything is stored.
+    for bad in [
+        "https://10.0.0.1/hook",
+        "http://example.com/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "ftp://example.com/x",
+    ] {
+        let error = target
+            .call::<Value>(Method::POST, "/jobs", Some(json!({"kind": "echo", "callback": {"url": bad}})))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("422") && error.contains("invalid_webhook_url"), "{bad}: {error}");
+    }
+    assert_eq!(target.list(None, 10).await.unwrap().jobs.len(), 0, "a refused submission stores nothing");
+
+    let endpoint: Endpoint = target
+        .call(
+            Method::POST,
+            "/webhooks/endpoints",
+            Some(json!({"url": format!("{}/endpoint", receiver.url), "events": ["job.completed", "job.failed"]})),
+        )
+        .await
+        .unwrap();
+    let listed: Value = target.call(Method::GET, "/webhooks/endpoints", None).await.unwrap();
+    assert_eq!(listed["endpoints"][0]["endpointId"], endpoint.endpoint_id.as_str());
+    let secret: Value = target.call(Method::GET, "/webhooks/secret", None).await.unwrap();
+    let first_secret = secret["secret"].as_str().unwrap().to_string();
+    assert!(first_secret.starts_with("whsec_"), "{secret}");
+    receiver.put("/_secrets", json!([first_secret])).await;
+    receiver.put("/_behave", json!({"/flaky": [503, 503], "/gone": [410], "/moved": [302]})).await;
+
+    let flaky = submit(&target, json!({"message": "a"}), &format!("{}/flaky", receiver.url)).await;
+    let gone = submit(&target, json!({"failPermanently": true}), &format!("{}/gone", receiver.url)).await;
+    let moved = submit(&target, json!({"message": "c"}), &format!("{}/moved", receiver.url)).await;
+    assert_eq!(flaky.callback.as_ref().unwrap().url, format!("{}/flaky", receiver.url));
+
+    // Every job's deliveries settle: the flaky one on its third attempt, the others dead-lettered.
+    let settled = eventually("every delivery settled", async || {
+        let mut jobs = Vec::new();
+        for job in [&flaky, &gone, &moved] {
+            let job = target.status(job.job_id.as_str()).await.ok()?;
+            let states = deliveries_of(&job);
+            let done = states.len() == 2 && states.values().all(|(state, ..)| *state != DeliveryState::Retrying);
+            if !done {
+                return None;
+            }
+            jobs.push(job);
+        }
+        Some(jobs)
+    })
+    .await;
+    let ep = endpoint.endpoint_id.clone();
+    assert_eq!(deliveries_of(&settled[0])["callback"], (DeliveryState::Delivered, 3, Some(200)));
+    assert_eq!(deliveries_of(&settled[1])["callback"], (DeliveryState::Failed, 1, Some(410)));
+    assert_eq!(deliveries_of(&settled[2])["callback"], (DeliveryState::Failed, 1, Some(302)));
+    for job in &settled {
+        assert_eq!(deliveries_of(job)[&ep], (DeliveryState::Delivered, 1, Some(200)), "{:?}", job.job_id);
+    }
+
+    let log = receiver.log().await;
+    for entry in &log {
+        assert_eq!(entry["verifiedBy"], json!([0]), "the specification's library verifies every delivery: {entry}");
+        assert_eq!(entry["signatures"], 1);
+    }
+    let flaky_attempts = receiver.at("/flaky").await;
+    assert_eq!(flaky_attempts.iter().map(|e| e["answered"].as_u64().unwrap()).collect::<Vec<_>>(), [503, 503, 200]);
+    let webhook_id = flaky_attempts[0]["webhookId"].clone();
+    assert!(flaky_attempts.iter().all(|e| e["webhookId"] == webhook_id), "one webhook-id for every attempt");
+    let body = &flaky_attempts[0]["body"];
+    assert_eq!(
+        (body["type"].as_str(), body["data"]["jobId"].as_str()),
+        (Some("job.completed"), Some(flaky.job_id.as_str()))
+    );
+    assert_eq!(body["data"]["result"], json!({"message": "a"}));
+    let endpoint_bodies = receiver.at("/endpoint").await;
+    assert_eq!(endpoint_bodies.len(), 3);
+    let failed_event = endpoint_bodies.iter().find(|e| e["body"]["data"]["jobId"] == gone.job_id.as_str()).unwrap();
+    assert_eq!(failed_event["body"]["type"], "job.failed");
+    assert!(
+        endpoint_bodies.iter().any(|e| e["webhookId"] == webhook_id),
+        "the endpoint's delivery of an event has its id"
+    );
+    assert!(receiver.at("/redirected").await.is_empty(), "redirects are not followed");
+
+    // The refused deliveries are dead letters; once the receiver is fixed, the CLI redelivers one.
+    let letters = target.webhook_dead_letters(Some(&tenant)).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let gone_letter = letters.iter().find(|l| l.delivery.url.ends_with("/gone")).unwrap();
+    assert_eq!((gone_letter.last_status, gone_letter.delivery.job_id.as_ref()), (Some(410), Some(&gone.job_id)));
+    let redelivered = target.webhook_redeliver(&[gone_letter.id()], None).await.unwrap();
+    assert_eq!(redelivered.len(), 1);
+    eventually("the redelivered delivery arrived and is recorded", async || {
+        let job = target.status(gone.job_id.as_str()).await.ok()?;
+        (deliveries_of(&job)["callback"].0 == DeliveryState::Delivered).then_some(())
+    })
+    .await;
+    let gone_attempts = receiver.at("/gone").await;
+    assert_eq!(gone_attempts.len(), 2);
+    assert_eq!(
+        (gone_attempts[1]["answered"].as_u64(), &gone_attempts[1]["webhookId"]),
+        (Some(200), &gone_attempts[0]["webhookId"])
+    );
+    let left = target.webhook_dead_letters(Some(&tenant)).await.unwrap();
+    assert_eq!(left.iter().map(|l| l.delivery.url.clone()).collect::<Vec<_>>(), [format!("{}/moved", receiver.url)]);
+    let error = target.webhook_redeliver(&["msg_nope:callback".into()], None).await.unwrap_err().to_string();
+    assert!(error.contains("no dead letter"), "{error}");
+
+    // While a rotation overlaps, a delivery carries both signatures; each secret alone verifies it.
+    let rotated: Value = target.call(Method::POST, "/webhooks/secret/rotate", None).await.unwrap();
+    assert_eq!(rotated["previousSecret"], first_secret.as_str());
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, first_secret);
+    receiver.put("/_secrets", json!([first_secret, new_secret])).await;
+    let after = submit(&target, json!({}), &format!("{}/rotated", receiver.url)).await;
+    let entry =
+        eventually("the delivery after the rotation", async || receiver.at("/rotated").await.into_iter().next()).await;
+    assert_eq!((entry["signatures"].as_u64(), &entry["verifiedBy"]), (Some(2), &json!([0, 1])), "{entry}");
+    assert_eq!(entry["body"]["data"]["jobId"], after.job_id.as_str());
+
+    // An endpoint removed is gone; removing it again is a 404.
+    let path = format!("/webhooks/endpoints/{ep}");
+    target.call::<Value>(Method::DELETE, &path, None).await.unwrap();
+    let error = target.call::<Value>(Method::DELETE, &path, None).await.unwrap_err().to_string();
+    assert!(error.contains("404"), "{error}");
+    stack.stop().await;
+}

@@ -1,0 +1,345 @@
+//! The webhook sender: tells tenants' servers when their jobs end, signed as Standard Webhooks says.
+//!
+//! It has two event sources and one handler for both:
+//! - the jobs table's stream, filtered to jobs that just ended (`plan`): each becomes one `Delivery` per
+//!   target (the job's callback, each endpoint subscribed to the event) on the webhook queue. A record whose
+//!   deliveries could not all be queued is reported failed and Lambda gives it again; the deliveries it
+//!   had queued are queued again, with the same `webhook-id`.
+//! - the webhook queue (`deliver`): each message is one attempt. A delivery that failed in a way that may
+//!   pass is queued again for its next attempt (`RetrySchedule`, about a day); one refused, or out of
+//!   attempts, is dead-lettered in the webhooks table, where `jobpipe webhooks` lists and redelivers it.
+//!   Each outcome is kept on the job (`webhook:<target>`), where `GET /jobs/{id}` shows it.
+//!
+//! Delivery is its own function so that a slow receiver (up to `http::ATTEMPT_TIMEOUT` an attempt) never
+//! holds up the notifier's pushes or job processing; the stream's other reader is the notifier.
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
+use jobpipe_core::batch::{RecordFailed, process_batch};
+use jobpipe_core::clock::{Clock, Millis, SystemClock};
+use jobpipe_core::config::{Config, ConfigError};
+use jobpipe_core::metrics::{self, Unit};
+use jobpipe_core::store::job_from_stream_image;
+use jobpipe_core::webhooks::store::{DeadLetter, Endpoint, WebhookStore};
+use jobpipe_core::webhooks::{AttemptOutcome, Delivery, DeliveryState, RetrySchedule, WebhookDelivery};
+use jobpipe_core::{AwsError, JobStore};
+use lambda_runtime::LambdaEvent;
+use serde_json::{Value, json};
+
+pub use http::HttpSender;
+
+/// The `Service` dimension of this function's metrics.
+pub const SERVICE: &str = "webhook-sender";
+
+/// How long a tenant's endpoints are trusted once read, per execution environment: an endpoint added or
+/// removed takes effect within this.
+pub const ENDPOINTS_CACHE: Duration = Duration::from_secs(5);
+
+/// The longest an SQS message can be delayed; a later attempt waits in hops of this.
+const MAX_QUEUE_DELAY_SECS: i64 = 900;
+
+/// Deliveries of one batch attempted at once.
+const DELIVERY_CONCURRENCY: usize = 10;
+
+#[derive(Debug)]
+pub struct WebhookSender {
+    pub store: WebhookStore,
+    pub jobs: JobStore,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub http: HttpSender,
+    pub retry: RetrySchedule,
+    pub clock: Arc<dyn Clock>,
+    endpoints: Mutex<HashMap<String, (Millis, Vec<Endpoint>)>>,
+}
+
+impl WebhookSender {
+    pub fn new(
+        store: WebhookStore,
+        jobs: JobStore,
+        sqs: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        http: HttpSender,
+        retry: RetrySchedule,
+    ) -> WebhookSender {
+        WebhookSender {
+            store,
+            jobs,
+            sqs,
+            queue_url: queue_url.into(),
+            http,
+            retry,
+            clock: Arc::new(SystemClock),
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn from_config(config: &Config, shared: &aws_config::SdkConfig) -> Result<WebhookSender, ConfigError> {
+        let dynamodb = aws_sdk_dynamodb::Client::new(shared);
+        let http = HttpSender::new(config.webhook_targets)
+            .map_err(|e| ConfigError { variable: "WEBHOOK_ALLOW_LOOPBACK", problem: format!("HTTP client: {e}") })?;
+        Ok(WebhookSender::new(
+            WebhookStore::new(dynamodb.clone(), Config::require(&config.webhooks_table, "WEBHOOKS_TABLE")?),
+            JobStore::new(dynamodb, &config.jobs_table, config.job_retention.as_secs() as i64),
+            aws_sdk_sqs::Client::new(shared),
+            Config::require(&config.webhook_queue_url, "WEBHOOK_QUEUE_URL")?,
+            http,
+            config.webhook_retry.clone(),
+        ))
+    }
+
+    /// A tenant's endpoints, through the per-environment cache.
+    async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, AwsError> {
+        let now = self.clock.now_ms();
+        if let Some((read_at, endpoints)) = self.endpoints.lock().expect("cache lock").get(tenant)
+            && now - read_at < ENDPOINTS_CACHE.as_millis() as Millis
+        {
+            return Ok(endpoints.clone());
+        }
+        let endpoints = self.store.endpoints(tenant).await?;
+        self.endpoints.lock().expect("cache lock").insert(tenant.to_string(), (now, endpoints.clone()));
+        Ok(endpoints)
+    }
+
+    /// The deliveries a stream record asks for: none unless it is a job's end.
+    pub async fn plan(&self, record: &Value) -> Result<Vec<Delivery>, AwsError> {
+        let (Some(old), Some(new)) = (record["dynamodb"].get("OldImage"), record["dynamodb"].get("NewImage")) else {
+            return Ok(Vec::new());
+        };
+        let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
+        if old.status.is_terminal() || jobpipe_core::webhooks::WebhookEvent::of_job(new.status).is_none() {
+            return Ok(Vec::new());
+        }
+        let endpoints = self.endpoints(&new.owner).await?;
+        Ok(Delivery::for_ended_job(&new, &endpoints, self.clock.now_ms()))
+    }
+
+    /// Queues deliveries (ten to a call).
+    pub async fn enqueue(&self, deliveries: &[Delivery]) -> Result<(), AwsError> {
+        for chunk in deliveries.chunks(10) {
+            let now = self.clock.now_ms();
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (index, delivery) in chunk.iter().enumerate() {
+                let body = serde_json::to_string(delivery).map_err(|e| AwsError::corrupt("delivery", e.to_string()))?;
+                let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(body)
+                    .delay_seconds(queue_delay(delivery.not_before, now))
+                    .build()
+                    .map_err(|e| AwsError::corrupt("delivery", e.to_string()))?;
+                entries.push(entry);
+            }
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("SendMessageBatch (webhook deliveries)", e))?;
+            if let Some(failed) = out.failed().first() {
+                return Err(AwsError {
+                    operation: "SendMessageBatch (webhook deliveries)".into(),
+                    code: failed.code().to_string(),
+                    message: failed.message().unwrap_or("an entry was not queued").to_string(),
+                    retryability: if failed.sender_fault() {
+                        jobpipe_core::Retryability::Permanent
+                    } else {
+                        jobpipe_core::Retryability::Retryable
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the attempt a queued delivery is due for, and queues, records or dead-letters what follows.
+    /// An error means nothing was settled: the message is given again.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<DeliveryState, AwsError> {
+        let now = self.clock.now_ms();
+        if delivery.not_before > now + 1000 {
+            // Not yet: waits another hop (an attempt hours away is more than one queue delay).
+            self.enqueue(std::slice::from_ref(&delivery)).await?;
+            return Ok(DeliveryState::Retrying);
+        }
+        let secrets = self.store.secrets_or_create(&delivery.tenant).await?;
+        let outcome = self.http.attempt(&delivery, &secrets, now).await;
+        let now = self.clock.now_ms();
+        let mut state = WebhookDelivery {
+            target: delivery.target.clone(),
+            event: delivery.event,
+            url: delivery.url.clone(),
+            state: DeliveryState::Delivered,
+            attempts: delivery.attempt,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: None,
+            updated_at: now,
+        };
+        let dimensions = [("Event", delivery.event.as_str())];
+        match outcome {
+            AttemptOutcome::Delivered { status } => {
+                state.last_status = Some(status);
+                tracing::info!(webhook_id = %delivery.webhook_id, target = %delivery.target, status, attempt = delivery.attempt, "webhook delivered");
+                metrics::emit(SERVICE, "WebhooksDelivered", Unit::Count, 1.0, &dimensions);
+            }
+            AttemptOutcome::Failed { status, error } => {
+                (state.last_status, state.last_error) = (status, Some(error.clone()));
+                let jitter = rand::random_range(-1.0..=1.0);
+                match self.retry.delay_after(delivery.attempt, jitter) {
+                    Some(delay) => {
+                        let next = delivery.next_attempt(now, delay);
+                        self.enqueue(std::slice::from_ref(&next)).await?;
+                        (state.state, state.next_attempt_at) = (DeliveryState::Retrying, Some(next.not_before));
+                        tracing::warn!(webhook_id = %delivery.webhook_id, target = %delivery.target, attempt = delivery.attempt, %error, retry_in_s = delay.as_secs(), "webhook attempt failed; retrying");
+                        metrics::emit(SERVICE, "WebhookRetries", Unit::Count, 1.0, &dimensions);
+                    }
+                    None => {
+                        state.state = DeliveryState::Failed;
+                        self.dead_letter(&delivery, status, &error, now).await?;
+                    }
+                }
+            }
+            AttemptOutcome::Refused { status, error } => {
+                (state.state, state.last_status, state.last_error) =
+                    (DeliveryState::Failed, status, Some(error.clone()));
+                self.dead_letter(&delivery, status, &error, now).await?;
+            }
+        }
+        if let Some(job_id) = &delivery.job_id
+            && !self.jobs.record_webhook(job_id, &state).await?
+        {
+            tracing::info!(%job_id, target = %delivery.target, "the job is gone or this target already has it; state not kept");
+        }
+        Ok(state.state)
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        status: Option<u16>,
+        error: &str,
+        now: Millis,
+    ) -> Result<(), AwsError> {
+        let dead =
+            DeadLetter { delivery: delivery.clone(), last_status: status, last_error: error.to_string(), dead_at: now };
+        self.store.put_dead_letter(&dead).await?;
+        tracing::error!(webhook_id = %delivery.webhook_id, tenant = %delivery.tenant, target = %delivery.target, attempt = delivery.attempt, %error, "webhook dead-lettered");
+        metrics::emit(SERVICE, "WebhookDeadLetters", Unit::Count, 1.0, &[]);
+        Ok(())
+    }
+}
+
+/// The queue delay that brings a delivery back at `not_before`, or as near as a queue delay reaches.
+fn queue_delay(not_before: Millis, now: Millis) -> i32 {
+    let seconds = (not_before - now + 999).div_euclid(1000);
+    seconds.clamp(0, MAX_QUEUE_DELAY_SECS) as i32
+}
+
+/// The Lambda handler for both event sources: the stream's records (`aws:dynamodb`) are planned, the
+/// queue's (`aws:sqs`) delivered; each answers its source's partial-batch response.
+pub async fn handle(sender: Arc<WebhookSender>, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    let records = event.payload["Records"].as_array().cloned().unwrap_or_default();
+    let source = records.first().and_then(|r| r["eventSource"].as_str()).unwrap_or_default().to_string();
+    match source.as_str() {
+        "" => Ok(json!({"batchItemFailures": []})),
+        "aws:sqs" => {
+            let messages: Vec<SqsMessage> = serde_json::from_value(Value::Array(records))?;
+            let response: SqsBatchResponse = process_batch(messages, DELIVERY_CONCURRENCY, move |message| {
+                let sender = sender.clone();
+                async move { deliver_message(&sender, message).await }
+            })
+            .await?;
+            Ok(serde_json::to_value(response)?)
+        }
+        "aws:dynamodb" => plan_records(&sender, records).await,
+        other => {
+            Err(format!("records from {other:?}: this function reads the jobs stream and the webhook queue").into())
+        }
+    }
+}
+
+async fn deliver_message(sender: &WebhookSender, message: SqsMessage) -> Result<(), RecordFailed> {
+    let body = message.body.unwrap_or_default();
+    let delivery: Delivery = match serde_json::from_str(&body) {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            // Nothing can ever send it: logged and dropped rather than retried until the queue's DLQ.
+            tracing::error!(%error, body = %body.chars().take(200).collect::<String>(), "a webhook message that is not a delivery; dropped");
+            return Ok(());
+        }
+    };
+    // Boxed: the attempt's future (the HTTP client's) is deep enough to overflow the compiler's layout limit inline.
+    match Box::pin(sender.deliver(delivery)).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(%error, "webhook delivery not settled; the queue gives it again");
+            Err(RecordFailed)
+        }
+    }
+}
+
+/// Plans and queues every record's deliveries, concurrently; answers the first record (in stream order)
+/// whose deliveries may be queued later, so Lambda gives the stream again from there.
+async fn plan_records(sender: &Arc<WebhookSender>, records: Vec<Value>) -> Result<Value, lambda_runtime::Error> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, record) in records.into_iter().enumerate() {
+        let sender = sender.clone();
+        tasks.spawn(async move {
+            let sequence = record["dynamodb"]["SequenceNumber"].as_str().map(String::from);
+            let result = match sender.plan(&record).await {
+                Ok(deliveries) => sender.enqueue(&deliveries).await.map(|()| deliveries.len()),
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(0) => None,
+                Ok(queued) => {
+                    tracing::info!(queued, "a job ended: its webhook deliveries are queued");
+                    None
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "a job's webhook deliveries could not be queued; the stream gives it again");
+                    Some((index, sequence))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "skipping a stream record whose deliveries can never be planned");
+                    None
+                }
+            }
+        });
+    }
+    let mut first: Option<(usize, Option<String>)> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failed = joined.map_err(|panic| format!("planning a record panicked: {panic}"))?;
+        if let Some((index, sequence)) = failed
+            && first.as_ref().is_none_or(|(at, _)| index < *at)
+        {
+            first = Some((index, sequence));
+        }
+    }
+    let failures = match first {
+        Some((_, Some(sequence))) => vec![json!({"itemIdentifier": sequence})],
+        Some((_, None)) => return Err("a failed stream record has no SequenceNumber".into()),
+        None => Vec::new(),
+    };
+    Ok(json!({"batchItemFailures": failures}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_delays_reach_at_most_fifteen_minutes() {
+        assert_eq!(queue_delay(0, 0), 0);
+        assert_eq!(queue_delay(-5000, 0), 0);
+        assert_eq!(queue_delay(1, 0), 1, "rounded up: never early");
+        assert_eq!(queue_delay(5000, 0), 5);
+        assert_eq!(queue_delay(10 * 3600 * 1000, 0), 900);
+    }
+}
