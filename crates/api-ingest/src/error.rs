@@ -87,11 +87,13 @@ impl From<AwsError> for ApiError {
 struct AwsCause(Arc<AwsError>);
 
 /// Logs the failed AWS call behind a response, if any. This is the one place such a failure is logged:
-/// the conversion into `ApiError` runs at every `?` and stays free of side effects.
+/// the conversion into `ApiError` runs at every `?` and stays free of side effects. The line names its
+/// request's correlation id itself, so it is found by it also where the request's span is not recorded.
 pub async fn log_aws_errors(request: Request, next: Next) -> Response {
+    let correlation_id = request.extensions().get::<crate::CorrelationId>().map(|id| id.0.clone()).unwrap_or_default();
     let response = next.run(request).await;
     if let Some(AwsCause(error)) = response.extensions().get::<AwsCause>() {
-        tracing::error!(%error, retryable = error.is_retryable(), "request failed on an AWS call");
+        tracing::error!(%error, retryable = error.is_retryable(), %correlation_id, "request failed on an AWS call");
     }
     response
 }

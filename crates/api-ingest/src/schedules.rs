@@ -21,7 +21,7 @@ use crate::Api;
 use crate::caller::Authenticated;
 use crate::error::{ApiError, CommonErrors, ErrorBody};
 use crate::jobs::{not_our_token, page_query};
-use crate::submit::{check_body, check_kind_input, idempotency_key};
+use crate::submit::{check_body, check_kind_input, idempotency_key, json_fields};
 
 /// A new schedule: a job (kind and input, as `POST /jobs` takes them) and when to create it.
 #[derive(Debug, utoipa::ToSchema)]
@@ -309,20 +309,11 @@ struct ScheduleRequest {
 }
 
 fn parse_schedule(body: &[u8]) -> Result<ScheduleRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
-            .field("body")
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::bad_request("body", "must be a JSON object with kind, input and cron or rate"));
-    };
-    const KNOWN: [&str; 5] = ["kind", "input", "cron", "rate", "timezone"];
-    if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            "unknown field; a schedule has kind, input, cron or rate, and timezone",
-        ));
-    }
+    let mut fields = json_fields(
+        body,
+        &["kind", "input", "cron", "rate", "timezone"],
+        "a schedule has kind, input, cron or rate, and timezone",
+    )?;
     // A string field, at most `max` characters long (as the schema's `maxLength` counts).
     let text = |fields: &mut serde_json::Map<String, Value>, name: &'static str, max: usize| match fields.remove(name) {
         None => Ok(None),

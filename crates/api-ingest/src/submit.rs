@@ -228,21 +228,11 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 }
 
 fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
-            .field("body")
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::bad_request("body", "must be a JSON object with kind and input"));
-    };
-    if let Some(unknown) =
-        fields.keys().find(|k| !["kind", "input", "runAt", "delaySeconds", "callback"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            "unknown field; a job has kind, input, and optionally runAt or delaySeconds, and callback",
-        ));
-    }
+    let mut fields = json_fields(
+        body,
+        &["kind", "input", "runAt", "delaySeconds", "callback"],
+        "a job has kind, input, and optionally runAt or delaySeconds, and callback",
+    )?;
     let kind = match fields.remove("kind") {
         Some(Value::String(kind)) if !kind.is_empty() => kind,
         Some(Value::String(_)) | None => return Err(ApiError::bad_request("kind", "is required")),
@@ -282,6 +272,22 @@ fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
         Some(_) => return Err(ApiError::bad_request("callback", "must be an object with url")),
     };
     Ok(Submission { kind, input, start, callback_url })
+}
+
+/// A body's fields: a JSON object with only the `known` ones (`400` naming the body or the unknown field;
+/// `shape` says what it should be).
+pub(crate) fn json_fields(body: &[u8], known: &[&str], shape: &str) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+            .field("body")
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::bad_request("body", format!("must be a JSON object: {shape}")));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(unknown.clone(), format!("unknown field; {shape}")));
+    }
+    Ok(fields)
 }
 
 /// A non-negative whole number, as JSON Schema counts integers: `60` and `60.0` alike.

@@ -12,14 +12,17 @@ use axum::response::{IntoResponse, Response};
 use jobpipe_core::clock::to_rfc3339;
 use jobpipe_core::webhooks::WebhookEvent;
 use jobpipe_core::webhooks::signing::SigningSecrets;
-use jobpipe_core::webhooks::store::{Endpoint, MAX_ENDPOINTS, TooManyEndpoints, WebhookStore};
+use jobpipe_core::webhooks::store::{Endpoint, MAX_ENDPOINTS, RotationRefused, TooManyEndpoints, WebhookStore};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::Api;
 use crate::caller::Authenticated;
 use crate::error::{ApiError, CommonErrors, ErrorBody};
-use crate::submit::check_body;
+use crate::submit::{check_body, json_fields};
+
+/// The events endpoints may subscribe to: those delivered today (`batch.completed` comes with batches).
+const DELIVERED: [WebhookEvent; 2] = [WebhookEvent::JobCompleted, WebhookEvent::JobFailed];
 
 /// The longest endpoint description.
 const MAX_DESCRIPTION_CHARS: usize = 200;
@@ -31,7 +34,7 @@ pub struct NewEndpoint {
     /// An `https` URL on a public host; private, loopback, link-local and metadata addresses are refused.
     #[schema(max_length = 2048)]
     url: String,
-    /// The events to deliver to it.
+    /// The events to deliver to it: `job.completed`, `job.failed`.
     #[schema(min_items = 1)]
     events: Vec<WebhookEvent>,
     #[schema(nullable = false, max_length = 200)]
@@ -172,20 +175,33 @@ pub async fn secret(
 }
 
 /// Makes a new signing secret. For 24 hours deliveries carry signatures by both, so receivers can move to
-/// the new one at their own pace.
+/// the new one at their own pace; another rotation waits until then.
 #[utoipa::path(
     post,
     path = "/webhooks/secret/rotate",
     operation_id = "rotateWebhookSecret",
     tag = "webhooks",
-    responses((status = 200, body = WebhookSecret), CommonErrors)
+    responses(
+        (status = 200, body = WebhookSecret),
+        (status = 409, description = "The previous rotation's overlap has not ended.", body = ErrorBody),
+        CommonErrors,
+    )
 )]
 pub async fn rotate(
     State(api): State<Arc<Api>>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let now = api.clock.now_ms();
-    let secrets = store(&api)?.rotate(&caller.sub, now).await?;
+    let secrets = store(&api)?.rotate(&caller.sub, now).await?.map_err(|refused| {
+        let message = match refused {
+            RotationRefused::Overlapping { until } => format!(
+                "the previous rotation's old secret stays valid until {}; rotate again after that",
+                to_rfc3339(until)
+            ),
+            RotationRefused::Concurrent => "another rotation changed the secret at the same moment; read it".into(),
+        };
+        ApiError::new(StatusCode::CONFLICT, "rotation_in_progress", message)
+    })?;
     tracing::info!("webhook secret rotated");
     Ok(Json(WebhookSecret::of(secrets, now)))
 }
@@ -196,27 +212,25 @@ fn store(api: &Api) -> Result<&WebhookStore, ApiError> {
     })
 }
 
-/// A callback or endpoint URL webhooks may call; `422` naming `field` otherwise.
+/// A callback or endpoint URL webhooks may call; `422` naming `field` otherwise (also where this deployment
+/// delivers no webhooks: a callback accepted there would never be called).
 pub(crate) fn check_url(api: &Api, url: &str, field: &str) -> Result<String, ApiError> {
+    if api.webhooks.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "webhooks_not_available",
+            "this deployment delivers no webhooks (WEBHOOKS_TABLE is not set)",
+        )
+        .field(field));
+    }
     api.webhook_targets.check_url(url).map(|url| url.to_string()).map_err(|e| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook_url", format!("the URL {e}")).field(field)
     })
 }
 
 fn parse_endpoint(api: &Api, body: &[u8]) -> Result<(String, Vec<WebhookEvent>, Option<String>), ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
-            .field("body")
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::bad_request("body", "must be a JSON object with url and events"));
-    };
-    if let Some(unknown) = fields.keys().find(|k| !["url", "events", "description"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            "unknown field; an endpoint has url, events and description",
-        ));
-    }
+    let mut fields =
+        json_fields(body, &["url", "events", "description"], "an endpoint has url, events and description")?;
     let url = match fields.remove("url") {
         Some(Value::String(url)) => check_url(api, &url, "url")?,
         Some(_) => return Err(ApiError::bad_request("url", "must be a string")),
@@ -225,10 +239,10 @@ fn parse_endpoint(api: &Api, body: &[u8]) -> Result<(String, Vec<WebhookEvent>, 
     let events = match fields.remove("events") {
         Some(Value::Array(names)) if !names.is_empty() => names
             .iter()
-            .map(|name| name.as_str().and_then(WebhookEvent::parse))
+            .map(|name| name.as_str().and_then(WebhookEvent::parse).filter(|event| DELIVERED.contains(event)))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
-                let known: Vec<_> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
+                let known: Vec<_> = DELIVERED.iter().map(|e| e.as_str()).collect();
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "unknown_event",

@@ -12,6 +12,9 @@ pub enum Retryability {
     Permanent,
 }
 
+/// The `code` of an error in data read back rather than in a call (`AwsError::corrupt`).
+pub const CORRUPT_DATA: &str = "CorruptData";
+
 /// An AWS call (DynamoDB, SQS, S3, API Gateway) that failed, or data it returned that cannot be read
 /// (`corrupt`).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +35,7 @@ impl AwsError {
     pub fn corrupt(operation: impl Into<String>, message: impl Into<String>) -> Self {
         AwsError {
             operation: operation.into(),
-            code: "CorruptData".into(),
+            code: CORRUPT_DATA.into(),
             message: message.into(),
             retryability: Retryability::Permanent,
         }

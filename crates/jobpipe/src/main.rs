@@ -180,6 +180,10 @@ enum Commands {
         /// Start this many seconds after it is accepted.
         #[arg(long)]
         delay: Option<u64>,
+        /// Deliver the job's end to this URL, signed with your webhook secret (`https` to a public host;
+        /// the local stack also allows http://127.0.0.1).
+        #[arg(long)]
+        callback: Option<String>,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -361,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
             stack.stop().await;
             Ok(())
         }
-        Commands::Submit { kind, input, wait, run_at, delay, target } => {
+        Commands::Submit { kind, input, wait, run_at, delay, callback, target } => {
             let input: serde_json::Value =
                 serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
             let start = match (run_at, delay) {
@@ -370,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
                 (None, None) => jobpipe::ops::Start::Now,
             };
             let target = target.target().await?;
-            let job = target.submit_starting(&kind, input, &start).await?;
+            let job = target.submit_with(&kind, input, &start, callback.as_deref()).await?;
             let job_id = job.job_id.as_str().to_string();
             if wait {
                 let done = target.watch(&job_id, &mut std::io::stderr()).await?;

@@ -201,7 +201,21 @@ impl Target {
 
     /// Submits a job that starts at `start` (`scheduled` until then when that is ahead).
     pub async fn submit_starting(&self, kind: &str, input: Value, start: &Start) -> anyhow::Result<JobView> {
+        self.submit_with(kind, input, start, None).await
+    }
+
+    /// Submits a job that starts at `start` and, with `callback`, whose end is delivered there (signed).
+    pub async fn submit_with(
+        &self,
+        kind: &str,
+        input: Value,
+        start: &Start,
+        callback: Option<&str>,
+    ) -> anyhow::Result<JobView> {
         let mut body = json!({"kind": kind, "input": input});
+        if let Some(url) = callback {
+            body["callback"] = json!({"url": url});
+        }
         match start {
             Start::Now => {}
             Start::At(at) => body["runAt"] = json!(at),
@@ -393,10 +407,9 @@ impl Target {
         if let Some(unknown) = ids.iter().find(|id| !letters.iter().any(|letter| &letter.id() == *id)) {
             bail!("no dead letter {unknown:?}; `jobpipe webhooks dead-letters` lists them");
         }
-        let now = jobpipe_core::clock::Clock::now_ms(&jobpipe_core::SystemClock);
         let mut redelivered = Vec::new();
         for letter in letters.into_iter().filter(|letter| ids.is_empty() || ids.contains(&letter.id())) {
-            let delivery = Delivery { attempt: 1, not_before: now, ..letter.delivery.clone() };
+            let delivery = Delivery { attempt: 1, ..letter.delivery.clone() };
             sqs.send_message()
                 .queue_url(queue)
                 .message_body(serde_json::to_string(&delivery)?)

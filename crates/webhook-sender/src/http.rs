@@ -47,7 +47,8 @@ async fn allowed_addresses(
         return Err(Box::new(TargetError(format!("{host} has no address"))));
     }
     for address in &addresses {
-        policy.check_ip(address.ip()).map_err(|e| Box::new(TargetError(format!("{host}: {e}"))))?;
+        // A `TargetError` boxed once, so a caller can downcast it.
+        policy.check_ip(address.ip()).map_err(|e| TargetError(format!("{host}: {e}")))?;
     }
     Ok(addresses)
 }
@@ -80,15 +81,21 @@ impl HttpSender {
         };
         // A name is resolved and checked first, so a forbidden address is a refusal (dead-lettered) with
         // a clear reason; the resolver checks again when connecting, against a name that changed since.
-        if let Some(url::Host::Domain(host)) = url.host()
-            && let Err(error) = allowed_addresses(host, self.policy).await
-        {
-            return match error.downcast::<TargetError>() {
-                Ok(refused) => AttemptOutcome::Refused { status: None, error: format!("not called: {refused}") },
-                Err(error) => {
-                    AttemptOutcome::Failed { status: None, error: format!("resolving {host} failed: {error}") }
-                }
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let resolved = tokio::time::timeout(CONNECT_TIMEOUT, allowed_addresses(host, self.policy)).await;
+            let refusal = match resolved {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(match error.downcast::<TargetError>() {
+                    Ok(refused) => AttemptOutcome::Refused { status: None, error: format!("not called: {refused}") },
+                    Err(error) => {
+                        AttemptOutcome::Failed { status: None, error: format!("resolving {host} failed: {error}") }
+                    }
+                }),
+                Err(_) => Some(AttemptOutcome::Failed { status: None, error: format!("resolving {host} timed out") }),
             };
+            if let Some(refusal) = refusal {
+                return refusal;
+            }
         }
         let body = delivery.body();
         let timestamp = now / 1000;
@@ -140,12 +147,14 @@ fn outcome_of_error(error: &reqwest::Error) -> AttemptOutcome {
     } else {
         "failed"
     };
-    AttemptOutcome::Failed { status: None, error: format!("the request {what}: {}", chain(error)) }
+    AttemptOutcome::Failed { status: None, error: format!("the request {what}{}", causes(error)) }
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+/// What caused a request's failure, without the request's own line: that names the URL, whose query may
+/// carry a receiver's token, and this text is logged, kept on the job and in dead letters.
+fn causes(error: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut source = std::error::Error::source(error);
     while let Some(current) = source {
         text.push_str(": ");
         text.push_str(&current.to_string());
@@ -164,15 +173,18 @@ mod tests {
     async fn a_name_resolving_to_a_forbidden_address_is_refused_when_called() {
         let deployed = HttpSender::new(TargetPolicy { allow_loopback: false }).unwrap();
         let refusal = allowed_addresses("localhost", deployed.policy).await.unwrap_err();
-        assert!(refusal.to_string().contains("loopback"), "{refusal}");
+        let refusal = refusal.downcast::<TargetError>().expect("a TargetError, as `attempt` tells them apart");
+        assert!(refusal.0.contains("loopback"), "{refusal}");
         // Past the checks (as if the name changed after them), the connection is refused all the same.
         let error = deployed.client.post("http://localhost:9/hook").send().await.unwrap_err();
         assert!(error.is_connect() && format!("{error:?}").contains("loopback"), "{error:?}");
         let local = HttpSender::new(TargetPolicy { allow_loopback: true }).unwrap();
-        let error = local.client.post("http://localhost:9/hook").send().await.unwrap_err();
-        assert!(
-            matches!(outcome_of_error(&error), AttemptOutcome::Failed { .. }),
-            "nothing listens: a failure to retry"
-        );
+        let error = local.client.post("http://localhost:9/hook?token=secret").send().await.unwrap_err();
+        match outcome_of_error(&error) {
+            AttemptOutcome::Failed { error, .. } => {
+                assert!(!error.contains("secret"), "the URL is not repeated: {error}")
+            }
+            other => panic!("nothing listens: a failure to retry, not {other:?}"),
+        }
     }
 }

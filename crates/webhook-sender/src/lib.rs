@@ -26,7 +26,9 @@ use jobpipe_core::config::{Config, ConfigError};
 use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::store::job_from_stream_image;
 use jobpipe_core::webhooks::store::{DeadLetter, Endpoint, WebhookStore};
-use jobpipe_core::webhooks::{AttemptOutcome, Delivery, DeliveryState, RetrySchedule, WebhookDelivery};
+use jobpipe_core::webhooks::{
+    AttemptOutcome, CALLBACK_TARGET, Delivery, DeliveryState, RetrySchedule, WebhookDelivery,
+};
 use jobpipe_core::{AwsError, JobStore};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
@@ -40,8 +42,8 @@ pub const SERVICE: &str = "webhook-sender";
 /// removed takes effect within this.
 pub const ENDPOINTS_CACHE: Duration = Duration::from_secs(5);
 
-/// The longest an SQS message can be delayed; a later attempt waits in hops of this.
-const MAX_QUEUE_DELAY_SECS: i64 = 900;
+/// The longest a received SQS message can be hidden (12 hours), so the longest wait between attempts.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// Deliveries of one batch attempted at once.
 const DELIVERY_CONCURRENCY: usize = 10;
@@ -116,20 +118,18 @@ impl WebhookSender {
             return Ok(Vec::new());
         }
         let endpoints = self.endpoints(&new.owner).await?;
-        Ok(Delivery::for_ended_job(&new, &endpoints, self.clock.now_ms()))
+        Ok(Delivery::for_ended_job(&new, &endpoints))
     }
 
     /// Queues deliveries (ten to a call).
     pub async fn enqueue(&self, deliveries: &[Delivery]) -> Result<(), AwsError> {
         for chunk in deliveries.chunks(10) {
-            let now = self.clock.now_ms();
             let mut entries = Vec::with_capacity(chunk.len());
             for (index, delivery) in chunk.iter().enumerate() {
                 let body = serde_json::to_string(delivery).map_err(|e| AwsError::corrupt("delivery", e.to_string()))?;
                 let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                     .id(index.to_string())
-                    .message_body(body)
-                    .delay_seconds(queue_delay(delivery.not_before, now))
+                    .message_body(sqs_safe(body))
                     .build()
                     .map_err(|e| AwsError::corrupt("delivery", e.to_string()))?;
                 entries.push(entry);
@@ -158,17 +158,21 @@ impl WebhookSender {
         Ok(())
     }
 
-    /// Makes the attempt a queued delivery is due for, and queues, records or dead-letters what follows.
-    /// An error means nothing was settled: the message is given again.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<DeliveryState, AwsError> {
-        let now = self.clock.now_ms();
-        if delivery.not_before > now + 1000 {
-            // Not yet: waits another hop (an attempt hours away is more than one queue delay).
-            self.enqueue(std::slice::from_ref(&delivery)).await?;
-            return Ok(DeliveryState::Retrying);
+    /// Makes one attempt of a queued delivery, its `receive_count`-th (a retry is the same message, hidden
+    /// until its time), and records, dead-letters or schedules what follows. An error means nothing was
+    /// settled: the message is given again.
+    pub async fn deliver(&self, mut delivery: Delivery, receive_count: u32) -> Result<Settled, AwsError> {
+        delivery.attempt = receive_count.max(1);
+        if delivery.target != CALLBACK_TARGET {
+            let endpoints = self.endpoints(&delivery.tenant).await?;
+            if !endpoints.iter().any(|endpoint| endpoint.endpoint_id == delivery.target) {
+                // Removed (perhaps because its domain changed hands): it gets nothing more.
+                tracing::info!(webhook_id = %delivery.webhook_id, target = %delivery.target, "the endpoint was removed; delivery dropped");
+                return Ok(Settled::Dropped);
+            }
         }
         let secrets = self.store.secrets_or_create(&delivery.tenant).await?;
-        let outcome = self.http.attempt(&delivery, &secrets, now).await;
+        let outcome = self.http.attempt(&delivery, &secrets, self.clock.now_ms()).await;
         let now = self.clock.now_ms();
         let mut state = WebhookDelivery {
             target: delivery.target.clone(),
@@ -182,26 +186,28 @@ impl WebhookSender {
             updated_at: now,
         };
         let dimensions = [("Event", delivery.event.as_str())];
-        match outcome {
+        let settled = match outcome {
             AttemptOutcome::Delivered { status } => {
                 state.last_status = Some(status);
                 tracing::info!(webhook_id = %delivery.webhook_id, target = %delivery.target, status, attempt = delivery.attempt, "webhook delivered");
                 metrics::emit(SERVICE, "WebhooksDelivered", Unit::Count, 1.0, &dimensions);
+                Settled::Delivered
             }
             AttemptOutcome::Failed { status, error } => {
                 (state.last_status, state.last_error) = (status, Some(error.clone()));
                 let jitter = rand::random_range(-1.0..=1.0);
                 match self.retry.delay_after(delivery.attempt, jitter) {
                     Some(delay) => {
-                        let next = delivery.next_attempt(now, delay);
-                        self.enqueue(std::slice::from_ref(&next)).await?;
-                        (state.state, state.next_attempt_at) = (DeliveryState::Retrying, Some(next.not_before));
+                        (state.state, state.next_attempt_at) =
+                            (DeliveryState::Retrying, Some(now + delay.as_millis() as Millis));
                         tracing::warn!(webhook_id = %delivery.webhook_id, target = %delivery.target, attempt = delivery.attempt, %error, retry_in_s = delay.as_secs(), "webhook attempt failed; retrying");
                         metrics::emit(SERVICE, "WebhookRetries", Unit::Count, 1.0, &dimensions);
+                        Settled::RetryIn(delay)
                     }
                     None => {
                         state.state = DeliveryState::Failed;
                         self.dead_letter(&delivery, status, &error, now).await?;
+                        Settled::DeadLettered
                     }
                 }
             }
@@ -209,14 +215,23 @@ impl WebhookSender {
                 (state.state, state.last_status, state.last_error) =
                     (DeliveryState::Failed, status, Some(error.clone()));
                 self.dead_letter(&delivery, status, &error, now).await?;
+                Settled::DeadLettered
+            }
+        };
+        // The state on the job is for people to read: a failure to keep it never repeats the attempt.
+        if let Some(job_id) = &delivery.job_id {
+            match self.jobs.record_webhook(job_id, &state).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(%job_id, target = %delivery.target, "the job is gone or this target already has it; state not kept")
+                }
+                Err(error) => {
+                    tracing::warn!(%job_id, %error, "a webhook delivery's state could not be kept on its job");
+                    metrics::emit(SERVICE, "WebhookStateNotKept", Unit::Count, 1.0, &[]);
+                }
             }
         }
-        if let Some(job_id) = &delivery.job_id
-            && !self.jobs.record_webhook(job_id, &state).await?
-        {
-            tracing::info!(%job_id, target = %delivery.target, "the job is gone or this target already has it; state not kept");
-        }
-        Ok(state.state)
+        Ok(settled)
     }
 
     async fn dead_letter(
@@ -235,10 +250,15 @@ impl WebhookSender {
     }
 }
 
-/// The queue delay that brings a delivery back at `not_before`, or as near as a queue delay reaches.
-fn queue_delay(not_before: Millis, now: Millis) -> i32 {
-    let seconds = (not_before - now + 999).div_euclid(1000);
-    seconds.clamp(0, MAX_QUEUE_DELAY_SECS) as i32
+/// What became of a delivery's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    /// Hidden this long, then given again for the next attempt.
+    RetryIn(Duration),
+    DeadLettered,
+    /// Its endpoint was removed.
+    Dropped,
 }
 
 /// The Lambda handler for both event sources: the stream's records (`aws:dynamodb`) are planned, the
@@ -265,7 +285,7 @@ pub async fn handle(sender: Arc<WebhookSender>, event: LambdaEvent<Value>) -> Re
 }
 
 async fn deliver_message(sender: &WebhookSender, message: SqsMessage) -> Result<(), RecordFailed> {
-    let body = message.body.unwrap_or_default();
+    let body = message.body.clone().unwrap_or_default();
     let delivery: Delivery = match serde_json::from_str(&body) {
         Ok(delivery) => delivery,
         Err(error) => {
@@ -274,14 +294,43 @@ async fn deliver_message(sender: &WebhookSender, message: SqsMessage) -> Result<
             return Ok(());
         }
     };
+    let receive_count =
+        message.attributes.get("ApproximateReceiveCount").and_then(|count| count.parse().ok()).unwrap_or(1);
     // Boxed: the attempt's future (the HTTP client's) is deep enough to overflow the compiler's layout limit inline.
-    match Box::pin(sender.deliver(delivery)).await {
+    match Box::pin(sender.deliver(delivery, receive_count)).await {
+        Ok(Settled::RetryIn(delay)) => {
+            // The same message comes back for the next attempt: hidden until then, and left undeleted.
+            let receipt = message.receipt_handle.unwrap_or_default();
+            let hidden = delay.min(MAX_RETRY_DELAY).as_secs().max(1) as i32;
+            let changed = sender
+                .sqs
+                .change_message_visibility()
+                .queue_url(&sender.queue_url)
+                .receipt_handle(receipt)
+                .visibility_timeout(hidden)
+                .send()
+                .await;
+            if let Err(error) = changed {
+                let error = AwsError::from_sdk("ChangeMessageVisibility (webhook retry)", error);
+                tracing::warn!(%error, "the retry's wait could not be set; it comes back after the queue's visibility timeout");
+            }
+            Err(RecordFailed)
+        }
         Ok(_) => Ok(()),
         Err(error) => {
             tracing::warn!(%error, "webhook delivery not settled; the queue gives it again");
             Err(RecordFailed)
         }
     }
+}
+
+/// A message body SQS accepts: JSON that spells the two characters SQS refuses (U+FFFE, U+FFFF, valid
+/// in JSON strings, where they can only be) as escapes.
+fn sqs_safe(json: String) -> String {
+    if !json.contains(['\u{fffe}', '\u{ffff}']) {
+        return json;
+    }
+    json.replace('\u{fffe}', "\\ufffe").replace('\u{ffff}', "\\uffff")
 }
 
 /// Plans and queues every record's deliveries, concurrently; answers the first record (in stream order)
@@ -302,13 +351,16 @@ async fn plan_records(sender: &Arc<WebhookSender>, records: Vec<Value>) -> Resul
                     tracing::info!(queued, "a job ended: its webhook deliveries are queued");
                     None
                 }
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(%error, "a job's webhook deliveries could not be queued; the stream gives it again");
-                    Some((index, sequence))
+                // Only a record that is not a job can never be planned; any AWS failure, even one that
+                // looks permanent (a missing permission, a deleted queue), is retried until it is mended:
+                // a job's end is never skipped for it.
+                Err(error) if error.code == jobpipe_core::error::CORRUPT_DATA => {
+                    tracing::error!(%error, "skipping a stream record that is not a job");
+                    None
                 }
                 Err(error) => {
-                    tracing::error!(%error, "skipping a stream record whose deliveries can never be planned");
-                    None
+                    tracing::warn!(%error, "a job's webhook deliveries could not be queued; the stream gives it again");
+                    Some((index, sequence))
                 }
             }
         });
@@ -335,11 +387,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_delays_reach_at_most_fifteen_minutes() {
-        assert_eq!(queue_delay(0, 0), 0);
-        assert_eq!(queue_delay(-5000, 0), 0);
-        assert_eq!(queue_delay(1, 0), 1, "rounded up: never early");
-        assert_eq!(queue_delay(5000, 0), 5);
-        assert_eq!(queue_delay(10 * 3600 * 1000, 0), 900);
+    fn bodies_sqs_refuses_are_spelled_as_escapes() {
+        let text = "a\u{fffe}b\u{ffff}c é";
+        let body = sqs_safe(serde_json::to_string(&json!({"t": text})).unwrap());
+        assert!(!body.contains(['\u{fffe}', '\u{ffff}']), "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["t"], text);
+        assert_eq!(sqs_safe("{}".into()), "{}");
     }
 }

@@ -15,3 +15,4 @@ mod reads;
 mod schedules;
 mod scheduling;
 mod submit;
+mod webhooks;

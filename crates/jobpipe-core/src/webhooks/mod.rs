@@ -3,7 +3,8 @@
 //! A job may name a callback URL, and a tenant may register endpoints for the events it wants. When a job
 //! ends, the webhook sender (the `webhook-sender` function) turns the table's stream record into one
 //! `Delivery` per target and puts each on the webhook queue; each is then sent, retried with backoff on
-//! what may pass (network errors, timeouts, 408, 429, 5xx) for about a day, and dead-lettered where an
+//! what may pass (network errors, timeouts, 408, 429, 5xx) for about a day (the same message, hidden
+//! until its next attempt), and dead-lettered where an
 //! operator can list and redeliver it. Every attempt carries the same `webhook-id`, so a receiver can
 //! de-duplicate.
 //!
@@ -79,10 +80,9 @@ pub struct Delivery {
     /// `callback`, or the endpoint's id.
     pub target: String,
     pub url: String,
-    /// The attempt this message makes, from 1.
+    /// The attempt this is, from 1: the message's receive count (a retry is the same message, hidden until
+    /// its time), set when it is attempted.
     pub attempt: u32,
-    /// Not sent before this time (epoch ms): a retry's time, which may be further away than a queue delay.
-    pub not_before: Millis,
     /// The body, `{"type", "timestamp", "data"}`, sent byte for byte the same on every attempt.
     pub payload: Value,
 }
@@ -94,7 +94,7 @@ impl Delivery {
     }
 
     /// The deliveries of a job that just ended: its callback's and each subscribed endpoint's.
-    pub fn for_ended_job(job: &Job, endpoints: &[store::Endpoint], now: Millis) -> Vec<Delivery> {
+    pub fn for_ended_job(job: &Job, endpoints: &[store::Endpoint]) -> Vec<Delivery> {
         let Some(event) = WebhookEvent::of_job(job.status) else { return Vec::new() };
         let webhook_id = webhook_id(event, job.job_id.as_str());
         let mut data = serde_json::to_value(job.update()).unwrap_or_default();
@@ -116,15 +116,9 @@ impl Delivery {
                 target,
                 url,
                 attempt: 1,
-                not_before: now,
                 payload: payload.clone(),
             })
             .collect()
-    }
-
-    /// The next attempt after this one failed, `delay` from `now`.
-    pub fn next_attempt(&self, now: Millis, delay: Duration) -> Delivery {
-        Delivery { attempt: self.attempt + 1, not_before: now + delay.as_millis() as Millis, ..self.clone() }
     }
 }
 
@@ -247,6 +241,9 @@ impl RetrySchedule {
         if delays.is_empty() || delays.len() > 20 {
             return Err("give 1 to 20 delays".into());
         }
+        if delays.iter().any(|delay| *delay > Duration::from_secs(12 * 60 * 60)) {
+            return Err("a delay is at most 43200 seconds (12 hours: the longest SQS hides a message)".into());
+        }
         Ok(RetrySchedule(delays))
     }
 
@@ -297,6 +294,7 @@ mod tests {
         assert_eq!(RetrySchedule::parse("1, 2,3").unwrap().0.len(), 3);
         assert!(RetrySchedule::parse("1,x").is_err());
         assert!(RetrySchedule::parse("").is_err());
+        assert!(RetrySchedule::parse("43201").is_err());
     }
 
     #[test]

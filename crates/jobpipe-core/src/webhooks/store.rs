@@ -78,6 +78,15 @@ impl DeadLetter {
     }
 }
 
+/// A rotation not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationRefused {
+    /// The previous rotation's old secret stays valid until then (epoch ms).
+    Overlapping { until: Millis },
+    /// Another rotation changed the secret at the same moment.
+    Concurrent,
+}
+
 /// An endpoint not added: the tenant has `MAX_ENDPOINTS` already.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooManyEndpoints;
@@ -145,7 +154,15 @@ impl WebhookStore {
     /// A tenant's endpoints, oldest first.
     pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, AwsError> {
         let items = self.query(tenant, attr::ENDPOINT_PREFIX, true).await?;
-        let mut endpoints: Vec<(i64, Endpoint)> = items.iter().map(endpoint_from_item).collect::<Result<_, _>>()?;
+        // One unreadable endpoint must not cost the tenant's others (or its jobs' callbacks) their deliveries.
+        let mut endpoints: Vec<(i64, Endpoint)> = items
+            .iter()
+            .filter_map(|item| {
+                endpoint_from_item(item)
+                    .inspect_err(|error| tracing::error!(%error, tenant, "skipping an unreadable webhook endpoint"))
+                    .ok()
+            })
+            .collect();
         endpoints.sort_by_key(|(created, endpoint)| (*created, endpoint.endpoint_id.clone()));
         Ok(endpoints.into_iter().map(|(_, endpoint)| endpoint).collect())
     }
@@ -165,6 +182,10 @@ impl WebhookStore {
         let endpoint_id = format!("ep_{}", uuid::Uuid::now_v7().simple());
         let mut item = self.key(tenant, &format!("{}{endpoint_id}", attr::ENDPOINT_PREFIX));
         item.insert(attr::URL.into(), s(url));
+        let mut events = events.to_vec();
+        events.sort();
+        events.dedup();
+        // A string set: DynamoDB refuses one with duplicates, hence the dedup first.
         item.insert(attr::EVENTS.into(), AttributeValue::Ss(events.iter().map(|e| e.as_str().to_string()).collect()));
         item.insert(attr::CREATED_AT.into(), AttributeValue::N(now.to_string()));
         if let Some(description) = description {
@@ -179,9 +200,6 @@ impl WebhookStore {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("PutItem (webhook endpoint)", e))?;
-        let mut events = events.to_vec();
-        events.sort();
-        events.dedup();
         Ok(Ok(Endpoint {
             endpoint_id,
             url: url.to_string(),
@@ -246,9 +264,16 @@ impl WebhookStore {
         }
     }
 
-    /// Makes a new current secret; the one it replaces signs too for `ROTATION_OVERLAP_MS`.
-    pub async fn rotate(&self, tenant: &str, now: Millis) -> Result<SigningSecrets, AwsError> {
+    /// Makes a new current secret; the one it replaces signs too for `ROTATION_OVERLAP_MS`. Refused while
+    /// an earlier rotation's overlap lasts (the secret it kept valid was promised its whole overlap), and
+    /// when another rotation changed the secret at the same moment.
+    pub async fn rotate(&self, tenant: &str, now: Millis) -> Result<Result<SigningSecrets, RotationRefused>, AwsError> {
         let old = self.secrets_or_create(tenant).await?;
+        if let Some((_, until)) = old.previous
+            && until > now
+        {
+            return Ok(Err(RotationRefused::Overlapping { until }));
+        }
         let rotated = SigningSecrets {
             current: SigningSecrets::generate(),
             previous: Some((old.current.clone(), now + ROTATION_OVERLAP_MS)),
@@ -272,13 +297,8 @@ impl WebhookStore {
             .send()
             .await;
         match update {
-            Ok(_) => Ok(rotated),
-            Err(err) if err.as_service_error().is_some_and(conditional_failed) => Err(AwsError {
-                operation: "UpdateItem (rotate webhook secret)".into(),
-                code: "ConcurrentRotation".into(),
-                message: "another rotation changed the secret at the same moment; rotate again".into(),
-                retryability: crate::error::Retryability::Retryable,
-            }),
+            Ok(_) => Ok(Ok(rotated)),
+            Err(err) if err.as_service_error().is_some_and(conditional_failed) => Ok(Err(RotationRefused::Concurrent)),
             Err(err) => Err(AwsError::from_sdk("UpdateItem (rotate webhook secret)", err)),
         }
     }
@@ -341,16 +361,24 @@ impl WebhookStore {
         }
     }
 
-    /// Forgets a dead letter (once it is redelivered).
-    pub async fn remove_dead_letter(&self, dead: &DeadLetter) -> Result<(), AwsError> {
-        self.client
+    /// Forgets a dead letter once it is redelivered: the one listed, not a newer one under the same key
+    /// (the redelivery refused again at once); `false` when it was not the one listed any more.
+    pub async fn remove_dead_letter(&self, dead: &DeadLetter) -> Result<bool, AwsError> {
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(self.key(&dead.delivery.tenant, &dead.entry())))
+            .condition_expression("#at = :at")
+            .expression_attribute_names("#at", attr::DEAD_AT)
+            .expression_attribute_values(":at", AttributeValue::N(dead.dead_at.to_string()))
             .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DeleteItem (webhook dead letter)", e))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(conditional_failed) => Ok(false),
+            Err(err) => Err(AwsError::from_sdk("DeleteItem (webhook dead letter)", err)),
+        }
     }
 }
 

@@ -128,23 +128,14 @@ impl StreamMapping {
 
     /// Starts following shards that appeared since `enable`, from their first record.
     async fn follow_new_shards(&self, shards: &mut HashMap<String, ShardPosition>) -> Result<(), String> {
-        let out = self
-            .streams
-            .describe_stream()
-            .stream_arn(&self.stream_arn)
-            .send()
-            .await
-            .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
-        for shard in out.stream_description().map(|d| d.shards()).unwrap_or_default() {
-            if let Some(id) = shard.shard_id() {
-                shards.entry(id.to_string()).or_default();
-            }
+        for id in self.shard_ids().await? {
+            shards.entry(id).or_default();
         }
         Ok(())
     }
 
-    /// Takes the latest position in every shard the stream has now (StartingPosition: LATEST).
-    async fn discover(&self, iterators: &mut HashMap<String, String>) -> Result<(), String> {
+    /// The stream's shards, as `DescribeStream` lists them.
+    async fn shard_ids(&self) -> Result<Vec<String>, String> {
         let out = self
             .streams
             .describe_stream()
@@ -152,22 +143,29 @@ impl StreamMapping {
             .send()
             .await
             .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
-        for shard in out.stream_description().map(|d| d.shards()).unwrap_or_default() {
-            let Some(id) = shard.shard_id() else { continue };
-            if iterators.contains_key(id) {
-                continue;
-            }
+        Ok(out
+            .stream_description()
+            .map(|d| d.shards())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|shard| shard.shard_id().map(String::from))
+            .collect())
+    }
+
+    /// Takes the latest position in every shard the stream has now (StartingPosition: LATEST).
+    async fn discover(&self, iterators: &mut HashMap<String, String>) -> Result<(), String> {
+        for id in self.shard_ids().await? {
             let iterator = self
                 .streams
                 .get_shard_iterator()
                 .stream_arn(&self.stream_arn)
-                .shard_id(id)
+                .shard_id(&id)
                 .shard_iterator_type(ShardIteratorType::Latest)
                 .send()
                 .await
                 .map_err(|e| aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string())?;
             if let Some(iterator) = iterator.shard_iterator() {
-                iterators.insert(id.to_string(), iterator.to_string());
+                iterators.insert(id, iterator.to_string());
             }
         }
         Ok(())

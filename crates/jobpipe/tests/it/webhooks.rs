@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use jobpipe::ops::{Target, TargetOptions};
+use jobpipe::ops::{Start, Target, TargetOptions};
 use jobpipe_core::JobView;
 use jobpipe_core::webhooks::DeliveryState;
 use jobpipe_core::webhooks::store::Endpoint;
@@ -68,11 +68,9 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     panic!("never happened: {what}");
 }
 
+/// As `jobpipe submit --callback` does.
 async fn submit(target: &Target, input: Value, callback: &str) -> JobView {
-    target
-        .call(Method::POST, "/jobs", Some(json!({"kind": "echo", "input": input, "callback": {"url": callback}})))
-        .await
-        .unwrap()
+    target.submit_with("echo", input, &Start::Now, Some(callback)).await.unwrap()
 }
 
 fn deliveries_of(job: &JobView) -> BTreeMap<String, (DeliveryState, u32, Option<u16>)> {
