@@ -5,7 +5,9 @@
 //! to a few jobs running at once. Then it waits for quiescence and checks the invariants: every accepted
 //! job ended, none completed twice, none started before its time, a cancel that was answered `200`
 //! stuck, no write after a job ended, the limited tenant never held more claims at once than its limit,
-//! and the dead-letter queue holds exactly the poison that was sent.
+//! and the dead-letter queue holds exactly the poison that was sent. A share of the jobs name a callback
+//! (a receiver in this process, which verifies every signature and fails some first attempts): every such
+//! job that ended completed or failed is delivered, signed, as what it became; none cancelled is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -46,6 +48,9 @@ pub struct ChaosOptions {
     /// (0: none); its submissions over the limit are refused with `429`.
     pub open_jobs_every: usize,
     pub open_jobs_limit: u32,
+    /// Every this many-th job names a callback (0: none); the receiver answers 503 to the first attempt
+    /// for every third of them, so retries run through the faults too.
+    pub webhook_every: usize,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
     /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
@@ -77,6 +82,7 @@ impl Default for ChaosOptions {
             limited_concurrency: 2,
             open_jobs_every: 20,
             open_jobs_limit: 4,
+            webhook_every: 10,
             poison: 20,
             kill_every_jobs: 60,
             aws_fault_rate: 0.02,
@@ -140,6 +146,15 @@ pub struct ChaosReport {
     pub open_most_at_once: usize,
     pub open_jobs_limit: u32,
     pub open_count_at_end: i64,
+    /// Jobs with a callback that ended completed or failed; of those, delivered (a verified `2xx`
+    /// delivery of the right event); not delivered (0); deliveries that failed verification, named the
+    /// wrong event or were for a cancelled job (0); and `2xx` deliveries beyond each job's first (at
+    /// least once allows them).
+    pub webhook_jobs: usize,
+    pub webhooks_delivered: usize,
+    pub webhooks_missing: usize,
+    pub webhooks_bad: usize,
+    pub webhooks_repeated: usize,
     /// A recurring schedule (every minute) running through the faults: ticks that created a job, ticks
     /// between its first and last that created none (0), ticks that created two (0), and whether a tick
     /// due by the end was never fired (false).
@@ -205,6 +220,12 @@ impl ChaosReport {
                 self.schedule_ticks, self.ticks_missing, self.ticks_twice, self.tick_left_unfired
             ));
         }
+        if self.webhooks_missing > 0 || self.webhooks_bad > 0 {
+            problems.push(format!(
+                "of {} jobs with a callback, {} never delivered, and {} deliveries bad (unverified, wrong event, or for a cancelled job)",
+                self.webhook_jobs, self.webhooks_missing, self.webhooks_bad
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -246,6 +267,12 @@ impl ChaosReport {
                 format!("{} (limit {})", self.open_most_at_once, self.open_jobs_limit),
             ),
             ("its count at the end (0)", self.open_count_at_end.to_string()),
+            ("jobs with a callback, ended", self.webhook_jobs.to_string()),
+            (
+                "  delivered / missing (0) / bad (0)",
+                format!("{} / {} / {}", self.webhooks_delivered, self.webhooks_missing, self.webhooks_bad),
+            ),
+            ("  delivered again (at least once)", self.webhooks_repeated.to_string()),
             ("schedule's ticks fired (> 0)", self.schedule_ticks.to_string()),
             ("ticks missed or doubled (0)", format!("{} {}", self.ticks_missing, self.ticks_twice)),
             ("a due tick left unfired (no)", if self.tick_left_unfired { "yes" } else { "no" }.to_string()),
@@ -304,6 +331,8 @@ pub async fn run(
         ("PAUSED_KIND_RECHECK_SECONDS", "2"),
         // One tenant submits everything here: its quota is not what this run checks.
         ("TENANT_SUBMISSIONS_PER_SECOND", "0"),
+        // Webhook retries in seconds, not minutes.
+        ("WEBHOOK_RETRY_DELAYS", "1,1,2,2,4,4"),
         ("RUST_LOG", "warn"),
     ] {
         dev.extra_env.insert(name.into(), value.into());
@@ -340,6 +369,14 @@ pub async fn run(
         .json()
         .await?;
     let schedule_id = schedule["scheduleId"].as_str().context("the schedule's id")?.to_string();
+    let secret: Value = http
+        .get(format!("{}/webhooks/secret", stack.base_url()))
+        .bearer_auth(stack.token("chaos"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let receiver = WebhookReceiver::start(secret["secret"].as_str().context("the tenant's webhook secret")?).await?;
 
     proxy.enabled.store(true, Ordering::SeqCst);
     let mut report = ChaosReport {
@@ -357,6 +394,8 @@ pub async fn run(
     let over_open = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let early_sent = Arc::new(AtomicUsize::new(0));
+    // Accepted jobs with a callback: their receiver path (`n`).
+    let callbacks: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
     let mut tasks = Vec::new();
     for n in 0..options.jobs {
         let (http, token, permits, base) = (http.clone(), token.clone(), permits.clone(), stack.base_url());
@@ -377,10 +416,13 @@ pub async fn run(
         if scheduled {
             submission["delaySeconds"] = json!(1 + n % 4);
         }
+        let open_tenant = options.open_jobs_every > 0 && n % options.open_jobs_every == options.open_jobs_every / 3;
+        let limited = ((n as f64 + 0.5) * options.limited_rate).fract() < options.limited_rate;
+        if options.webhook_every > 0 && n % options.webhook_every == 1 && !open_tenant && !limited {
+            submission["callback"] = json!({"url": format!("{}/{n}", receiver.url)});
+        }
         let cancel = scheduled && n % 2 == 0;
         // Spread over every design: every fifth job (at the default rate) is the limited tenant's.
-        let limited = ((n as f64 + 0.5) * options.limited_rate).fract() < options.limited_rate;
-        let open_tenant = options.open_jobs_every > 0 && n % options.open_jobs_every == options.open_jobs_every / 3;
         let token = if open_tenant {
             open_token.clone()
         } else if limited {
@@ -388,14 +430,17 @@ pub async fn run(
         } else {
             token
         };
-        let over_open = over_open.clone();
+        let (over_open, callbacks) = (over_open.clone(), callbacks.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("open");
             let reply = http.post(format!("{base}/jobs")).bearer_auth(&token).json(&submission).send().await;
             let id = match reply {
-                Ok(r) if r.status() == 202 => {
-                    r.json::<Value>().await.ok().and_then(|v| v["jobId"].as_str().map(String::from))
-                }
+                Ok(r) if r.status() == 202 => r.json::<Value>().await.ok().and_then(|v| {
+                    if v["callback"].is_object() {
+                        callbacks.lock().expect("lock").insert(v["jobId"].as_str()?.to_string(), n);
+                    }
+                    v["jobId"].as_str().map(String::from)
+                }),
                 Ok(r) if r.status() == 429 => {
                     let body = r.json::<Value>().await.unwrap_or_default();
                     if body["error"]["field"] == "openJobs" {
@@ -523,6 +568,36 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Every job with a callback that ended completed or failed is delivered, or progress stopped.
+    let callbacks = std::mem::take(&mut *callbacks.lock().expect("lock"));
+    let expected: HashMap<String, String> = callbacks
+        .keys()
+        .filter_map(|id| match statuses.get(id).map(|(status, _)| status.as_str()) {
+            Some(status @ ("completed" | "failed")) => Some((id.clone(), format!("job.{status}"))),
+            _ => None,
+        })
+        .collect();
+    let mut last = (usize::MAX, Instant::now());
+    loop {
+        let delivered = receiver.delivered(&expected);
+        if delivered == expected.len() {
+            break;
+        }
+        let heard = receiver.heard();
+        if heard != last.0 {
+            last = (heard, Instant::now());
+        } else if last.1.elapsed() > options.stall {
+            report.stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report.webhook_jobs = expected.len();
+    report.webhooks_delivered = receiver.delivered(&expected);
+    report.webhooks_missing = expected.len() - report.webhooks_delivered;
+    report.webhooks_bad = receiver.bad(&expected, &callbacks);
+    report.webhooks_repeated = receiver.repeated();
+
     // Let in-flight work settle before reading the history.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -605,6 +680,102 @@ pub async fn run(
     proxy_task.abort();
     drop(engines);
     Ok(report)
+}
+
+/// The run's webhook receiver: verifies every delivery's signature (with the Standard Webhooks crate) and
+/// answers `503` to the first attempt for every third path, `200` otherwise.
+struct WebhookReceiver {
+    url: String,
+    heard: Arc<std::sync::Mutex<Vec<Heard>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Heard {
+    path: usize,
+    webhook_id: String,
+    verified: bool,
+    event: String,
+    job_id: String,
+    answered: u16,
+}
+
+impl WebhookReceiver {
+    async fn start(secret: &str) -> anyhow::Result<WebhookReceiver> {
+        let verifier = Arc::new(standardwebhooks::Webhook::new(secret).context("the webhook secret")?);
+        let heard: Arc<std::sync::Mutex<Vec<Heard>>> = Arc::default();
+        let kept = heard.clone();
+        let app = axum::Router::new().route(
+            "/hook/{n}",
+            axum::routing::post(
+                move |axum::extract::Path(path): axum::extract::Path<usize>,
+                      headers: axum::http::HeaderMap,
+                      body: axum::body::Bytes| {
+                    let (verifier, kept) = (verifier.clone(), kept.clone());
+                    async move {
+                        let verified = verifier.verify(&body, &headers).is_ok();
+                        let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let webhook_id =
+                            headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                        let mut heard = kept.lock().expect("lock");
+                        let first = !heard.iter().any(|h| h.path == path);
+                        let answered = if first && path % 3 == 0 { 503 } else { 200 };
+                        heard.push(Heard {
+                            path,
+                            webhook_id,
+                            verified,
+                            event: parsed["type"].as_str().unwrap_or_default().to_string(),
+                            job_id: parsed["data"]["jobId"].as_str().unwrap_or_default().to_string(),
+                            answered,
+                        });
+                        axum::http::StatusCode::from_u16(answered).expect("a status")
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(WebhookReceiver { url, heard })
+    }
+
+    fn heard(&self) -> usize {
+        self.heard.lock().expect("lock").len()
+    }
+
+    /// Jobs in `expected` (job id -> event) with a verified `2xx` delivery of their event.
+    fn delivered(&self, expected: &HashMap<String, String>) -> usize {
+        let heard = self.heard.lock().expect("lock");
+        expected
+            .iter()
+            .filter(|(id, event)| {
+                heard.iter().any(|h| &h.job_id == *id && &h.event == *event && h.verified && h.answered == 200)
+            })
+            .count()
+    }
+
+    /// Deliveries that failed verification, named another event than the job's end, came for a job
+    /// that should get none (cancelled), or to another job's path.
+    fn bad(&self, expected: &HashMap<String, String>, callbacks: &HashMap<String, usize>) -> usize {
+        self.heard
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|h| {
+                !h.verified
+                    || expected.get(&h.job_id) != Some(&h.event)
+                    || callbacks.get(&h.job_id) != Some(&h.path)
+                    || h.webhook_id.is_empty()
+            })
+            .count()
+    }
+
+    /// `2xx` deliveries beyond each job's first.
+    fn repeated(&self) -> usize {
+        let heard = self.heard.lock().expect("lock");
+        let ok: Vec<&Heard> = heard.iter().filter(|h| h.answered == 200).collect();
+        let distinct: HashSet<&str> = ok.iter().map(|h| h.job_id.as_str()).collect();
+        ok.len() - distinct.len()
+    }
 }
 
 /// Every job's status, with its error code once failed, or else what is moving (attempts, lease, last
@@ -757,8 +928,16 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
                         _ => {}
                     }
                 }
+                // After its end, a job's item changes only where the webhook sender keeps its deliveries.
                 let ended = old.as_ref().is_some_and(|job| job.status.is_terminal());
-                if ended && new.is_some() && record["dynamodb"]["NewImage"] != record["dynamodb"]["OldImage"] {
+                let job_part = |name: &str| {
+                    let mut image = record["dynamodb"][name].clone();
+                    if let Some(fields) = image.as_object_mut() {
+                        fields.retain(|field, _| !field.starts_with(jobpipe_core::store::attr::WEBHOOK_PREFIX));
+                    }
+                    image
+                };
+                if ended && new.is_some() && job_part("NewImage") != job_part("OldImage") {
                     after_end += 1;
                 }
             }
