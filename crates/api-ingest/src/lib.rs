@@ -4,6 +4,7 @@
 //! An axum router served by `lambda_http` behind API Gateway, and by the local stack's HTTP server
 //! elsewhere; tests call it directly.
 
+mod batches;
 mod caller;
 mod error;
 mod jobs;
@@ -112,6 +113,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .routes(routes!(schedules::get, schedules::delete))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
+        .routes(routes!(batches::create))
+        .routes(routes!(batches::get, batches::cancel))
         .routes(routes!(webhooks::list, webhooks::add))
         .routes(routes!(webhooks::remove))
         .routes(routes!(webhooks::secret))

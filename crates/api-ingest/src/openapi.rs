@@ -33,6 +33,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
     tags(
         (name = "jobs", description = "Submit, read, list and cancel jobs."),
         (name = "schedules", description = "Recurring jobs: a job created at every tick of a cron expression or a rate."),
+        (name = "batches", description = "Many jobs as one: submitted together, all or none, followed as one."),
         (name = "webhooks", description = "Be told when jobs end: endpoints for events, and the secret deliveries are signed with \
             (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`).")
     )
@@ -123,6 +124,10 @@ pub fn document(openapi: &OpenApi, kinds: &KindRegistry) -> Value {
     assert!(clash.is_none(), "the schema name SubmitJob is taken");
     doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] =
         json!({"$ref": "#/components/schemas/SubmitJob"});
+    // A batch's jobs are jobs as `POST /jobs` takes them.
+    if let Some(new_batch) = doc["components"]["schemas"].get_mut("NewBatch") {
+        new_batch["properties"]["jobs"]["items"] = json!({"$ref": "#/components/schemas/SubmitJob"});
+    }
     // A schedule ticks by a cron expression or a rate: exactly one (a rule its fields cannot state).
     if let Some(new_schedule) = doc["components"]["schemas"].get_mut("NewSchedule") {
         new_schedule["oneOf"] = json!([{"required": ["cron"]}, {"required": ["rate"]}]);

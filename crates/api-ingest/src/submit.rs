@@ -29,11 +29,11 @@ const RUN_AT_PAST_TOLERANCE_MS: Millis = 5 * 60 * 1000;
 
 /// A validated submission.
 #[derive(Debug)]
-struct Submission {
-    kind: String,
-    input: Value,
-    start: StartAt,
-    callback_url: Option<String>,
+pub(crate) struct Submission {
+    pub(crate) kind: String,
+    pub(crate) input: Value,
+    pub(crate) start: StartAt,
+    pub(crate) callback_url: Option<String>,
 }
 
 /// Submits a job. It is stored as `queued` and sent to the queue before this answers, or, with `runAt` or
@@ -154,8 +154,13 @@ const OPEN_JOBS_RETRY_AFTER_SECS: u64 = 5;
 
 /// Counts a new submission against its tenant's quota; over it, a `429` and nothing stored.
 async fn admit(api: &Api, owner: &str, now: Millis) -> Result<(), ApiError> {
+    admit_many(api, owner, 1, now).await
+}
+
+/// Counts `n` submissions (a batch's jobs) against their tenant's quota; over it, a `429`.
+pub(crate) async fn admit_many(api: &Api, owner: &str, n: u32, now: Millis) -> Result<(), ApiError> {
     let Some(quota) = &api.quota else { return Ok(()) };
-    match quota.admit(owner, 1, now).await? {
+    match quota.admit(owner, n, now).await? {
         Admission::Admitted => Ok(()),
         Admission::Exceeded { limit, .. } => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -227,12 +232,19 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_string()))
 }
 
+const JOB_FIELDS: [&str; 5] = ["kind", "input", "runAt", "delaySeconds", "callback"];
+const JOB_SHAPE: &str = "a job has kind, input, and optionally runAt or delaySeconds, and callback";
+
 fn parse_submission(body: &[u8]) -> Result<Submission, ApiError> {
-    let mut fields = json_fields(
-        body,
-        &["kind", "input", "runAt", "delaySeconds", "callback"],
-        "a job has kind, input, and optionally runAt or delaySeconds, and callback",
-    )?;
+    submission_of(json_fields(body, &JOB_FIELDS, JOB_SHAPE)?)
+}
+
+/// A job of a batch, as `POST /jobs` takes one.
+pub(crate) fn submission_in(value: Value) -> Result<Submission, ApiError> {
+    submission_of(object_fields(value, &JOB_FIELDS, JOB_SHAPE)?)
+}
+
+fn submission_of(mut fields: Map<String, Value>) -> Result<Submission, ApiError> {
     let kind = match fields.remove("kind") {
         Some(Value::String(kind)) if !kind.is_empty() => kind,
         Some(Value::String(_)) | None => return Err(ApiError::bad_request("kind", "is required")),
@@ -281,6 +293,11 @@ pub(crate) fn json_fields(body: &[u8], known: &[&str], shape: &str) -> Result<Ma
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
             .field("body")
     })?;
+    object_fields(value, known, shape)
+}
+
+/// A JSON value's fields: an object with only the `known` ones.
+fn object_fields(value: Value, known: &[&str], shape: &str) -> Result<Map<String, Value>, ApiError> {
     let Value::Object(fields) = value else {
         return Err(ApiError::bad_request("body", format!("must be a JSON object: {shape}")));
     };
@@ -300,7 +317,12 @@ pub(crate) fn whole_number(value: &Value) -> Option<u64> {
 
 /// An input too large for the job's item is stored in S3, whose lifecycle rule removes it after
 /// `JOB_RETENTION_DAYS`: such a job must start with a day to spare, or its input would be gone.
-fn check_input_kept_until_start(api: &Api, start: StartAt, input: &Value, now: Millis) -> Result<(), ApiError> {
+pub(crate) fn check_input_kept_until_start(
+    api: &Api,
+    start: StartAt,
+    input: &Value,
+    now: Millis,
+) -> Result<(), ApiError> {
     let Some(run_at) = start.run_at(now) else { return Ok(()) };
     if input.to_string().len() <= api.payloads.inline_max_bytes() {
         return Ok(());
@@ -324,7 +346,7 @@ fn check_input_kept_until_start(api: &Api, start: StartAt, input: &Value, now: M
 }
 
 /// A start must be at most `MAX_SCHEDULE_AHEAD` away, and a `runAt` not long past.
-fn check_start(start: StartAt, now: Millis) -> Result<(), ApiError> {
+pub(crate) fn check_start(start: StartAt, now: Millis) -> Result<(), ApiError> {
     let ahead = MAX_SCHEDULE_AHEAD.as_millis() as Millis;
     let (field, late) = match start {
         StartAt::Now => return Ok(()),

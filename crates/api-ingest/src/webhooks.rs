@@ -29,6 +29,7 @@ const MAX_DESCRIPTION_CHARS: usize = 200;
 
 /// A new endpoint.
 #[derive(Debug, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Only its OpenAPI description is used: `parse_endpoint` reads the body.
 pub struct NewEndpoint {
     /// An `https` URL on a public host; private, loopback, link-local and metadata addresses are refused.

@@ -6,16 +6,17 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
 use crate::dispatch::{Dispatcher, SCHEDULE_LEAD, sent_now};
 use crate::error::AwsError;
-use crate::job::{Job, JobId, JobStatus};
+use crate::job::{BatchRef, Job, JobId, JobStatus};
 use crate::open_jobs::OpenJobs;
 use crate::payload::PayloadStore;
-use crate::store::{CountedCreate, CreateOutcome, JobStore};
+use crate::store::{BatchCreate, CountedCreate, CreateOutcome, JobStore};
 
 /// A job to accept, already validated.
 #[derive(Debug, Clone)]
@@ -80,6 +81,26 @@ pub enum Accepted {
     },
 }
 
+/// What a batch submission came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchAccepted {
+    New {
+        batch_id: JobId,
+        jobs: Vec<Job>,
+    },
+    /// The key named an earlier, identical batch: these are its jobs.
+    Replayed {
+        batch_id: JobId,
+        jobs: Vec<Job>,
+    },
+    /// The key was used with a different batch; nothing was stored.
+    KeyReused,
+    /// The tenant has no room for this many more open jobs; nothing was stored.
+    OverOpenJobs {
+        limit: u32,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Intake<'a> {
     pub store: &'a JobStore,
@@ -103,6 +124,25 @@ impl Intake<'_> {
         open: Option<(&OpenJobs, u32)>,
     ) -> Result<Accepted, AwsError> {
         let (job_id, request_hash) = identity(&new);
+        let job = self.build(new, job_id, request_hash, now).await?;
+        let created = match open {
+            None => self.store.create(&job).await?,
+            Some((open, limit)) => match self.store.create_counted(&job, open.count_up(&job.owner, limit)).await? {
+                CountedCreate::Done(created) => *created,
+                CountedCreate::OverLimit => return Ok(Accepted::OverOpenJobs { limit }),
+            },
+        };
+        let (job, accepted) = match created {
+            CreateOutcome::Created(job) => (job.clone(), Accepted::New(job)),
+            CreateOutcome::Replayed(job) => (job.clone(), Accepted::Replayed(job)),
+            CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
+        };
+        self.ensure_sent(&job, now).await;
+        Ok(accepted)
+    }
+
+    /// A new job as it is stored, its large input put in S3 first.
+    async fn build(&self, new: NewJob, job_id: JobId, request_hash: String, now: Millis) -> Result<Job, AwsError> {
         let run_at = new.start.run_at(now);
         let scheduled = run_at.filter(|at| *at > now);
         let grace = self.dispatch_grace.as_millis() as Millis;
@@ -114,7 +154,7 @@ impl Intake<'_> {
             None => now + grace,
         };
         let input = self.payloads.put_input(&job_id, &request_hash[..16], &new.input).await?;
-        let job = Job {
+        Ok(Job {
             job_id,
             owner: new.owner,
             kind: new.kind,
@@ -138,21 +178,56 @@ impl Intake<'_> {
             dispatched_at: None,
             callback_url: new.callback_url,
             webhooks: Vec::new(),
+            batch: None,
+        })
+    }
+
+    /// Accepts a batch: every job or none, in one transaction (`JobStore::create_batch`), counted against
+    /// the tenant's open jobs when `open` is given; then sends each job's message. The batch's id comes
+    /// from its key (`owner`'s `key`, like a job's) or is new; its jobs' ids derive from it.
+    pub async fn accept_batch(
+        &self,
+        owner: &str,
+        jobs: Vec<NewJob>,
+        key: Option<&str>,
+        now: Millis,
+        open: Option<(&OpenJobs, u32)>,
+    ) -> Result<BatchAccepted, AwsError> {
+        let batch_id = match key {
+            // A space keeps batch keys apart from jobs' (a client's key has none).
+            Some(key) => JobId::from_idempotency_key(owner, &format!("batch {key}")),
+            None => JobId::new_random(),
         };
-        let created = match open {
-            None => self.store.create(&job).await?,
-            Some((open, limit)) => match self.store.create_counted(&job, open.count_up(&job.owner, limit)).await? {
-                CountedCreate::Done(created) => *created,
-                CountedCreate::OverLimit => return Ok(Accepted::OverOpenJobs { limit }),
-            },
+        let size = jobs.len() as u32;
+        if let Some((_, limit)) = open
+            && size > limit
+        {
+            return Ok(BatchAccepted::OverOpenJobs { limit });
+        }
+        // The batch's hash covers every job in order; each job's is the batch's and its place.
+        let hashes: Vec<String> = jobs.iter().map(identity_hash).collect();
+        let batch_hash = request_hash("batch", &Value::from(hashes));
+        let mut built = Vec::with_capacity(jobs.len());
+        for (index, new) in jobs.into_iter().enumerate() {
+            let index = index as u32;
+            let job_id = JobId::in_batch(&batch_id, index);
+            let hash = request_hash_with(&batch_hash, &format!("index:{index}"));
+            let mut job = self.build(new, job_id, hash, now).await?;
+            job.batch = Some(BatchRef { batch_id: batch_id.clone(), index, size });
+            built.push(job);
+        }
+        let count_up = open.map(|(open, limit)| open.count_up_by(owner, size, limit));
+        let (jobs, replayed) = match self.store.create_batch(&built, count_up).await? {
+            BatchCreate::Created => (built, false),
+            BatchCreate::Replayed => {
+                let ids: Vec<JobId> = built.iter().map(|job| job.job_id.clone()).collect();
+                (self.store.get_many(&ids).await?, true)
+            }
+            BatchCreate::KeyReused => return Ok(BatchAccepted::KeyReused),
+            BatchCreate::OverLimit => return Ok(BatchAccepted::OverOpenJobs { limit: open.map_or(0, |(_, l)| l) }),
         };
-        let (job, accepted) = match created {
-            CreateOutcome::Created(job) => (job.clone(), Accepted::New(job)),
-            CreateOutcome::Replayed(job) => (job.clone(), Accepted::Replayed(job)),
-            CreateOutcome::KeyReused(_) => return Ok(Accepted::KeyReused),
-        };
-        self.ensure_sent(&job, now).await;
-        Ok(accepted)
+        futures_util::stream::iter(jobs.iter()).for_each_concurrent(10, |job| self.ensure_sent(job, now)).await;
+        Ok(if replayed { BatchAccepted::Replayed { batch_id, jobs } } else { BatchAccepted::New { batch_id, jobs } })
     }
 
     /// The job a keyed request accepted before, if there is one: `Replayed` when it is the same request,
@@ -192,6 +267,11 @@ fn identity(new: &NewJob) -> (JobId, String) {
         Some(key) => JobId::from_idempotency_key(&new.owner, key),
         None => JobId::new_random(),
     };
+    (job_id, identity_hash(new))
+}
+
+/// What makes two submissions of a job the same request: kind, input, start and callback as given.
+fn identity_hash(new: &NewJob) -> String {
     let mut hash = request_hash(&new.kind, &new.input);
     if let Some(part) = new.start.hash_part() {
         hash = request_hash_with(&hash, &part);
@@ -199,7 +279,7 @@ fn identity(new: &NewJob) -> (JobId, String) {
     if let Some(url) = &new.callback_url {
         hash = request_hash_with(&hash, &format!("callback:{url}"));
     }
-    (job_id, hash)
+    hash
 }
 
 /// What makes two submissions "the same request": kind and input, canonically encoded (serde_json

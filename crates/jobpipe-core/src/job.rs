@@ -27,6 +27,13 @@ impl JobId {
         JobId(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
     }
 
+    /// The id of a batch's `index`-th job: derived, so a batch's jobs are found from its id alone, and a
+    /// batch submitted again names the same jobs.
+    pub fn in_batch(batch_id: &JobId, index: u32) -> Self {
+        let name = format!("batch {batch_id} {index}");
+        JobId(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
+    }
+
     /// Accepts only canonical UUID text, so a path segment can never smuggle anything into a key.
     pub fn parse(s: &str) -> Option<Self> {
         let uuid = uuid::Uuid::try_parse(s).ok()?;
@@ -183,6 +190,17 @@ pub struct Job {
     pub callback_url: Option<String>,
     /// How the deliveries of the job's end went, one per target, ordered by target.
     pub webhooks: Vec<WebhookDelivery>,
+    /// The batch the job was submitted in, if any.
+    pub batch: Option<BatchRef>,
+}
+
+/// A job's place in its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRef {
+    pub batch_id: JobId,
+    pub index: u32,
+    /// How many jobs the batch has.
+    pub size: u32,
 }
 
 impl Job {
@@ -240,6 +258,7 @@ impl Job {
             updated_at: to_rfc3339(self.updated_at),
             duration_ms: self.duration_ms(),
             callback: self.callback_url.clone().map(|url| Callback { url }),
+            batch_id: self.batch.as_ref().map(|batch| batch.batch_id.clone()),
             webhooks: self.webhooks.clone(),
             omitted: Vec::new(),
         }
@@ -281,6 +300,9 @@ pub struct JobView {
     /// Where the job's end is delivered, as submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<Callback>,
+    /// The batch the job was submitted in (`POST /batches`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<JobId>,
     /// How the webhook deliveries of the job's end went: its callback's and each endpoint's, once tried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookDelivery>,
@@ -365,6 +387,7 @@ mod tests {
             updated_at: "2026-01-02T03:04:07.000Z".into(),
             duration_ms: Some(1000),
             callback: Some(Callback { url: "https://example.com/hook".into() }),
+            batch_id: Some(JobId::new_random()),
             webhooks: vec![WebhookDelivery {
                 target: "callback".into(),
                 event: crate::webhooks::WebhookEvent::JobFailed,
@@ -388,6 +411,7 @@ mod tests {
             completed_at: None,
             duration_ms: None,
             callback: None,
+            batch_id: None,
             webhooks: Vec::new(),
             omitted: Vec::new(),
             ..finished.clone()

@@ -50,14 +50,21 @@ impl OpenJobs {
     /// The write that counts one more open job of `owner` if it stays within `limit`: one item of the
     /// transaction that creates the job (`JobStore::create_counted`).
     pub fn count_up(&self, owner: &str, limit: u32) -> TransactWriteItem {
+        self.count_up_by(owner, 1, limit)
+    }
+
+    /// The write that counts `n` more open jobs of `owner` (a batch) if all of them stay within `limit`.
+    /// `n` is at most `limit` (a larger batch can never fit: the caller refuses it without writing).
+    pub fn count_up_by(&self, owner: &str, n: u32, limit: u32) -> TransactWriteItem {
+        debug_assert!(n <= limit, "a batch larger than the limit is refused before");
         let update = Update::builder()
             .table_name(&self.table)
             .key(attr::NAME, Self::key(owner))
-            .update_expression("ADD #count :one")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+            .update_expression("ADD #count :n")
+            .condition_expression("attribute_not_exists(#count) OR #count <= :room")
             .expression_attribute_names("#count", attr::COUNT)
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
+            .expression_attribute_values(":room", AttributeValue::N(limit.saturating_sub(n).to_string()))
             .build()
             .expect("table, key and expression are set");
         TransactWriteItem::builder().update(update).build()

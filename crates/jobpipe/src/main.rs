@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use clap::{Parser, Subcommand};
 use jobpipe::ops::{Target, TargetOptions};
 use jobpipe_emulator::dev::{DevOptions, DevStack};
@@ -115,6 +117,14 @@ fn parse_limit(text: &str) -> Result<LimitValue, String> {
 }
 
 #[derive(Subcommand)]
+enum Batch {
+    /// Print the batch: its jobs by status, whether all ended, its first jobs.
+    Status { batch_id: String },
+    /// Cancel its jobs that have not started; print the batch.
+    Cancel { batch_id: String },
+}
+
+#[derive(Subcommand)]
 enum Webhooks {
     /// List deliveries given up on (refused, or failing for about a day), oldest first.
     DeadLetters {
@@ -165,9 +175,14 @@ enum Commands {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
-    /// Submit a job; with --wait, follow it to the end.
+    /// Submit a job (or, with --batch, a batch of them); with --wait, follow it to the end.
     Submit {
-        kind: String,
+        #[arg(required_unless_present = "batch")]
+        kind: Option<String>,
+        /// Submit the jobs of this file as one batch (all or none): a JSON list of up to 100 jobs as
+        /// `POST /jobs` takes them (`{"kind", "input", ...}`), or `{"jobs": [...]}`.
+        #[arg(long, conflicts_with_all = ["kind", "run_at", "delay", "callback"])]
+        batch: Option<PathBuf>,
         /// The input, a JSON object.
         #[arg(long, default_value = "{}")]
         input: String,
@@ -232,6 +247,14 @@ enum Commands {
     Tenants {
         #[command(subcommand)]
         action: Tenants,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// A batch of jobs (`submit --batch FILE` submits one): its counts by status, or cancel its jobs that have
+    /// not started.
+    Batch {
+        #[command(subcommand)]
+        action: Batch,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -365,7 +388,39 @@ async fn main() -> anyhow::Result<()> {
             stack.stop().await;
             Ok(())
         }
-        Commands::Submit { kind, input, wait, run_at, delay, callback, target } => {
+        Commands::Submit { batch: Some(file), wait, target, .. } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let jobs: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let jobs = match jobs {
+                serde_json::Value::Object(mut batch) => batch.remove("jobs").unwrap_or_default(),
+                jobs => jobs,
+            };
+            let target = target.target().await?;
+            let batch = target.submit_batch(jobs).await?;
+            if wait {
+                let batch_id = batch["batchId"].as_str().unwrap_or_default().to_string();
+                let done = target.wait_for_batch(&batch_id, &mut std::io::stderr()).await?;
+                println!("{}", serde_json::to_string_pretty(&done)?);
+                if done["counts"]["completed"] != done["total"] {
+                    std::process::exit(1);
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&batch)?);
+            }
+            Ok(())
+        }
+        Commands::Batch { action, target } => {
+            let target = target.target().await?;
+            let batch = match action {
+                Batch::Status { batch_id } => target.batch_status(&batch_id).await?,
+                Batch::Cancel { batch_id } => target.batch_cancel(&batch_id).await?,
+            };
+            println!("{}", serde_json::to_string_pretty(&batch)?);
+            Ok(())
+        }
+        Commands::Submit { kind, input, wait, run_at, delay, callback, target, .. } => {
+            let kind = kind.context("name the job's kind (or give --batch FILE)")?;
             let input: serde_json::Value =
                 serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
             let start = match (run_at, delay) {

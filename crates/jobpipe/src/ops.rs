@@ -224,6 +224,37 @@ impl Target {
         self.call(reqwest::Method::POST, "/jobs", Some(body)).await
     }
 
+    /// Submits a batch (`POST /batches`): its jobs, all or none.
+    pub async fn submit_batch(&self, jobs: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, "/batches", Some(json!({ "jobs": jobs }))).await
+    }
+
+    pub async fn batch_status(&self, batch_id: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, &format!("/batches/{batch_id}"), None).await
+    }
+
+    pub async fn batch_cancel(&self, batch_id: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::DELETE, &format!("/batches/{batch_id}"), None).await
+    }
+
+    /// Reads the batch until every job ended (every second, then every five), printing its counts when
+    /// they change; answers the batch.
+    pub async fn wait_for_batch(&self, batch_id: &str, out: &mut impl Write) -> anyhow::Result<Value> {
+        let mut printed = Value::Null;
+        for round in 0u32.. {
+            let batch = self.batch_status(batch_id).await?;
+            if batch["counts"] != printed {
+                printed = batch["counts"].clone();
+                writeln!(out, "{batch_id} {}/{} ended: {printed}", ended(&batch), batch["total"])?;
+            }
+            if batch["done"] == true {
+                return Ok(batch);
+            }
+            tokio::time::sleep(Duration::from_secs(if round < 30 { 1 } else { 5 })).await;
+        }
+        unreachable!("the loop only returns")
+    }
+
     pub async fn status(&self, job_id: &str) -> anyhow::Result<JobView> {
         self.call(reqwest::Method::GET, &format!("/jobs/{job_id}"), None).await
     }
@@ -603,4 +634,9 @@ impl WatchedJob {
 
 fn local_sqs(endpoint: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&jobpipe_emulator::aws::sdk_config(endpoint))
+}
+
+/// How many of a batch's jobs ended.
+fn ended(batch: &Value) -> u64 {
+    ["completed", "failed", "cancelled"].iter().filter_map(|status| batch["counts"][status].as_u64()).sum()
 }

@@ -4,6 +4,7 @@
 //! One test binary; a module per feature, `helpers` for what they share.
 
 mod auth;
+mod batches;
 mod cancel;
 mod errors;
 mod helpers;

@@ -35,6 +35,10 @@ pub const DISPATCHED_AT: &str = "dispatchedAt";
 pub const CALLBACK_URL: &str = "callbackUrl";
 /// A webhook delivery's state is kept in the attribute `webhook:<target>` (a map).
 pub const WEBHOOK_PREFIX: &str = "webhook:";
+/// A batch's job: its batch, its place in it, and the batch's size.
+pub const BATCH_ID: &str = "batchId";
+pub const BATCH_INDEX: &str = "batchIndex";
+pub const BATCH_SIZE: &str = "batchSize";
 /// DynamoDB TTL attribute (epoch seconds): finished jobs expire.
 pub const EXPIRES_AT: &str = "expiresAt";
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::attr;
 use super::pending::shard_of;
 use crate::error::AwsError;
-use crate::job::{ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
+use crate::job::{BatchRef, ErrorInfo, Job, JobId, JobStatus, Lease, Payload};
 use crate::webhooks::{DeliveryState, WebhookDelivery, WebhookEvent};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -100,6 +100,11 @@ pub(super) fn to_item(job: &Job) -> Item {
     }
     for delivery in &job.webhooks {
         put(&webhook_attr(&delivery.target), webhook_to_attr(delivery));
+    }
+    if let Some(batch) = &job.batch {
+        put(attr::BATCH_ID, s(batch.batch_id.as_str()));
+        put(attr::BATCH_INDEX, n(batch.index));
+        put(attr::BATCH_SIZE, n(batch.size));
     }
     item
 }
@@ -273,6 +278,15 @@ pub(super) fn from_item(item: &Item) -> Result<Job, AwsError> {
         dispatched_at: opt_n(item, attr::DISPATCHED_AT)?,
         callback_url: opt_s(item, attr::CALLBACK_URL)?,
         webhooks: webhooks_of(item)?,
+        batch: match (opt_s(item, attr::BATCH_ID)?, opt_n(item, attr::BATCH_INDEX)?, opt_n(item, attr::BATCH_SIZE)?) {
+            (Some(id), Some(index), Some(size)) => Some(BatchRef {
+                batch_id: JobId::parse(&id)
+                    .ok_or_else(|| AwsError::corrupt("reading job item", format!("batch id {id:?} is not a UUID")))?,
+                index,
+                size,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -357,6 +371,7 @@ mod tests {
                     updated_at: 8,
                 },
             ],
+            batch: Some(BatchRef { batch_id: JobId::new_random(), index: 3, size: 7 }),
         };
         assert_eq!(from_item(&to_item(&job)).unwrap(), job);
         assert!(to_item(&job).contains_key(attr::DISPATCH_SHARD));

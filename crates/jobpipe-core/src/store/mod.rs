@@ -18,6 +18,8 @@ mod paging;
 mod pending;
 mod update;
 
+use std::collections::HashMap;
+
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
@@ -46,6 +48,23 @@ pub enum CountedCreate {
     /// The tenant has its limit of open jobs: nothing was written.
     OverLimit,
 }
+
+/// What creating a batch's jobs came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchCreate {
+    /// Written now (or by this request before its response was lost).
+    Created,
+    /// The batch exists from an earlier, identical request.
+    Replayed,
+    /// The batch's key was used before with a different request; nothing was written.
+    KeyReused,
+    /// The tenant has no room for this many more open jobs; nothing was written.
+    OverLimit,
+}
+
+/// At most this many jobs are created in one transaction (DynamoDB's limit is 100 actions, and an
+/// open-jobs count takes one).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// What a create whose condition failed found: its own write (`written`, whose response was lost), the
 /// same request before (a replay), or another request under the same key.
@@ -177,14 +196,7 @@ impl JobStore {
     pub async fn create_counted(&self, job: &Job, count_up: TransactWriteItem) -> Result<CountedCreate, AwsError> {
         let mut item = to_item(job);
         item.insert(crate::open_jobs::attr::COUNTED.into(), AttributeValue::Bool(true));
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item.clone()))
-            .condition_expression("attribute_not_exists(#id)")
-            .expression_attribute_names("#id", attr::JOB_ID)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .build()
-            .expect("table and item are set");
+        let put = self.put_new(item.clone());
         let result = self
             .client
             .transact_write_items()
@@ -203,6 +215,102 @@ impl JobStore {
             _ if crate::open_jobs::cancelled_by_condition(&err, 1) => Ok(CountedCreate::OverLimit),
             _ => Err(AwsError::from_sdk("TransactWriteItems (create a counted job)", err)),
         }
+    }
+
+    /// A transaction's write of a new job: refused (with the item as it is) when the job exists.
+    fn put_new(&self, item: Item) -> Put {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", attr::JOB_ID)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .expect("table and item are set")
+    }
+
+    /// Creates a batch's jobs in one transaction, all or none, with `count_up` (the tenant's open jobs)
+    /// when it is limited. Job ids derive from the batch's, so a batch written before is recognised: by
+    /// its own earlier write (a lost response), or by the first job's request hash.
+    pub async fn create_batch(
+        &self,
+        jobs: &[Job],
+        count_up: Option<TransactWriteItem>,
+    ) -> Result<BatchCreate, AwsError> {
+        let items: Vec<Item> = jobs
+            .iter()
+            .map(|job| {
+                let mut item = to_item(job);
+                if count_up.is_some() {
+                    item.insert(crate::open_jobs::attr::COUNTED.into(), AttributeValue::Bool(true));
+                }
+                item
+            })
+            .collect();
+        let mut transaction = self.client.transact_write_items();
+        for item in &items {
+            transaction =
+                transaction.transact_items(TransactWriteItem::builder().put(self.put_new(item.clone())).build());
+        }
+        if let Some(count_up) = count_up {
+            transaction = transaction.transact_items(count_up);
+        }
+        let Err(err) = transaction.send().await else { return Ok(BatchCreate::Created) };
+        let reasons = crate::open_jobs::cancellation_reasons(&err).unwrap_or_default();
+        let existing = reasons.iter().enumerate().find_map(|(index, reason)| match reason {
+            Some((code, old)) if code == "ConditionalCheckFailed" && index < jobs.len() => Some((index, old.clone())),
+            _ => None,
+        });
+        match existing {
+            Some((index, old)) => match created_before(&jobs[index], &items[index], &old.unwrap_or_default())? {
+                CreateOutcome::Created(_) => Ok(BatchCreate::Created),
+                CreateOutcome::Replayed(_) => Ok(BatchCreate::Replayed),
+                CreateOutcome::KeyReused(_) => Ok(BatchCreate::KeyReused),
+            },
+            None if crate::open_jobs::cancelled_by_condition(&err, jobs.len()) => Ok(BatchCreate::OverLimit),
+            None => Err(AwsError::from_sdk("TransactWriteItems (create a batch)", err)),
+        }
+    }
+
+    /// Strongly consistent reads of many jobs (100 a call), in the order asked; missing ones left out.
+    pub async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, AwsError> {
+        let mut found: HashMap<String, Job> = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let keys: Vec<Item> =
+                chunk.iter().map(|id| HashMap::from([(attr::JOB_ID.to_string(), s(id.as_str()))])).collect();
+            let mut pending = Some(
+                aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .expect("keys are set"),
+            );
+            // Unprocessed keys (throttling) are asked again, a bounded number of times.
+            for _ in 0..10 {
+                let Some(request) = pending.take() else { break };
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("BatchGetItem (jobs)", e))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let job = from_item(item)?;
+                    found.insert(job.job_id.as_str().to_string(), job);
+                }
+                pending = out.unprocessed_keys().and_then(|u| u.get(&self.table)).cloned();
+            }
+            if pending.is_some() {
+                return Err(AwsError {
+                    operation: "BatchGetItem (jobs)".into(),
+                    code: "UnprocessedKeys".into(),
+                    message: "some jobs were still unread after 10 tries".into(),
+                    retryability: crate::error::Retryability::Retryable,
+                });
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id.as_str())).collect())
     }
 
     /// A strongly consistent read of one job.

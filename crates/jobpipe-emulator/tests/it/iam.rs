@@ -325,6 +325,22 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     assert_eq!(recorded["state"], "delivered", "{recorded}");
     assert!(delivered.load(Ordering::SeqCst) >= 1);
 
+    // A batch, stored in one transaction and read back together.
+    let batch = http
+        .post(format!("{}/batches", stack.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({"jobs": [{"kind": "echo", "input": {"b": 1}}, {"kind": "echo", "input": {"b": 2}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 202, "{}", batch.text().await.unwrap_or_default());
+    let batch: Value = batch.json().await.unwrap();
+    let read = json_of(
+        http.get(format!("{}/batches/{}", stack.base_url(), batch["batchId"].as_str().unwrap())).bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(read["total"], 2, "{read}");
+
     // The kinds on offer, and which are paused (none).
     let kinds = json_of(http.get(format!("{}/kinds", stack.base_url())).bearer_auth(&token)).await;
     assert_eq!(kinds["paused"], json!([]), "{kinds}");

@@ -570,3 +570,36 @@ async fn the_cli_limits_how_many_of_a_tenants_jobs_wait_or_run() {
     assert_eq!(count, 0, "every ended job was counted down once");
     stack.stop().await;
 }
+
+/// `jobpipe submit --batch FILE --wait` and `jobpipe batch status` on the local stack: the batch is
+/// accepted whole, followed until every job ended, and a bad job refuses it naming its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_a_batch_and_follows_it_to_the_end() {
+    use jobpipe::ops::{Target, TargetOptions};
+    let stack = start_stack().await;
+    let user = unique("batcher-");
+    let target =
+        Target::resolve(&TargetOptions { api: stack.base_url(), stack: None, token: None, user }).await.unwrap();
+    let jobs = json!([
+        {"kind": "echo", "input": {"n": 1}},
+        {"kind": "echo", "input": {"n": 2, "sleepMs": 300}},
+        {"kind": "echo", "input": {"failPermanently": true}},
+    ]);
+    let batch = target.submit_batch(jobs).await.unwrap();
+    let batch_id = batch["batchId"].as_str().unwrap().to_string();
+    let mut printed = Vec::new();
+    let done = target.wait_for_batch(&batch_id, &mut printed).await.unwrap();
+    assert_eq!((done["total"].as_u64(), &done["done"]), (Some(3), &json!(true)), "{done}");
+    assert_eq!((done["counts"]["completed"].as_u64(), done["counts"]["failed"].as_u64()), (Some(2), Some(1)));
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.lines().last().unwrap().contains("3/3 ended"), "{printed}");
+    assert_eq!(target.batch_status(&batch_id).await.unwrap()["jobIds"], batch["jobIds"]);
+
+    let refused = target
+        .submit_batch(json!([{"kind": "echo"}, {"kind": "echo", "input": {"sleepMs": "long"}}]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("422") && refused.contains("job 1"), "{refused}");
+    stack.stop().await;
+}

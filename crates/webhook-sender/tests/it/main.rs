@@ -81,6 +81,7 @@ async fn ended_job(stack: &TestStack, callback: &str, status: JobStatus) -> (Job
         dispatched_at: Some(now),
         callback_url: Some(callback.into()),
         webhooks: Vec::new(),
+        batch: None,
     };
     JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600).create(&job).await.unwrap();
     let image = |status: &str| {

@@ -73,6 +73,7 @@ async fn job_of(stack: &TestStack, owner: &str) -> JobId {
         dispatched_at: None,
         callback_url: None,
         webhooks: Vec::new(),
+        batch: None,
     };
     jobpipe_core::store::JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600).create(&job).await.unwrap();
     job.job_id
