@@ -16,6 +16,7 @@ use axum::{Extension, Json};
 use jobpipe_core::clock::to_rfc3339;
 use jobpipe_core::intake::{BatchAccepted, Intake, NewJob};
 use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
+use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::store::{CancelOutcome, MAX_TRANSACTION_ITEMS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,6 +127,8 @@ pub async fn create(
     }
     let now = api.clock.now_ms();
     let mut jobs = Vec::with_capacity(items.len());
+    // Start times are checked apart: a keyed retry is the batch it names even once a `runAt` has passed.
+    let mut starts = Ok(());
     for (index, item) in items.into_iter().enumerate() {
         let checked = submission_in(item).and_then(|submission| {
             check_kind_input(&api, &submission.kind, &submission.input)?;
@@ -133,8 +136,11 @@ pub async fn create(
                 Some(url) => Some(crate::webhooks::check_url(&api, url, "callback.url")?),
                 None => None,
             };
-            check_start(submission.start, now)?;
-            check_input_kept_until_start(&api, submission.start, &submission.input, now)?;
+            if starts.is_ok() {
+                starts = check_start(submission.start, now)
+                    .and_then(|()| check_input_kept_until_start(&api, submission.start, &submission.input, now))
+                    .map_err(|error| in_job(error, index));
+            }
             Ok(NewJob {
                 owner: caller.sub.clone(),
                 kind: submission.kind,
@@ -147,27 +153,31 @@ pub async fn create(
         });
         jobs.push(checked.map_err(|error| in_job(error, index))?);
     }
-    let count = jobs.len();
-    crate::submit::admit_many(&api, &caller.sub, count as u32, now).await?;
-    let open = match &api.quota {
-        Some(quota) => quota.open_jobs_limit(&caller.sub, now).await?,
-        None => None,
-    };
-    if open.is_some() && count >= MAX_TRANSACTION_ITEMS {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "batch_too_large",
-            format!("a tenant with an open-jobs quota submits at most {} jobs a batch", MAX_TRANSACTION_ITEMS - 1),
-        )
-        .field("jobs"));
-    }
     let intake = Intake {
         store: &api.store,
         payloads: &api.payloads,
         dispatcher: &api.dispatcher,
         dispatch_grace: api.dispatch_grace,
     };
-    let (batch_id, jobs, replayed) = match intake.accept_batch(&caller.sub, jobs, key.as_deref(), now, open).await? {
+    // A keyed batch stored before is answered as it was, before anything that may have changed since (a
+    // start now past, the tenant's limits) is checked.
+    let replay = match &key {
+        Some(key) => intake.replay_batch(&caller.sub, &jobs, key, now).await?,
+        None => None,
+    };
+    let accepted = match replay {
+        Some(replayed) => replayed,
+        None => {
+            starts?;
+            check_limits(&api, &caller.sub, jobs.len(), now).await?;
+            let open = match &api.quota {
+                Some(quota) => quota.open_jobs_limit(&caller.sub, now).await?,
+                None => None,
+            };
+            intake.accept_batch(&caller.sub, jobs, key.as_deref(), now, open).await?
+        }
+    };
+    let (batch_id, jobs, replayed) = match accepted {
         BatchAccepted::New { batch_id, jobs } => (batch_id, jobs, false),
         BatchAccepted::Replayed { batch_id, jobs } => (batch_id, jobs, true),
         BatchAccepted::KeyReused => return Err(ApiError::key_reused()),
@@ -182,6 +192,11 @@ pub async fn create(
         }
     };
     tracing::info!(%batch_id, jobs = jobs.len(), replayed, "batch accepted");
+    if !replayed {
+        for job in &jobs {
+            metrics::emit(crate::SERVICE, "JobsAccepted", Unit::Count, 1.0, &[("Kind", job.kind.as_str())]);
+        }
+    }
     let limit = 20;
     let body = batch_view(&api, &batch_id, &jobs, 0, limit).await?;
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
@@ -192,6 +207,30 @@ pub async fn create(
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// A batch larger than the tenant's limits allow at all is refused (`422`: waiting cannot help); within
+/// them, its jobs count against its submissions per second (`429` over it).
+async fn check_limits(api: &Api, owner: &str, count: usize, now: jobpipe_core::clock::Millis) -> Result<(), ApiError> {
+    let Some(quota) = &api.quota else { return Ok(()) };
+    let too_large = |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large", why).field("jobs");
+    if let Some((_, limit)) = quota.open_jobs_limit(owner, now).await? {
+        if count > limit as usize {
+            return Err(too_large(format!("{count} jobs; this tenant may have {limit} jobs waiting or running")));
+        }
+        if count >= MAX_TRANSACTION_ITEMS {
+            return Err(too_large(format!(
+                "a tenant with an open-jobs quota submits at most {} jobs a batch",
+                MAX_TRANSACTION_ITEMS - 1
+            )));
+        }
+    }
+    if let Some(limit) = quota.submissions_per_second_limit(owner, now).await?
+        && count > limit as usize
+    {
+        return Err(too_large(format!("{count} jobs; this tenant may submit {limit} a second")));
+    }
+    crate::submit::admit_many(api, owner, count as u32, now).await
 }
 
 /// A job's refusal as the batch's: `422`, its field prefixed with the job's place.
@@ -282,13 +321,20 @@ pub async fn cancel(
 /// The caller's batch and its jobs (consistent reads); `404` for another's or none.
 async fn read_batch(api: &Api, owner: &str, batch_id: &str) -> Result<(JobId, Vec<Job>), ApiError> {
     let batch_id = JobId::parse(batch_id).ok_or_else(not_found)?;
-    let first = api.store.get(&JobId::in_batch(&batch_id, 0)).await?.ok_or_else(not_found)?;
-    let size = match &first.batch {
-        Some(batch) if batch.batch_id == batch_id && first.owner == owner => batch.size,
-        _ => return Err(not_found()),
+    let ours = |job: &Job| job.owner == owner && job.batch.as_ref().is_some_and(|batch| batch.batch_id == batch_id);
+    // The first job names the batch's size; once it has expired (ended jobs are kept `JOB_RETENTION_DAYS`,
+    // later ones may be scheduled long after), every place a batch can have is read.
+    let size = match api.store.get(&JobId::in_batch(&batch_id, 0)).await? {
+        Some(first) if ours(&first) => first.batch.map_or(0, |batch| batch.size),
+        Some(_) => return Err(not_found()),
+        None => MAX_BATCH_JOBS as u32,
     };
     let ids: Vec<JobId> = (0..size).map(|index| JobId::in_batch(&batch_id, index)).collect();
-    Ok((batch_id, api.store.get_many(&ids).await?))
+    let jobs: Vec<Job> = api.store.get_many(&ids).await?.into_iter().filter(ours).collect();
+    if jobs.is_empty() {
+        return Err(not_found());
+    }
+    Ok((batch_id, jobs))
 }
 
 async fn batch_view(

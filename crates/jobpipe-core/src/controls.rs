@@ -283,6 +283,12 @@ impl SubmissionQuota {
         Ok((limit > 0).then_some((open_jobs, limit)))
     }
 
+    /// `owner`'s submissions per second, when it has a limit.
+    pub async fn submissions_per_second_limit(&self, owner: &str, now: Millis) -> Result<Option<u32>, AwsError> {
+        let limit = self.limits.get(owner, now).await?.submissions_per_second.unwrap_or(self.default_per_second);
+        Ok((limit > 0).then_some(limit))
+    }
+
     /// Admits `n` submissions of `owner` at `now`, or says when to retry.
     pub async fn admit(&self, owner: &str, n: u32, now: Millis) -> Result<Admission, AwsError> {
         let limits = self.limits.get(owner, now).await?;

@@ -194,8 +194,7 @@ impl Intake<'_> {
         open: Option<(&OpenJobs, u32)>,
     ) -> Result<BatchAccepted, AwsError> {
         let batch_id = match key {
-            // A space keeps batch keys apart from jobs' (a client's key has none).
-            Some(key) => JobId::from_idempotency_key(owner, &format!("batch {key}")),
+            Some(key) => batch_id_of(owner, key),
             None => JobId::new_random(),
         };
         let size = jobs.len() as u32;
@@ -204,9 +203,7 @@ impl Intake<'_> {
         {
             return Ok(BatchAccepted::OverOpenJobs { limit });
         }
-        // The batch's hash covers every job in order; each job's is the batch's and its place.
-        let hashes: Vec<String> = jobs.iter().map(identity_hash).collect();
-        let batch_hash = request_hash("batch", &Value::from(hashes));
+        let batch_hash = batch_hash(&jobs);
         let mut built = Vec::with_capacity(jobs.len());
         for (index, new) in jobs.into_iter().enumerate() {
             let index = index as u32;
@@ -228,6 +225,30 @@ impl Intake<'_> {
         };
         futures_util::stream::iter(jobs.iter()).for_each_concurrent(10, |job| self.ensure_sent(job, now)).await;
         Ok(if replayed { BatchAccepted::Replayed { batch_id, jobs } } else { BatchAccepted::New { batch_id, jobs } })
+    }
+
+    /// The batch a keyed request accepted before, if there is one: `Replayed` (its messages sent again
+    /// where they may be missing) when it is the same request, `KeyReused` when the key named another.
+    /// Answered before anything that may have changed since (a `runAt` now past, the tenant's limits).
+    pub async fn replay_batch(
+        &self,
+        owner: &str,
+        jobs: &[NewJob],
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<BatchAccepted>, AwsError> {
+        let batch_id = batch_id_of(owner, key);
+        let Some(first) = self.store.get(&JobId::in_batch(&batch_id, 0)).await? else { return Ok(None) };
+        let same = first.owner == owner
+            && first.batch.as_ref().is_some_and(|batch| batch.size as usize == jobs.len())
+            && first.request_hash == request_hash_with(&batch_hash(jobs), "index:0");
+        if !same {
+            return Ok(Some(BatchAccepted::KeyReused));
+        }
+        let ids: Vec<JobId> = (0..jobs.len() as u32).map(|index| JobId::in_batch(&batch_id, index)).collect();
+        let jobs = self.store.get_many(&ids).await?;
+        futures_util::stream::iter(jobs.iter()).for_each_concurrent(10, |job| self.ensure_sent(job, now)).await;
+        Ok(Some(BatchAccepted::Replayed { batch_id, jobs }))
     }
 
     /// The job a keyed request accepted before, if there is one: `Replayed` when it is the same request,
@@ -268,6 +289,18 @@ fn identity(new: &NewJob) -> (JobId, String) {
         None => JobId::new_random(),
     };
     (job_id, identity_hash(new))
+}
+
+/// A keyed batch's id: a space keeps batch keys apart from jobs' (a client's key has none).
+fn batch_id_of(owner: &str, key: &str) -> JobId {
+    JobId::from_idempotency_key(owner, &format!("batch {key}"))
+}
+
+/// What makes two batches the same request: every job's identity, in order. Each job's request hash is
+/// the batch's and its place, so the first job's tells whether a batch is the one asked for.
+fn batch_hash(jobs: &[NewJob]) -> String {
+    let hashes: Vec<String> = jobs.iter().map(identity_hash).collect();
+    request_hash("batch", &Value::from(hashes))
 }
 
 /// What makes two submissions of a job the same request: kind, input, start and callback as given.

@@ -181,7 +181,7 @@ enum Commands {
         kind: Option<String>,
         /// Submit the jobs of this file as one batch (all or none): a JSON list of up to 100 jobs as
         /// `POST /jobs` takes them (`{"kind", "input", ...}`), or `{"jobs": [...]}`.
-        #[arg(long, conflicts_with_all = ["kind", "run_at", "delay", "callback"])]
+        #[arg(long, conflicts_with_all = ["kind", "input", "run_at", "delay", "callback"])]
         batch: Option<PathBuf>,
         /// The input, a JSON object.
         #[arg(long, default_value = "{}")]

@@ -3,6 +3,7 @@
 //! jobs), and cancelled together.
 
 use http::{Method, StatusCode};
+use jobpipe_core::Clock as _;
 use serde_json::{Value, json};
 
 use crate::helpers::{App, Reply, error_code, error_field, spawn_app};
@@ -143,8 +144,14 @@ async fn a_batch_counts_every_job_against_the_tenants_open_jobs() {
     let app =
         crate::helpers::spawn_app_with(&[("TENANT_OPEN_JOBS", "3"), ("TENANT_SUBMISSIONS_PER_SECOND", "0")], |_| {})
             .await;
+    // Never within the limit: refused as such (waiting cannot help).
     let four = submit(&app, "alice", json!([echo(1), echo(2), echo(3), echo(4)])).await;
-    assert_eq!((four.status, error_field(&four)), (StatusCode::TOO_MANY_REQUESTS, Some("openJobs")), "{}", four.body);
+    assert_eq!(
+        (four.status, error_code(&four)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large"),
+        "{}",
+        four.body
+    );
     let two = submit(&app, "alice", json!([echo(1), echo(2)])).await;
     assert_eq!(two.status, StatusCode::ACCEPTED, "{}", two.body);
     let two_more = submit(&app, "alice", json!([echo(3), echo(4)])).await;
@@ -152,9 +159,60 @@ async fn a_batch_counts_every_job_against_the_tenants_open_jobs() {
     let one = submit(&app, "alice", json!([echo(3)])).await;
     assert_eq!(one.status, StatusCode::ACCEPTED, "{}", one.body);
     assert_eq!(app.get("alice", "/jobs").await.body["jobs"].as_array().unwrap().len(), 3);
-    let over = submit(&app, "alice", json!((0..99).map(echo).collect::<Vec<_>>())).await;
-    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", over.body);
     // One transaction holds at most 100 writes, and the count takes one.
     let hundred = submit(&app, "alice", json!((0..100).map(echo).collect::<Vec<_>>())).await;
     assert_eq!((hundred.status, error_code(&hundred)), (StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large"));
+}
+
+/// A keyed batch sent again answers the batch it stored, also once what was checked for a new batch has
+/// changed (a `runAt` now long past); a batch no limit can ever admit is refused as such, not "retry".
+#[tokio::test]
+async fn a_keyed_retry_is_its_batch_after_its_start_passed_and_impossible_batches_are_422() {
+    let app = crate::helpers::spawn_app_with(&[("TENANT_SUBMISSIONS_PER_SECOND", "3")], |_| {}).await;
+    let run_at = jobpipe_core::clock::to_rfc3339(app.clock.now_ms() + 60_000);
+    let jobs = json!([{"kind": "echo", "runAt": run_at}, echo(1)]);
+    let first = app.post_keyed("/batches", "retry-me", json!({ "jobs": jobs })).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    app.clock.advance_ms(3_600_000);
+    let again = app.post_keyed("/batches", "retry-me", json!({ "jobs": jobs })).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body["batchId"], first.body["batchId"]);
+    let unkeyed = submit(&app, "alice", jobs).await;
+    assert_eq!((unkeyed.status, error_field(&unkeyed)), (StatusCode::UNPROCESSABLE_ENTITY, Some("jobs[0].runAt")));
+
+    let four = submit(&app, "alice", json!([echo(1), echo(2), echo(3), echo(4)])).await;
+    assert_eq!(
+        (four.status, error_code(&four)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large"),
+        "{}",
+        four.body
+    );
+}
+
+/// A batch stays readable once its first job has expired (ended jobs are kept a week; a later one may
+/// be scheduled long after).
+#[tokio::test]
+async fn a_batch_is_found_without_its_first_job() {
+    let app = spawn_app().await;
+    let reply = submit(&app, "alice", json!([echo(1), echo(2), {"kind": "echo", "delaySeconds": 86_400}])).await;
+    let batch_id = reply.body["batchId"].as_str().unwrap().to_string();
+    let first = reply.body["jobIds"][0].as_str().unwrap();
+    app.stack
+        .clients
+        .dynamodb
+        .delete_item()
+        .table_name(&app.stack.table)
+        .key("jobId", aws_sdk_dynamodb::types::AttributeValue::S(first.into()))
+        .send()
+        .await
+        .unwrap();
+    let read = app.get("alice", &format!("/batches/{batch_id}")).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(
+        (read.body["jobIds"].as_array().unwrap().len(), read.body["counts"]["scheduled"].as_u64()),
+        (2, Some(1))
+    );
+    let cancelled = app.send(Method::DELETE, &format!("/batches/{batch_id}"), Some("alice"), None).await;
+    assert_eq!(cancelled.body["counts"]["cancelled"].as_u64(), Some(2), "{}", cancelled.body);
+    assert_eq!(app.get("bob", &format!("/batches/{batch_id}")).await.status, StatusCode::NOT_FOUND);
 }

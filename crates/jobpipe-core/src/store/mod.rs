@@ -247,15 +247,38 @@ impl JobStore {
                 item
             })
             .collect();
-        let mut transaction = self.client.transact_write_items();
-        for item in &items {
-            transaction =
-                transaction.transact_items(TransactWriteItem::builder().put(self.put_new(item.clone())).build());
-        }
-        if let Some(count_up) = count_up {
-            transaction = transaction.transact_items(count_up);
-        }
-        let Err(err) = transaction.send().await else { return Ok(BatchCreate::Created) };
+        // A transaction cancelled because another one held an item (the same batch sent twice at once, or
+        // the tenant's count) or because of throttling is tried again: after a conflict over the same
+        // batch, the retry finds it written and answers it.
+        let mut attempt = 0;
+        let err = loop {
+            let mut transaction = self.client.transact_write_items();
+            for item in &items {
+                let put = self.put_new(item.clone());
+                transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
+            }
+            if let Some(count_up) = &count_up {
+                transaction = transaction.transact_items(count_up.clone());
+            }
+            let Err(err) = transaction.send().await else { return Ok(BatchCreate::Created) };
+            let reasons = crate::open_jobs::cancellation_reasons(&err).unwrap_or_default();
+            let contended = reasons.iter().flatten().any(|(code, _)| {
+                matches!(code.as_str(), "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded")
+            });
+            attempt += 1;
+            if !contended {
+                break err;
+            }
+            if attempt >= 4 {
+                return Err(AwsError {
+                    operation: "TransactWriteItems (create a batch)".into(),
+                    code: "TransactionConflict".into(),
+                    message: "the batch's writes kept conflicting with others (or were throttled); retry".into(),
+                    retryability: crate::error::Retryability::Retryable,
+                });
+            }
+            sleep_jittered(std::time::Duration::from_millis(50 << attempt)).await;
+        };
         let reasons = crate::open_jobs::cancellation_reasons(&err).unwrap_or_default();
         let existing = reasons.iter().enumerate().find_map(|(index, reason)| match reason {
             Some((code, old)) if code == "ConditionalCheckFailed" && index < jobs.len() => Some((index, old.clone())),
@@ -285,9 +308,12 @@ impl JobStore {
                     .build()
                     .expect("keys are set"),
             );
-            // Unprocessed keys (throttling) are asked again, a bounded number of times.
-            for _ in 0..10 {
+            // Unprocessed keys (throttling) are asked again after a growing wait, a bounded number of times.
+            for round in 0..10u32 {
                 let Some(request) = pending.take() else { break };
+                if round > 0 {
+                    sleep_jittered(std::time::Duration::from_millis(25 << round.min(6))).await;
+                }
                 let out = self
                     .client
                     .batch_get_item()
@@ -624,4 +650,9 @@ fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, AwsEr
         Ok(job) => FenceOutcome::Done(job),
         Err(old) => FenceOutcome::LeaseLost(old),
     })
+}
+
+/// Sleeps between half of `ceiling` and all of it (retries of contended or throttled calls spread out).
+async fn sleep_jittered(ceiling: std::time::Duration) {
+    tokio::time::sleep(ceiling.mul_f64(rand::random_range(0.5..=1.0))).await;
 }
