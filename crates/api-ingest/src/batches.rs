@@ -17,6 +17,7 @@ use jobpipe_core::clock::to_rfc3339;
 use jobpipe_core::intake::{BatchAccepted, Intake, NewJob};
 use jobpipe_core::job::{Job, JobId, JobStatus, JobView};
 use jobpipe_core::metrics::{self, Unit};
+use jobpipe_core::open_jobs::OpenJobs;
 use jobpipe_core::store::{CancelOutcome, MAX_TRANSACTION_ITEMS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -169,11 +170,7 @@ pub async fn create(
         Some(replayed) => replayed,
         None => {
             starts?;
-            check_limits(&api, &caller.sub, jobs.len(), now).await?;
-            let open = match &api.quota {
-                Some(quota) => quota.open_jobs_limit(&caller.sub, now).await?,
-                None => None,
-            };
+            let open = check_limits(&api, &caller.sub, jobs.len(), now).await?;
             intake.accept_batch(&caller.sub, jobs, key.as_deref(), now, open).await?
         }
     };
@@ -210,11 +207,18 @@ pub async fn create(
 }
 
 /// A batch larger than the tenant's limits allow at all is refused (`422`: waiting cannot help); within
-/// them, its jobs count against its submissions per second (`429` over it).
-async fn check_limits(api: &Api, owner: &str, count: usize, now: jobpipe_core::clock::Millis) -> Result<(), ApiError> {
-    let Some(quota) = &api.quota else { return Ok(()) };
+/// them, its jobs count against its submissions per second (`429` over it). Answers the tenant's open-jobs
+/// counter and limit, when it has one, for the batch to be counted against.
+async fn check_limits<'a>(
+    api: &'a Api,
+    owner: &str,
+    count: usize,
+    now: jobpipe_core::clock::Millis,
+) -> Result<Option<(&'a OpenJobs, u32)>, ApiError> {
+    let Some(quota) = &api.quota else { return Ok(None) };
     let too_large = |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large", why).field("jobs");
-    if let Some((_, limit)) = quota.open_jobs_limit(owner, now).await? {
+    let open = quota.open_jobs_limit(owner, now).await?;
+    if let Some((_, limit)) = open {
         if count > limit as usize {
             return Err(too_large(format!("{count} jobs; this tenant may have {limit} jobs waiting or running")));
         }
@@ -230,7 +234,8 @@ async fn check_limits(api: &Api, owner: &str, count: usize, now: jobpipe_core::c
     {
         return Err(too_large(format!("{count} jobs; this tenant may submit {limit} a second")));
     }
-    crate::submit::admit_many(api, owner, count as u32, now).await
+    crate::submit::admit_many(api, owner, count as u32, now).await?;
+    Ok(open)
 }
 
 /// A job's refusal as the batch's: `422`, its field prefixed with the job's place.
@@ -305,16 +310,21 @@ pub async fn cancel(
     Authenticated(caller): Authenticated,
     Path(batch_id): Path<String>,
 ) -> Result<Json<BatchView>, ApiError> {
-    let (batch_id, jobs) = read_batch(&api, &caller.sub, &batch_id).await?;
+    let (batch_id, mut jobs) = read_batch(&api, &caller.sub, &batch_id).await?;
     let now = api.clock.now_ms();
     let mut cancelled = 0;
-    for job in jobs.iter().filter(|job| job.status.is_cancellable()) {
-        if let CancelOutcome::Cancelled(_) = api.store.cancel(&job.job_id, &caller.sub, now).await? {
-            cancelled += 1;
+    // Each cancel answers the job as it is now (cancelled, or started meanwhile): the view needs no read.
+    for job in jobs.iter_mut().filter(|job| job.status.is_cancellable()) {
+        match api.store.cancel(&job.job_id, &caller.sub, now).await? {
+            CancelOutcome::Cancelled(now_cancelled) => {
+                cancelled += 1;
+                *job = now_cancelled;
+            }
+            CancelOutcome::NotCancellable(started) => *job = started,
+            CancelOutcome::NotFound => {}
         }
     }
     tracing::info!(%batch_id, cancelled, "batch cancelled");
-    let (_, jobs) = read_batch(&api, &caller.sub, batch_id.as_str()).await?;
     Ok(Json(batch_view(&api, &batch_id, &jobs, 0, 20).await?))
 }
 

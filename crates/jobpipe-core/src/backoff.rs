@@ -1,9 +1,15 @@
-//! Exponential backoff with full jitter for retrying a job through SQS visibility.
+//! Exponential backoff with full jitter for retrying a job through SQS visibility, and the jittered wait
+//! between in-process retries of a contended or throttled call.
 
 use std::time::Duration;
 
 /// SQS caps a message's visibility timeout at 12 hours.
 const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// Sleeps between half of `ceiling` and all of it, so calls retried together spread out.
+pub async fn sleep_jittered(ceiling: Duration) {
+    tokio::time::sleep(ceiling.mul_f64(rand::random_range(0.5..=1.0))).await;
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {

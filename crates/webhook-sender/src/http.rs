@@ -1,7 +1,8 @@
 //! One attempt of a delivery over HTTP: a POST with the Standard Webhooks headers, through a client that
 //! resolves every host itself and refuses addresses the `TargetPolicy` forbids (so a name that points at a
-//! private address is refused when it is called, not only when it was registered), follows no redirects,
-//! and bounds the time and the bytes an answer may take.
+//! private address is refused when it is called, not only when it was registered; the refusal, found in
+//! the request's error, dead-letters the delivery), follows no redirects, and bounds the time (name
+//! resolution included) and the bytes an answer may take.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,24 +80,6 @@ impl HttpSender {
             Ok(url) => url,
             Err(e) => return AttemptOutcome::Refused { status: None, error: format!("the URL {e}") },
         };
-        // A name is resolved and checked first, so a forbidden address is a refusal (dead-lettered) with
-        // a clear reason; the resolver checks again when connecting, against a name that changed since.
-        if let Some(url::Host::Domain(host)) = url.host() {
-            let resolved = tokio::time::timeout(CONNECT_TIMEOUT, allowed_addresses(host, self.policy)).await;
-            let refusal = match resolved {
-                Ok(Ok(_)) => None,
-                Ok(Err(error)) => Some(match error.downcast::<TargetError>() {
-                    Ok(refused) => AttemptOutcome::Refused { status: None, error: format!("not called: {refused}") },
-                    Err(error) => {
-                        AttemptOutcome::Failed { status: None, error: format!("resolving {host} failed: {error}") }
-                    }
-                }),
-                Err(_) => Some(AttemptOutcome::Failed { status: None, error: format!("resolving {host} timed out") }),
-            };
-            if let Some(refusal) = refusal {
-                return refusal;
-            }
-        }
         let body = delivery.body();
         let timestamp = now / 1000;
         let signature = match secrets.signature(&delivery.webhook_id, timestamp, &body, now) {
@@ -175,9 +158,13 @@ mod tests {
         let refusal = allowed_addresses("localhost", deployed.policy).await.unwrap_err();
         let refusal = refusal.downcast::<TargetError>().expect("a TargetError, as `attempt` tells them apart");
         assert!(refusal.0.contains("loopback"), "{refusal}");
-        // Past the checks (as if the name changed after them), the connection is refused all the same.
+        // The connection is refused by the resolver, and the attempt is a refusal, not a failure to retry.
         let error = deployed.client.post("http://localhost:9/hook").send().await.unwrap_err();
-        assert!(error.is_connect() && format!("{error:?}").contains("loopback"), "{error:?}");
+        let outcome = outcome_of_error(&error);
+        assert!(
+            matches!(&outcome, AttemptOutcome::Refused { status: None, error } if error.contains("loopback")),
+            "{outcome:?}"
+        );
         let local = HttpSender::new(TargetPolicy { allow_loopback: true }).unwrap();
         let error = local.client.post("http://localhost:9/hook?token=secret").send().await.unwrap_err();
         match outcome_of_error(&error) {

@@ -277,7 +277,7 @@ impl JobStore {
                     retryability: crate::error::Retryability::Retryable,
                 });
             }
-            sleep_jittered(std::time::Duration::from_millis(50 << attempt)).await;
+            crate::backoff::sleep_jittered(std::time::Duration::from_millis(50 << attempt)).await;
         };
         let reasons = crate::open_jobs::cancellation_reasons(&err).unwrap_or_default();
         let existing = reasons.iter().enumerate().find_map(|(index, reason)| match reason {
@@ -312,7 +312,7 @@ impl JobStore {
             for round in 0..10u32 {
                 let Some(request) = pending.take() else { break };
                 if round > 0 {
-                    sleep_jittered(std::time::Duration::from_millis(25 << round.min(6))).await;
+                    crate::backoff::sleep_jittered(std::time::Duration::from_millis(25 << round.min(6))).await;
                 }
                 let out = self
                     .client
@@ -650,9 +650,4 @@ fn fence_outcome(result: Result<Job, Option<Job>>) -> Result<FenceOutcome, AwsEr
         Ok(job) => FenceOutcome::Done(job),
         Err(old) => FenceOutcome::LeaseLost(old),
     })
-}
-
-/// Sleeps between half of `ceiling` and all of it (retries of contended or throttled calls spread out).
-async fn sleep_jittered(ceiling: std::time::Duration) {
-    tokio::time::sleep(ceiling.mul_f64(rand::random_range(0.5..=1.0))).await;
 }

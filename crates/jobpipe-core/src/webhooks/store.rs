@@ -124,36 +124,28 @@ impl WebhookStore {
         HashMap::from([(attr::TENANT.to_string(), s(tenant)), (attr::ENTRY.to_string(), s(entry))])
     }
 
-    /// A tenant's entries whose `entry` starts with `prefix` (every page).
-    async fn query(&self, tenant: &str, prefix: &str, consistent: bool) -> Result<Vec<Item>, AwsError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#t = :t AND begins_with(#e, :p)")
-                .expression_attribute_names("#t", attr::TENANT)
-                .expression_attribute_names("#e", attr::ENTRY)
-                .expression_attribute_values(":t", s(tenant))
-                .expression_attribute_values(":p", s(prefix))
-                .consistent_read(consistent)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("Query (webhooks)", e))?;
-            items.extend(out.items().iter().cloned());
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(items),
-            }
-        }
+    /// A tenant's entries whose `entry` starts with `prefix` (every page, through the SDK's paginator).
+    async fn query(&self, tenant: &str, prefix: &str) -> Result<Vec<Item>, AwsError> {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#t = :t AND begins_with(#e, :p)")
+            .expression_attribute_names("#t", attr::TENANT)
+            .expression_attribute_names("#e", attr::ENTRY)
+            .expression_attribute_values(":t", s(tenant))
+            .expression_attribute_values(":p", s(prefix))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| AwsError::from_sdk("Query (webhooks)", e))
     }
 
     /// A tenant's endpoints, oldest first.
     pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, AwsError> {
-        let items = self.query(tenant, attr::ENDPOINT_PREFIX, true).await?;
+        let items = self.query(tenant, attr::ENDPOINT_PREFIX).await?;
         // One unreadable endpoint must not cost the tenant's others (or its jobs' callbacks) their deliveries.
         let mut endpoints: Vec<(i64, Endpoint)> = items
             .iter()
@@ -329,7 +321,7 @@ impl WebhookStore {
     /// Dead letters, oldest first: one tenant's (a Query), or every tenant's (a Scan).
     pub async fn dead_letters(&self, tenant: Option<&str>) -> Result<Vec<DeadLetter>, AwsError> {
         let items = match tenant {
-            Some(tenant) => self.query(tenant, attr::DEAD_PREFIX, true).await?,
+            Some(tenant) => self.query(tenant, attr::DEAD_PREFIX).await?,
             None => self.scan_dead_letters().await?,
         };
         let mut letters: Vec<DeadLetter> = items.iter().map(dead_letter_from_item).collect::<Result<_, _>>()?;
@@ -338,27 +330,19 @@ impl WebhookStore {
     }
 
     async fn scan_dead_letters(&self) -> Result<Vec<Item>, AwsError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(#e, :p)")
-                .expression_attribute_names("#e", attr::ENTRY)
-                .expression_attribute_values(":p", s(attr::DEAD_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("Scan (webhook dead letters)", e))?;
-            items.extend(out.items().iter().cloned());
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(items),
-            }
-        }
+        self.client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(#e, :p)")
+            .expression_attribute_names("#e", attr::ENTRY)
+            .expression_attribute_values(":p", s(attr::DEAD_PREFIX))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| AwsError::from_sdk("Scan (webhook dead letters)", e))
     }
 
     /// Forgets a dead letter once it is redelivered: the one listed, not a newer one under the same key

@@ -51,21 +51,28 @@ impl Receiver {
         self.http.get(format!("{}/_log", self.url)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// Polls `check` until it answers `Some`, or until the pipeline stopped moving: no new delivery reached
+    /// this receiver in 150 polls in a row (a slower machine makes the wait longer, not red).
+    async fn eventually<T>(&self, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+        let (mut heard, mut still) = (usize::MAX, 0);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            let now = self.log().await.len();
+            if now != heard {
+                (heard, still) = (now, 0);
+            } else {
+                still += 1;
+                assert!(still <= 150, "never happened, and deliveries stopped coming: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn at(&self, path: &str) -> Vec<Value> {
         self.log().await.into_iter().filter(|entry| entry["path"] == path).collect()
     }
-}
-
-/// Polls `check` until it answers `Some`; a generous bound only so that a broken pipeline fails the test
-/// instead of hanging it.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..600 {
-        if let Some(value) = check().await {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// As `jobpipe submit --callback` does.
@@ -127,20 +134,21 @@ async fn webhooks_are_signed_retried_dead_lettered_redelivered_and_rotated() {
     assert_eq!(flaky.callback.as_ref().unwrap().url, format!("{}/flaky", receiver.url));
 
     // Every job's deliveries settle: the flaky one on its third attempt, the others dead-lettered.
-    let settled = eventually("every delivery settled", async || {
-        let mut jobs = Vec::new();
-        for job in [&flaky, &gone, &moved] {
-            let job = target.status(job.job_id.as_str()).await.ok()?;
-            let states = deliveries_of(&job);
-            let done = states.len() == 2 && states.values().all(|(state, ..)| *state != DeliveryState::Retrying);
-            if !done {
-                return None;
+    let settled = receiver
+        .eventually("every delivery settled", async || {
+            let mut jobs = Vec::new();
+            for job in [&flaky, &gone, &moved] {
+                let job = target.status(job.job_id.as_str()).await.ok()?;
+                let states = deliveries_of(&job);
+                let done = states.len() == 2 && states.values().all(|(state, ..)| *state != DeliveryState::Retrying);
+                if !done {
+                    return None;
+                }
+                jobs.push(job);
             }
-            jobs.push(job);
-        }
-        Some(jobs)
-    })
-    .await;
+            Some(jobs)
+        })
+        .await;
     let ep = endpoint.endpoint_id.clone();
     assert_eq!(deliveries_of(&settled[0])["callback"], (DeliveryState::Delivered, 3, Some(200)));
     assert_eq!(deliveries_of(&settled[1])["callback"], (DeliveryState::Failed, 1, Some(410)));
@@ -181,11 +189,12 @@ async fn webhooks_are_signed_retried_dead_lettered_redelivered_and_rotated() {
     assert_eq!((gone_letter.last_status, gone_letter.delivery.job_id.as_ref()), (Some(410), Some(&gone.job_id)));
     let redelivered = target.webhook_redeliver(&[gone_letter.id()], None).await.unwrap();
     assert_eq!(redelivered.len(), 1);
-    eventually("the redelivered delivery arrived and is recorded", async || {
-        let job = target.status(gone.job_id.as_str()).await.ok()?;
-        (deliveries_of(&job)["callback"].0 == DeliveryState::Delivered).then_some(())
-    })
-    .await;
+    receiver
+        .eventually("the redelivered delivery arrived and is recorded", async || {
+            let job = target.status(gone.job_id.as_str()).await.ok()?;
+            (deliveries_of(&job)["callback"].0 == DeliveryState::Delivered).then_some(())
+        })
+        .await;
     let gone_attempts = receiver.at("/gone").await;
     assert_eq!(gone_attempts.len(), 2);
     assert_eq!(
@@ -204,8 +213,9 @@ async fn webhooks_are_signed_retried_dead_lettered_redelivered_and_rotated() {
     assert_ne!(new_secret, first_secret);
     receiver.put("/_secrets", json!([first_secret, new_secret])).await;
     let after = submit(&target, json!({}), &format!("{}/rotated", receiver.url)).await;
-    let entry =
-        eventually("the delivery after the rotation", async || receiver.at("/rotated").await.into_iter().next()).await;
+    let entry = receiver
+        .eventually("the delivery after the rotation", async || receiver.at("/rotated").await.into_iter().next())
+        .await;
     assert_eq!((entry["signatures"].as_u64(), &entry["verifiedBy"]), (Some(2), &json!([0, 1])), "{entry}");
     assert_eq!(entry["body"]["data"]["jobId"], after.job_id.as_str());
 
