@@ -1,5 +1,6 @@
-// jobpipe's web UI: sign in, submit jobs, and watch them live over the WebSocket, falling back to
-// polling GET /jobs/{id} with backoff while the socket is down. Plain ES module, no build step.
+// jobpipe's web UI: sign in, submit jobs (one, or many as a batch), and watch them live over the
+// WebSocket, falling back to polling GET /jobs/{id} (GET /batches/{id}) with backoff while the socket is
+// down. A batch shows as one row with its progress. Plain ES module, no build step.
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 // What the owner may still cancel: jobs that have not started.
@@ -40,6 +41,7 @@ const KIND_FORMS = {
 const state = {
   session: null, // { apiUrl, wsUrl, token, sub }
   jobs: new Map(), // jobId -> job view (or push message merged in)
+  batches: new Map(), // batchId -> { batchId, total, counts, done, completedAt }
   socket: null,
   socketBackoff: 1000,
   polling: new Map(), // jobId -> { timer, delay }
@@ -189,6 +191,7 @@ function signOut(message = "") {
   for (const { timer } of state.polling.values()) clearTimeout(timer);
   state.polling.clear();
   state.jobs.clear();
+  state.batches.clear();
   $("jobs").replaceChildren();
   setLive("offline");
   showSignIn(message);
@@ -289,11 +292,16 @@ async function submitJob(event) {
     const submission = { kind, input };
     const runAt = startTime(form.elements.runAt.value);
     if (runAt) submission.runAt = runAt;
-    const job = await api("/jobs", {
-      method: "POST",
-      body: JSON.stringify(submission),
-      headers: { "idempotency-key": crypto.randomUUID() },
-    });
+    const copies = Number(form.elements.copies.value || 1);
+    if (!Number.isInteger(copies) || copies < 1 || copies > 100) throw new Error("How many must be a whole number from 1 to 100.");
+    const headers = { "idempotency-key": crypto.randomUUID() };
+    if (copies > 1) {
+      const batch = await api("/batches", { method: "POST", body: JSON.stringify({ jobs: Array(copies).fill(submission) }), headers });
+      upsertBatch(batch);
+      followBatch(batch.batchId);
+      return;
+    }
+    const job = await api("/jobs", { method: "POST", body: JSON.stringify(submission), headers });
     upsert(job);
     follow(job.jobId);
   } catch (error) {
@@ -321,9 +329,17 @@ function describeError(error) {
 async function loadJobs() {
   const { jobs } = await api("/jobs?limit=50");
   state.jobs.clear();
+  state.batches.clear();
   $("jobs").replaceChildren();
   for (const job of jobs.reverse()) upsert(job);
-  for (const job of jobs) if (!TERMINAL.has(job.status)) follow(job.jobId);
+  for (const job of jobs) if (!job.batchId && !TERMINAL.has(job.status)) follow(job.jobId);
+  // A batch's jobs show as the batch's one row: read each batch once, and follow those still running.
+  for (const batchId of new Set(jobs.map((job) => job.batchId).filter(Boolean))) {
+    api(`/batches/${batchId}?limit=1`).then((batch) => {
+      upsertBatch(batch);
+      if (!batch.done) followBatch(batchId);
+    }).catch(() => {});
+  }
 }
 
 /** Whether `update` is older than the job's state already held: pushes can arrive out of order and a
@@ -337,6 +353,11 @@ function isStale(previous, update) {
 }
 
 function upsert(update) {
+  if (update.batchId) {
+    // Shown as its batch's row, which holds its counts.
+    if (!state.batches.has(update.batchId)) renderBatch({ batchId: update.batchId, total: 0, counts: {}, done: false });
+    return;
+  }
   const previous = state.jobs.get(update.jobId) || {};
   if (isStale(previous, update)) {
     console.debug(`ignored an update of job ${update.jobId} older than the one shown`);
@@ -358,13 +379,7 @@ function upsert(update) {
 }
 
 function render(job) {
-  let item = document.querySelector(`.job[data-id="${job.jobId}"]`);
-  if (!item) {
-    item = $("job-template").content.firstElementChild.cloneNode(true);
-    item.dataset.id = job.jobId;
-    item.querySelector(".cancel").addEventListener("click", () => cancel(job.jobId));
-    $("jobs").prepend(item);
-  }
+  const item = row(job.jobId, () => cancel(job.jobId));
   item.dataset.status = job.status;
   if (job.kind) item.querySelector(".kind").textContent = job.kind;
   item.querySelector(".id").textContent = job.jobId;
@@ -379,6 +394,88 @@ function render(job) {
   item.querySelector(".error-text").textContent = job.error ? errorInWords(job.error) : "";
   item.querySelector(".job-actions").hidden = !CANCELLABLE.has(job.status);
   renderResult(item.querySelector(".result"), job);
+}
+
+/** The list's row for a job or batch id, made (at the top) the first time. */
+function row(id, onCancel) {
+  let item = document.querySelector(`.job[data-id="${id}"]`);
+  if (!item) {
+    item = $("job-template").content.firstElementChild.cloneNode(true);
+    item.dataset.id = id;
+    item.querySelector(".cancel").addEventListener("click", onCancel);
+    $("jobs").prepend(item);
+    $("empty").hidden = true;
+  }
+  return item;
+}
+
+// ---- Batches: one row each ------------------------------------------------------------------------
+
+/** How many of a batch's jobs ended, from a read's counts or a push's. */
+function endedOf(batch) {
+  const counts = batch.counts || {};
+  return (counts.completed || 0) + (counts.failed || 0) + (counts.cancelled || 0);
+}
+
+/** Merges a batch's read (GET /batches) or push; an older state (fewer jobs ended) never replaces a newer. */
+function upsertBatch(update) {
+  const previous = state.batches.get(update.batchId);
+  if (previous && (previous.done && !update.done || endedOf(update) < endedOf(previous))) {
+    console.debug(`ignored an update of batch ${update.batchId} older than the one shown`);
+    return;
+  }
+  // A read counts every status; a push only how jobs ended (`counts.waiting` is then unknown).
+  const batch = { ...previous, ...update, error: "" };
+  state.batches.set(batch.batchId, batch);
+  renderBatch(batch);
+  if (batch.done) stopPolling(`batch:${batch.batchId}`);
+}
+
+function renderBatch(batch) {
+  const item = row(batch.batchId, () => cancelBatch(batch.batchId));
+  item.classList.add("batch");
+  const ended = endedOf(batch);
+  const status = batch.done ? "completed" : "processing";
+  item.dataset.status = status;
+  item.querySelector(".kind").textContent = batch.total ? `batch of ${batch.total}` : "batch";
+  item.querySelector(".id").textContent = batch.batchId;
+  const label = item.querySelector(".status");
+  label.textContent = batch.done ? "done" : `${ended}/${batch.total || "?"} ended`;
+  label.dataset.status = status;
+  const progress = batch.total ? Math.round((100 * ended) / batch.total) : 0;
+  const bar = item.querySelector(".progress");
+  bar.setAttribute("aria-valuenow", String(progress));
+  bar.firstElementChild.style.width = `${progress}%`;
+  const counts = batch.counts || {};
+  const read = "queued" in counts;
+  const parts = ["completed", "failed", "cancelled", ...(read ? ["processing", "queued", "scheduled"] : [])]
+    .filter((name) => counts[name]).map((name) => `${counts[name]} ${name}`);
+  if (!read && batch.total > ended) parts.push(`${batch.total - ended} to go`);
+  if (batch.completedAt) parts.push(`done ${when(batch.completedAt)}`);
+  item.querySelector(".meta").textContent = parts.join(" · ");
+  item.querySelector(".error-text").textContent = batch.error || "";
+  // Cancel stops the jobs that have not started; after a push, which does not say, it is offered until done.
+  item.querySelector(".job-actions").hidden = batch.done || (read && !(counts.scheduled + counts.queued));
+  item.querySelector(".result").replaceChildren();
+}
+
+async function cancelBatch(batchId) {
+  try {
+    upsertBatch(await api(`/batches/${batchId}?limit=1`, { method: "DELETE" }));
+  } catch (error) {
+    const batch = state.batches.get(batchId);
+    if (batch) renderBatch({ ...batch, error: `Could not cancel: ${error.message}` });
+  }
+}
+
+function followBatch(batchId) {
+  const read = () => api(`/batches/${batchId}?limit=1`).then(upsertBatch);
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify({ action: "subscribe", batchId }));
+    startPolling(`batch:${batchId}`, SLOW_POLL, read);
+  } else {
+    startPolling(`batch:${batchId}`, FAST_POLL, read);
+  }
 }
 
 function meta(job) {
@@ -467,11 +564,14 @@ function connectSocket() {
     for (const job of state.jobs.values()) {
       if (!TERMINAL.has(job.status)) follow(job.jobId);
     }
+    for (const batch of state.batches.values()) if (!batch.done) followBatch(batch.batchId);
   };
   socket.onmessage = (event) => {
     const message = safeJson(event.data);
     if (!message) return;
     if (message.type === "job") upsert(message);
+    else if (message.type === "batch") upsertBatch(message);
+    else if (message.type === "subscribed" && message.batch) upsertBatch(message.batch);
     else if (message.type === "subscribed" && message.job) {
       upsert(message.job);
       // Confirm a state that has not ended with a read made once the subscription surely exists.
@@ -486,6 +586,7 @@ function connectSocket() {
     state.socket = null;
     setLive("polling");
     for (const job of state.jobs.values()) if (!TERMINAL.has(job.status)) startPolling(job.jobId, FAST_POLL);
+    for (const batch of state.batches.values()) if (!batch.done) followBatch(batch.batchId);
     scheduleReconnect();
   };
 }
@@ -496,20 +597,21 @@ function scheduleReconnect() {
   setTimeout(connectSocket, delay + Math.random() * 250);
 }
 
-function startPolling(jobId, pace) {
-  const existing = state.polling.get(jobId);
+/** Reads `key` (a job id, or `batch:<id>` with its own `read`) with backoff until stopped. */
+function startPolling(key, pace, read = async () => upsert(await api(`/jobs/${key}`))) {
+  const existing = state.polling.get(key);
   if (existing && existing.pace === pace) return;
   if (existing) clearTimeout(existing.timer);
   const entry = { delay: pace.first, timer: null, pace };
-  state.polling.set(jobId, entry);
+  state.polling.set(key, entry);
   const poll = async () => {
-    if (state.polling.get(jobId) !== entry || !state.session) return;
+    if (state.polling.get(key) !== entry || !state.session) return;
     try {
-      upsert(await api(`/jobs/${jobId}`));
+      await read();
     } catch {
       // Keep trying with backoff; an expired session signs out in api().
     }
-    if (state.polling.get(jobId) !== entry) return;
+    if (state.polling.get(key) !== entry) return;
     entry.delay = Math.min(entry.delay * 2, pace.max);
     entry.timer = setTimeout(poll, entry.delay);
   };

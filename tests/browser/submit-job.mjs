@@ -81,6 +81,25 @@ try {
   await page.locator(".live[data-mode=live]").waitFor({ timeout: 15000 });
   if (!(await page.evaluate(() => window.__noReload === true))) throw new Error("the page reloaded");
 
+  // Three at once are a batch: one row, whose progress reaches all three ended; a reload shows it as one
+  // row again (its jobs are grouped), not three.
+  const rowsBefore = await page.locator(".job").count();
+  await page.getByLabel("Message").fill("one of three");
+  await page.getByLabel("Work for (ms)").fill("300");
+  await page.getByLabel("How many").fill("3");
+  await page.getByRole("button", { name: "Submit" }).click();
+  const batchRow = page.locator(".job.batch").first();
+  await batchRow.locator(".status[data-status=completed]", { hasText: "done" }).waitFor({ timeout: 60000 });
+  const batchMeta = await batchRow.locator(".meta").textContent();
+  if (!/3 completed/.test(batchMeta)) throw new Error(`the batch's line says "${batchMeta}", not 3 completed`);
+  if ((await batchRow.locator(".progress").getAttribute("aria-valuenow")) !== "100") throw new Error("the batch's bar is not full");
+  if ((await page.locator(".job").count()) !== rowsBefore + 1) throw new Error("a batch of three added other than one row");
+  await page.getByLabel("How many").fill("1");
+  await page.reload();
+  await page.locator(".job.batch .status[data-status=completed]").first().waitFor({ timeout: 20000 });
+  if ((await page.locator(".job.batch").count()) !== 1) throw new Error("after a reload the batch is not one row");
+  await page.evaluate(() => { window.__noReload = true; });
+
   // An image job: the picture appears inline when it is done.
   await page.locator("#kind").selectOption("image");
   await page.getByLabel("Prompt", { exact: true }).fill("a lighthouse at dusk");

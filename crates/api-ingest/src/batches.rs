@@ -64,6 +64,10 @@ pub struct BatchView {
     pub counts: BatchCounts,
     /// Every job ended (completed, failed or cancelled).
     pub done: bool,
+    /// When the batch's completion was recorded, once, as its last job's end was: the moment it was pushed
+    /// to its subscribers and delivered as `batch.completed`. `null` until then (shortly after `done`).
+    #[schema(format = DateTime)]
+    pub completed_at: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     /// Every job's id, in submission order.
@@ -371,10 +375,16 @@ async fn batch_view(
         page.push(view(api, job, Payloads::Omitted).await?);
     }
     let next = offset + limit;
+    let done = jobs.iter().all(|job| job.status.is_terminal());
+    let completed_at = match done {
+        true => api.store.batch_progress(batch_id).await?.and_then(|progress| progress.completed_at).map(to_rfc3339),
+        false => None,
+    };
     Ok(BatchView {
         batch_id: batch_id.clone(),
         total: jobs.first().and_then(|job| job.batch.as_ref()).map_or(jobs.len() as u32, |batch| batch.size),
-        done: jobs.iter().all(|job| job.status.is_terminal()),
+        done,
+        completed_at,
         created_at: to_rfc3339(jobs.first().map_or(0, |job| job.created_at)),
         job_ids: jobs.iter().map(|job| job.job_id.clone()).collect(),
         counts,

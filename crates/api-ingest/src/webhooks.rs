@@ -21,8 +21,8 @@ use crate::caller::Authenticated;
 use crate::error::{ApiError, CommonErrors, ErrorBody};
 use crate::submit::{check_body, json_fields};
 
-/// The events endpoints may subscribe to: those delivered today (`batch.completed` comes with batches).
-const DELIVERED: [WebhookEvent; 2] = [WebhookEvent::JobCompleted, WebhookEvent::JobFailed];
+/// The events endpoints may subscribe to.
+const DELIVERED: [WebhookEvent; 3] = WebhookEvent::ALL;
 
 /// The longest endpoint description.
 const MAX_DESCRIPTION_CHARS: usize = 200;

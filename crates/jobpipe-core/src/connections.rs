@@ -1,8 +1,8 @@
 //! The WebSocket connections table: who is connected, and which jobs each connection follows.
 //!
 //! One item per connection (`jobId = "-"`, holding the caller) and one per subscription
-//! (`jobId = <job id>`), all under the connection id as partition key; the `byJob` GSI finds a job's
-//! subscribers. Items carry a TTL so connections that vanished without `$disconnect` expire.
+//! (`jobId = <job id>`, or `batch#<batch id>` for a batch's progress: a `Subject`), all under the
+//! connection id as partition key; the `byJob` GSI finds a subject's subscribers. Items carry a TTL so connections that vanished without `$disconnect` expire.
 
 use std::collections::HashMap;
 
@@ -23,6 +23,29 @@ pub mod attr {
     pub const BY_JOB_INDEX: &str = "byJob";
     /// The sort key of the connection's own item.
     pub const CONNECTION_ITEM: &str = "-";
+}
+
+/// What a connection follows: a job's changes, or a batch's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Job(JobId),
+    Batch(JobId),
+}
+
+impl Subject {
+    /// The subscription item's sort key.
+    fn key(&self) -> String {
+        match self {
+            Subject::Job(job_id) => job_id.to_string(),
+            Subject::Batch(batch_id) => format!("{}{batch_id}", crate::store::attr::BATCH_ITEM_PREFIX),
+        }
+    }
+}
+
+impl From<&JobId> for Subject {
+    fn from(job_id: &JobId) -> Subject {
+        Subject::Job(job_id.clone())
+    }
 }
 
 /// API Gateway closes a WebSocket after two hours at most; rows outlive that by a margin.
@@ -76,26 +99,27 @@ impl ConnectionStore {
         &self,
         connection_id: &str,
         owner: &str,
-        job_id: &JobId,
+        subject: impl Into<Subject>,
         now: Millis,
     ) -> Result<(), AwsError> {
-        self.put(connection_id, job_id.as_str(), owner, now).await
+        self.put(connection_id, &subject.into().key(), owner, now).await
     }
 
-    pub async fn unsubscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), AwsError> {
+    pub async fn unsubscribe(&self, connection_id: &str, subject: impl Into<Subject>) -> Result<(), AwsError> {
         self.client
             .delete_item()
             .table_name(&self.table)
             .key(attr::CONNECTION_ID, s(connection_id))
-            .key(attr::JOB_ID, s(job_id.as_str()))
+            .key(attr::JOB_ID, s(&subject.into().key()))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DeleteItem (subscription)", e))?;
         Ok(())
     }
 
-    /// Connections subscribed to a job.
-    pub async fn subscribers(&self, job_id: &JobId) -> Result<Vec<String>, AwsError> {
+    /// Connections subscribed to a job or a batch.
+    pub async fn subscribers(&self, subject: impl Into<Subject>) -> Result<Vec<String>, AwsError> {
+        let key = subject.into().key();
         let mut connections = Vec::new();
         let mut start = None;
         loop {
@@ -106,7 +130,7 @@ impl ConnectionStore {
                 .index_name(attr::BY_JOB_INDEX)
                 .key_condition_expression("#job = :job")
                 .expression_attribute_names("#job", attr::JOB_ID)
-                .expression_attribute_values(":job", s(job_id.as_str()))
+                .expression_attribute_values(":job", s(&key))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await

@@ -7,7 +7,10 @@
 //! stuck, no write after a job ended, the limited tenant never held more claims at once than its limit,
 //! and the dead-letter queue holds exactly the poison that was sent. A share of the jobs name a callback
 //! (a receiver in this process, which verifies every signature and fails some first attempts): every such
-//! job that ended completed or failed is delivered, signed, as what it became; none cancelled is.
+//! job that ended completed or failed is delivered, signed, as what it became; none cancelled is. A few
+//! batches run through the same faults (a third of them cancelled at once): each completes exactly once
+//! (the stream shows its progress item turn `completed` once), its counts are its jobs' truth, and its
+//! `batch.completed` is delivered, signed, with those counts and one `webhook-id`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -21,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use jobpipe_core::JobStatus;
-use jobpipe_core::store::{JobStore, job_from_stream_image};
+use jobpipe_core::store::{JobStore, batch_from_stream_image, is_batch_image, job_from_stream_image};
 use jobpipe_emulator::aws::{Endpoints, dynamodb_client, sdk_config, start_engines, streams_client};
 use jobpipe_emulator::dev::{DevOptions, DevStack};
 use jobpipe_emulator::faults::FaultProxy;
@@ -51,6 +54,10 @@ pub struct ChaosOptions {
     /// Every this many-th job names a callback (0: none); the receiver answers 503 to the first attempt
     /// for every third of them, so retries run through the faults too.
     pub webhook_every: usize,
+    /// Batches of `batch_size` echo jobs (every other one with a job that fails permanently, every third
+    /// cancelled right after it is accepted, while a job of it waits for its time).
+    pub batches: usize,
+    pub batch_size: usize,
     /// Unparseable bodies and messages naming jobs that do not exist.
     pub poison: usize,
     /// Kill (SIGKILL) every process of the queue processor after every this many accepted submissions
@@ -83,6 +90,8 @@ impl Default for ChaosOptions {
             open_jobs_every: 20,
             open_jobs_limit: 4,
             webhook_every: 10,
+            batches: 8,
+            batch_size: 5,
             poison: 20,
             kill_every_jobs: 60,
             aws_fault_rate: 0.02,
@@ -155,6 +164,17 @@ pub struct ChaosReport {
     pub webhooks_missing: usize,
     pub webhooks_bad: usize,
     pub webhooks_repeated: usize,
+    /// Batches accepted (and refused: a fault outlasted every retry of the keyed submission) and their
+    /// jobs; batches whose progress item turned `completed` other than once (0); whose counts differ from
+    /// their jobs' (0); whose `batch.completed` never arrived (0) or arrived unverified, with other counts
+    /// or under more than one `webhook-id` (0).
+    pub batches: usize,
+    pub batches_refused: usize,
+    pub batch_jobs: usize,
+    pub batches_not_completed_once: usize,
+    pub batch_counts_wrong: usize,
+    pub batch_webhooks_missing: usize,
+    pub batch_webhooks_bad: usize,
     /// A recurring schedule (every minute) running through the faults: ticks that created a job, ticks
     /// between its first and last that created none (0), ticks that created two (0), and whether a tick
     /// due by the end was never fired (false).
@@ -226,6 +246,21 @@ impl ChaosReport {
                 self.webhook_jobs, self.webhooks_missing, self.webhooks_bad
             ));
         }
+        if self.batches_not_completed_once > 0
+            || self.batch_counts_wrong > 0
+            || self.batch_webhooks_missing > 0
+            || self.batch_webhooks_bad > 0
+        {
+            problems.push(format!(
+                "of {} batches, {} did not complete exactly once, {} had counts other than their jobs', {} \
+                 batch.completed never arrived and {} arrived bad",
+                self.batches,
+                self.batches_not_completed_once,
+                self.batch_counts_wrong,
+                self.batch_webhooks_missing,
+                self.batch_webhooks_bad
+            ));
+        }
         if self.dead_letters != self.poison_sent {
             problems
                 .push(format!("{} dead letter(s) for {} poison message(s) sent", self.dead_letters, self.poison_sent));
@@ -273,6 +308,16 @@ impl ChaosReport {
                 format!("{} / {} / {}", self.webhooks_delivered, self.webhooks_missing, self.webhooks_bad),
             ),
             ("  delivered again (at least once)", self.webhooks_repeated.to_string()),
+            (
+                "batches (refused) / their jobs",
+                format!("{} ({}) / {}", self.batches, self.batches_refused, self.batch_jobs),
+            ),
+            ("  not completed exactly once (0)", self.batches_not_completed_once.to_string()),
+            ("  counts not their jobs' (0)", self.batch_counts_wrong.to_string()),
+            (
+                "  batch.completed missing / bad (0)",
+                format!("{} / {}", self.batch_webhooks_missing, self.batch_webhooks_bad),
+            ),
             ("schedule's ticks fired (> 0)", self.schedule_ticks.to_string()),
             ("ticks missed or doubled (0)", format!("{} {}", self.ticks_missing, self.ticks_twice)),
             ("a due tick left unfired (no)", if self.tick_left_unfired { "yes" } else { "no" }.to_string()),
@@ -377,6 +422,13 @@ pub async fn run(
         .json()
         .await?;
     let receiver = WebhookReceiver::start(secret["secret"].as_str().context("the tenant's webhook secret")?).await?;
+    let endpoint = http
+        .post(format!("{}/webhooks/endpoints", stack.base_url()))
+        .bearer_auth(stack.token("chaos"))
+        .json(&json!({"url": receiver.batch_url, "events": ["batch.completed"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(endpoint.status() == 201, "registering the batches' endpoint answered {}", endpoint.status());
 
     proxy.enabled.store(true, Ordering::SeqCst);
     let mut report = ChaosReport {
@@ -469,6 +521,65 @@ pub async fn run(
             Some((id, design))
         }));
     }
+    // Batches, through the same faults: each submitted with a key, and again with it while a fault answers.
+    let mut batch_tasks = Vec::new();
+    for b in 0..options.batches {
+        let (http, token, base) = (http.clone(), token.clone(), stack.base_url());
+        let jobs: Vec<Value> = (0..options.batch_size)
+            .map(|i| match i {
+                0 if b % 2 == 0 => json!({"kind": "echo", "input": {"batch": b, "failPermanently": true}}),
+                1 if b % 3 == 0 => json!({"kind": "echo", "input": {"batch": b}, "delaySeconds": 2}),
+                _ => json!({"kind": "echo", "input": {"batch": b, "sleepMs": (i * 37) % 120}}),
+            })
+            .collect();
+        batch_tasks.push(tokio::spawn(async move {
+            let key = uuid::Uuid::new_v4().to_string();
+            let mut accepted = None;
+            for _ in 0..5 {
+                let reply = http
+                    .post(format!("{base}/batches"))
+                    .bearer_auth(&token)
+                    .header("idempotency-key", &key)
+                    .json(&json!({"jobs": jobs}))
+                    .send()
+                    .await;
+                match reply {
+                    Ok(r) if r.status() == 202 => {
+                        accepted = r.json::<Value>().await.ok();
+                        break;
+                    }
+                    Ok(r) if r.status().is_client_error() => break,
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            let batch = accepted?;
+            let batch_id = batch["batchId"].as_str()?.to_string();
+            if b % 3 == 0 {
+                for _ in 0..5 {
+                    let cancelled = http.delete(format!("{base}/batches/{batch_id}")).bearer_auth(&token).send().await;
+                    if cancelled.is_ok_and(|r| r.status() == 200) {
+                        break;
+                    }
+                }
+            }
+            let job_ids: Vec<String> =
+                batch["jobIds"].as_array()?.iter().filter_map(|id| id.as_str().map(String::from)).collect();
+            Some((batch_id, job_ids))
+        }));
+    }
+    let mut batches: HashMap<String, Vec<String>> = HashMap::new();
+    for task in batch_tasks {
+        match task.await? {
+            Some((batch_id, job_ids)) => {
+                batches.insert(batch_id, job_ids);
+            }
+            None => report.batches_refused += 1,
+        }
+    }
+    report.batches = batches.len();
+    let batch_jobs: HashSet<String> = batches.values().flatten().cloned().collect();
+    report.batch_jobs = batch_jobs.len();
+
     let mut designs = HashMap::new();
     let mut accepted = Vec::new();
     for task in tasks {
@@ -518,6 +629,7 @@ pub async fn run(
         statuses = scan_statuses(&jobs).await.unwrap_or(statuses);
         let open = accepted_set
             .iter()
+            .chain(&batch_jobs)
             .filter(|id| {
                 !matches!(
                     statuses.get(*id).map(|s: &(String, Option<String>)| s.0.as_str()),
@@ -577,26 +689,58 @@ pub async fn run(
             _ => None,
         })
         .collect();
-    let mut last = (usize::MAX, Instant::now());
-    loop {
-        let delivered = receiver.delivered(&expected);
-        if delivered == expected.len() {
-            break;
-        }
-        let heard = receiver.heard();
-        if heard != last.0 {
-            last = (heard, Instant::now());
-        } else if last.1.elapsed() > options.stall {
-            report.stalled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let all_delivered = || receiver.delivered(&expected) == expected.len();
+    report.stalled |= until_delivered(options.stall, all_delivered, || receiver.heard()).await;
     report.webhook_jobs = expected.len();
     report.webhooks_delivered = receiver.delivered(&expected);
     report.webhooks_missing = expected.len() - report.webhooks_delivered;
     report.webhooks_bad = receiver.bad(&expected, &callbacks);
     report.webhooks_repeated = receiver.repeated();
+
+    // Every batch (all its jobs ended) is told completed, or progress stopped.
+    let batch_ids: HashSet<String> = batches.keys().cloned().collect();
+    let all_delivered = || receiver.batches_delivered(&batch_ids) == batch_ids.len();
+    report.stalled |= until_delivered(options.stall, all_delivered, || receiver.batches_heard()).await;
+    report.batch_webhooks_missing = batch_ids.len() - receiver.batches_delivered(&batch_ids);
+    // A batch's counts, as its jobs say, as `GET /batches/{id}` says, and as its `batch.completed` said.
+    let final_statuses = scan_statuses(&jobs).await?;
+    let heard = receiver.batches.lock().expect("lock").clone();
+    for (batch_id, job_ids) in &batches {
+        let mut truth: BTreeMap<&str, usize> =
+            ["scheduled", "queued", "processing", "completed", "failed", "cancelled"].map(|s| (s, 0)).into();
+        for id in job_ids {
+            if let Some((status, _)) = final_statuses.get(id) {
+                *truth.entry(status.as_str()).or_default() += 1;
+            }
+        }
+        let view: Value = http
+            .get(format!("{}/batches/{batch_id}", stack.base_url()))
+            .bearer_auth(stack.token("chaos"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let counted = |counts: &Value, status: &str| counts[status].as_u64().unwrap_or(u64::MAX) as usize;
+        let view_right = truth.iter().all(|(status, n)| counted(&view["counts"], status) == *n)
+            && view["done"] == true
+            && view["completedAt"].is_string();
+        if !view_right {
+            eprintln!("batch {batch_id}: truth {truth:?}, GET answered {view}");
+            report.batch_counts_wrong += 1;
+        }
+        let told: Vec<&BatchHeard> = heard.iter().filter(|h| &h.batch_id == batch_id).collect();
+        let ids: HashSet<&str> = told.iter().map(|h| h.webhook_id.as_str()).collect();
+        let right = |h: &&BatchHeard| {
+            h.verified
+                && h.data["total"] == job_ids.len()
+                && ["completed", "failed", "cancelled"].iter().all(|s| counted(&h.data["counts"], s) == truth[s])
+                && h.data["completedAt"] == view["completedAt"]
+        };
+        if ids.len() > 1 || !told.iter().all(right) {
+            eprintln!("batch {batch_id}: truth {truth:?}, told {told:?}");
+            report.batch_webhooks_bad += 1;
+        }
+    }
 
     // Let in-flight work settle before reading the history.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -659,6 +803,8 @@ pub async fn run(
     report.limited_jobs = history.limited_jobs;
     report.limited_most_at_once = history.limited_most_at_once;
     report.open_most_at_once = history.open_most_at_once;
+    report.batches_not_completed_once =
+        batches.keys().filter(|id| history.batch_completions.get(*id).copied().unwrap_or(0) != 1).count();
     // Every job ended: once the stream consumer has caught up, the count is back to zero.
     let mut still = 0;
     loop {
@@ -682,11 +828,40 @@ pub async fn run(
     Ok(report)
 }
 
+/// Waits until `done`, or until the deliveries `heard` so far stop changing for `stall`; answers whether
+/// progress stopped first.
+async fn until_delivered(stall: Duration, done: impl Fn() -> bool, heard: impl Fn() -> usize) -> bool {
+    let mut last = (usize::MAX, Instant::now());
+    while !done() {
+        let now = heard();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > stall {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
 /// The run's webhook receiver: verifies every delivery's signature (with the Standard Webhooks crate) and
 /// answers `503` to the first attempt for every third path, `200` otherwise.
 struct WebhookReceiver {
     url: String,
+    /// Where `batch.completed` goes (an endpoint's URL).
+    batch_url: String,
     heard: Arc<std::sync::Mutex<Vec<Heard>>>,
+    batches: Arc<std::sync::Mutex<Vec<BatchHeard>>>,
+}
+
+/// A `batch.completed` delivery; the first attempt for every other batch is answered `503`.
+#[derive(Debug, Clone)]
+struct BatchHeard {
+    batch_id: String,
+    webhook_id: String,
+    verified: bool,
+    data: Value,
+    answered: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -702,6 +877,7 @@ struct Heard {
 impl WebhookReceiver {
     async fn start(secret: &str) -> anyhow::Result<WebhookReceiver> {
         let verifier = Arc::new(standardwebhooks::Webhook::new(secret).context("the webhook secret")?);
+        let verifier_for_batches = verifier.clone();
         let heard: Arc<std::sync::Mutex<Vec<Heard>>> = Arc::default();
         let kept = heard.clone();
         let app = axum::Router::new().route(
@@ -732,10 +908,52 @@ impl WebhookReceiver {
                 },
             ),
         );
+        let batches: Arc<std::sync::Mutex<Vec<BatchHeard>>> = Arc::default();
+        let (kept, batch_verifier) = (batches.clone(), verifier_for_batches);
+        let app = app.route(
+            "/batch",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (verifier, kept) = (batch_verifier.clone(), kept.clone());
+                async move {
+                    let verified = verifier.verify(&body, &headers).is_ok();
+                    let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let batch_id = parsed["data"]["batchId"].as_str().unwrap_or_default().to_string();
+                    let mut heard = kept.lock().expect("lock");
+                    let first = !heard.iter().any(|h| h.batch_id == batch_id);
+                    let answered =
+                        if first && batch_id.ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e']) { 503 } else { 200 };
+                    heard.push(BatchHeard {
+                        batch_id,
+                        webhook_id: headers
+                            .get("webhook-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string(),
+                        verified: verified && parsed["type"] == "batch.completed",
+                        data: parsed["data"].clone(),
+                        answered,
+                    });
+                    axum::http::StatusCode::from_u16(answered).expect("a status")
+                }
+            }),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
+        let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(WebhookReceiver { url, heard })
+        Ok(WebhookReceiver { url: format!("{base}/hook"), batch_url: format!("{base}/batch"), heard, batches })
+    }
+
+    /// Batches with a verified `2xx` `batch.completed`.
+    fn batches_delivered(&self, batch_ids: &HashSet<String>) -> usize {
+        let heard = self.batches.lock().expect("lock");
+        batch_ids
+            .iter()
+            .filter(|id| heard.iter().any(|h| &h.batch_id == *id && h.verified && h.answered == 200))
+            .count()
+    }
+
+    fn batches_heard(&self) -> usize {
+        self.batches.lock().expect("lock").len()
     }
 
     fn heard(&self) -> usize {
@@ -810,6 +1028,8 @@ struct History {
     limited_most_at_once: usize,
     /// The most jobs of `OPEN_JOBS_TENANT` open (created, not ended) at once.
     open_most_at_once: usize,
+    /// Per batch, how often its progress item turned `completed`.
+    batch_completions: HashMap<String, usize>,
 }
 
 /// The tenant allowed only `ChaosOptions::open_jobs_limit` jobs waiting or running.
@@ -876,6 +1096,7 @@ impl Claims {
 async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &str) -> anyhow::Result<History> {
     let described = streams.describe_stream().stream_arn(stream_arn).send().await?;
     let mut completions: HashMap<String, usize> = HashMap::new();
+    let mut batch_completions: HashMap<String, usize> = HashMap::new();
     let mut after_end = 0;
     let mut started_early = 0;
     let mut limited = Claims::default();
@@ -900,6 +1121,19 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
             for record in out.records() {
                 // Read as the notifier reads it: the Lambda event record, its images as jobs.
                 let record = stream_record(record, stream_arn);
+                if is_batch_image(&record["dynamodb"]["NewImage"]) || is_batch_image(&record["dynamodb"]["OldImage"]) {
+                    let batch = |name: &str| {
+                        let image = &record["dynamodb"][name];
+                        (!image.is_null()).then(|| batch_from_stream_image(image)).transpose()
+                    };
+                    let (old, new) = (batch("OldImage")?, batch("NewImage")?);
+                    if let Some(new) = new.filter(|new| new.is_completed())
+                        && !old.is_some_and(|old| old.is_completed())
+                    {
+                        *batch_completions.entry(new.batch_id.to_string()).or_default() += 1;
+                    }
+                    continue;
+                }
                 let image = |name: &str| {
                     let image = &record["dynamodb"][name];
                     (!image.is_null()).then(|| job_from_stream_image(image)).transpose()
@@ -954,5 +1188,6 @@ async fn stream_history(streams: &aws_sdk_dynamodbstreams::Client, stream_arn: &
         limited_jobs: limited.jobs.len(),
         limited_most_at_once: limited.most_at_once(),
         open_most_at_once: most_at_once(open_edges),
+        batch_completions,
     })
 }

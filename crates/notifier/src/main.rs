@@ -5,6 +5,7 @@ use std::sync::Arc;
 use jobpipe_core::config::{Config, sdk_config_from_env};
 use jobpipe_core::connections::ConnectionStore;
 use jobpipe_core::open_jobs::OpenJobs;
+use jobpipe_core::store::JobStore;
 use lambda_runtime::{LambdaEvent, service_fn};
 use notifier::{Notifier, StreamEvent, handle};
 
@@ -21,7 +22,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         Config::require(&config.connections_table, "CONNECTIONS_TABLE")?,
     );
     let endpoint = Config::require(&config.websocket_endpoint, "WEBSOCKET_ENDPOINT")?;
-    let mut notifier = Notifier::new(&shared, connections, endpoint);
+    let jobs = JobStore::new(
+        aws_sdk_dynamodb::Client::new(&shared),
+        &config.jobs_table,
+        config.job_retention.as_secs() as i64,
+    );
+    let mut notifier = Notifier::new(&shared, connections, jobs, endpoint);
     if let Some(table) = &config.control_table {
         notifier.open_jobs = Some(OpenJobs::new(aws_sdk_dynamodb::Client::new(&shared), table));
     }

@@ -1,8 +1,9 @@
 //! The webhook sender: tells tenants' servers when their jobs end, signed as Standard Webhooks says.
 //!
 //! It has two event sources and one handler for both:
-//! - the jobs table's stream, filtered to jobs that just ended (`plan`): each becomes one `Delivery` per
-//!   target (the job's callback, each endpoint subscribed to the event) on the webhook queue. A record whose
+//! - the jobs table's stream, filtered to jobs that just ended and batches just completed (`plan`): each
+//!   becomes one `Delivery` per target (the job's callback, each endpoint subscribed to the event) on the
+//!   webhook queue. A record whose
 //!   deliveries could not all be queued is reported failed and Lambda gives it again; the deliveries it
 //!   had queued are queued again, with the same `webhook-id`.
 //! - the webhook queue (`deliver`): each message is one attempt. A delivery that failed in a way that may
@@ -24,7 +25,7 @@ use jobpipe_core::batch::{RecordFailed, process_batch};
 use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::config::{Config, ConfigError};
 use jobpipe_core::metrics::{self, Unit};
-use jobpipe_core::store::job_from_stream_image;
+use jobpipe_core::store::{batch_from_stream_image, is_batch_image, job_from_stream_image};
 use jobpipe_core::webhooks::store::{DeadLetter, Endpoint, WebhookStore};
 use jobpipe_core::webhooks::{
     AttemptOutcome, CALLBACK_TARGET, Delivery, DeliveryState, RetrySchedule, WebhookDelivery,
@@ -108,11 +109,19 @@ impl WebhookSender {
         Ok(endpoints)
     }
 
-    /// The deliveries a stream record asks for: none unless it is a job's end.
+    /// The deliveries a stream record asks for: none unless it is a job's end or a batch's completion.
     pub async fn plan(&self, record: &Value) -> Result<Vec<Delivery>, AwsError> {
         let (Some(old), Some(new)) = (record["dynamodb"].get("OldImage"), record["dynamodb"].get("NewImage")) else {
             return Ok(Vec::new());
         };
+        if is_batch_image(new) {
+            let (old, new) = (batch_from_stream_image(old)?, batch_from_stream_image(new)?);
+            if old.is_completed() || !new.is_completed() {
+                return Ok(Vec::new());
+            }
+            let endpoints = self.endpoints(&new.tenant).await?;
+            return Ok(Delivery::for_completed_batch(&new, &endpoints));
+        }
         let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
         if old.status.is_terminal() || jobpipe_core::webhooks::WebhookEvent::of_job(new.status).is_none() {
             return Ok(Vec::new());
@@ -348,14 +357,14 @@ async fn plan_records(sender: &Arc<WebhookSender>, records: Vec<Value>) -> Resul
             match result {
                 Ok(0) => None,
                 Ok(queued) => {
-                    tracing::info!(queued, "a job ended: its webhook deliveries are queued");
+                    tracing::info!(queued, "a job ended or a batch completed: its webhook deliveries are queued");
                     None
                 }
                 // Only a record that is not a job can never be planned; any AWS failure, even one that
                 // looks permanent (a missing permission, a deleted queue), is retried until it is mended:
                 // a job's end is never skipped for it.
                 Err(error) if error.code == jobpipe_core::error::CORRUPT_DATA => {
-                    tracing::error!(%error, "skipping a stream record that is not a job");
+                    tracing::error!(%error, "skipping a stream record that is neither a job nor a batch");
                     None
                 }
                 Err(error) => {

@@ -1,7 +1,8 @@
 //! The WebSocket API's routes. `$connect` authenticates the `token` query parameter (browsers cannot set
-//! headers on a WebSocket) and may subscribe at once (`?jobId=`); `$default` takes
-//! `{"action":"subscribe"|"unsubscribe","jobId":"..."}`; `$disconnect` forgets the connection.
-//! Only a job's owner may subscribe to it; anyone else is told it does not exist.
+//! headers on a WebSocket) and may subscribe at once (`?jobId=` or `?batchId=`); `$default` takes
+//! `{"action":"subscribe"|"unsubscribe","jobId":"..."}` (or `"batchId"`: a batch's progress);
+//! `$disconnect` forgets the connection. Only a job's (or batch's) owner may subscribe to it; anyone
+//! else is told it does not exist.
 
 use std::sync::Arc;
 
@@ -11,9 +12,9 @@ use jobpipe_core::AwsError;
 use jobpipe_core::auth::Authenticator;
 use jobpipe_core::clock::Clock;
 use jobpipe_core::config::{AwsClients, Config, ConfigError};
-use jobpipe_core::connections::ConnectionStore;
+use jobpipe_core::connections::{ConnectionStore, Subject};
 use jobpipe_core::job::JobId;
-use jobpipe_core::store::JobStore;
+use jobpipe_core::store::{BatchProgress, JobStore};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -63,10 +64,15 @@ pub async fn handle(
     };
     let span = tracing::info_span!("websocket", %route, %connection_id);
     let query = |name: &str| request.query_string_parameters.first(name).map(String::from);
-    let (token, job_id) = (query("token"), query("jobId"));
+    let token = query("token");
+    let target = match (query("jobId"), query("batchId")) {
+        (Some(job_id), _) => Some(Target::Job(job_id)),
+        (None, Some(batch_id)) => Some(Target::Batch(batch_id)),
+        (None, None) => None,
+    };
     let reply = async {
         match route.as_str() {
-            "$connect" => sockets.connect(&connection_id, token.as_deref(), job_id.as_deref()).await,
+            "$connect" => sockets.connect(&connection_id, token.as_deref(), target.as_ref()).await,
             "$disconnect" => sockets.disconnect(&connection_id).await,
             _ => sockets.message(&connection_id, request.body.as_deref().unwrap_or_default()).await,
         }
@@ -89,12 +95,20 @@ pub async fn handle(
 /// A message a client sends on `$default`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Subscribe { job_id: String },
-    Unsubscribe { job_id: String },
+    Subscribe(Target),
+    Unsubscribe(Target),
+}
+
+/// What a frame names, by the id as sent: checked later, where a malformed id answers exactly like a
+/// missing job or batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Job(String),
+    Batch(String),
 }
 
 /// Reads a client frame. Anything else is a `400` reply naming the problem, in the error shape every
-/// reply uses; `jobId` is checked later, where a malformed id answers exactly like a missing job.
+/// reply uses.
 pub fn parse_frame(body: &str) -> Result<Frame, Reply> {
     let Ok(frame) = serde_json::from_str::<Value>(body) else {
         return Err(Reply::error(
@@ -104,13 +118,27 @@ pub fn parse_frame(body: &str) -> Result<Frame, Reply> {
         ));
     };
     let action = frame.get("action").and_then(Value::as_str);
-    let job_id = frame.get("jobId").and_then(Value::as_str).map(String::from);
-    let (Some(action), Some(job_id)) = (action, job_id) else {
-        return Err(Reply::error(400, "invalid_request", "a message needs action and jobId, both strings"));
+    // Each of the two names, when given, must be a string; exactly one is.
+    let id = |name: &str| match frame.get(name) {
+        None => Ok(None),
+        Some(Value::String(id)) => Ok(Some(id.clone())),
+        Some(_) => Err(()),
+    };
+    let target = match (id("jobId"), id("batchId")) {
+        (Ok(Some(job_id)), Ok(None)) => Some(Target::Job(job_id)),
+        (Ok(None), Ok(Some(batch_id))) => Some(Target::Batch(batch_id)),
+        _ => None,
+    };
+    let (Some(action), Some(target)) = (action, target) else {
+        return Err(Reply::error(
+            400,
+            "invalid_request",
+            "a message needs action and either jobId or batchId, all strings",
+        ));
     };
     match action {
-        "subscribe" => Ok(Frame::Subscribe { job_id }),
-        "unsubscribe" => Ok(Frame::Unsubscribe { job_id }),
+        "subscribe" => Ok(Frame::Subscribe(target)),
+        "unsubscribe" => Ok(Frame::Unsubscribe(target)),
         other => {
             Err(Reply::error(400, "unknown_action", format!("unknown action {other:?}; use subscribe or unsubscribe")))
         }
@@ -134,7 +162,7 @@ impl Sockets {
         &self,
         connection_id: &str,
         token: Option<&str>,
-        job_id: Option<&str>,
+        target: Option<&Target>,
     ) -> Result<Reply, AwsError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Ok(Reply::error(401, "unauthorized", "missing token query parameter"));
@@ -152,10 +180,10 @@ impl Sockets {
             }
         };
         self.connections.connect(connection_id, &caller.sub, self.clock.now_ms()).await?;
-        match job_id {
+        match target {
             None => Ok(Reply::ok(json!({"type": "connected"}))),
-            Some(job_id) => {
-                let reply = self.subscribe(connection_id, &caller.sub, job_id).await?;
+            Some(target) => {
+                let reply = self.subscribe(connection_id, &caller.sub, target).await?;
                 if reply.status != 200 {
                     // Refuse the connection rather than accept one that silently follows nothing.
                     self.connections.disconnect(connection_id).await?;
@@ -179,35 +207,82 @@ impl Sockets {
             return Ok(Reply::error(401, "unauthorized", "this connection is not registered; reconnect"));
         };
         match frame {
-            Frame::Subscribe { job_id } => self.subscribe(connection_id, &owner, &job_id).await,
-            Frame::Unsubscribe { job_id } => {
-                let Some(job_id) = JobId::parse(&job_id) else {
-                    return Ok(Reply::error(404, "not_found", "no such job"));
-                };
-                self.connections.unsubscribe(connection_id, &job_id).await?;
-                Ok(Reply::ok(json!({"type": "unsubscribed", "jobId": job_id})))
+            Frame::Subscribe(target) => self.subscribe(connection_id, &owner, &target).await,
+            Frame::Unsubscribe(target) => {
+                let Some(subject) = subject_of(&target) else { return Ok(not_found(&target)) };
+                self.connections.unsubscribe(connection_id, subject).await?;
+                Ok(Reply::ok(match target {
+                    Target::Job(job_id) => json!({"type": "unsubscribed", "jobId": job_id}),
+                    Target::Batch(batch_id) => json!({"type": "unsubscribed", "batchId": batch_id}),
+                }))
             }
         }
     }
 
-    /// Subscribes and answers with the job's current state, read after the subscription is written:
-    /// a change made before that read is in the answer, and the notifier pushes any change made after it
-    /// (it finds the subscription). Ownership is checked first, so a subscription to another tenant's
-    /// job is never written and never receives a push.
-    async fn subscribe(&self, connection_id: &str, owner: &str, job_id: &str) -> Result<Reply, AwsError> {
-        let not_found = || Reply::error(404, "not_found", "no such job");
-        let Some(job_id) = JobId::parse(job_id) else { return Ok(not_found()) };
-        let owned = self.jobs.get(&job_id).await?.is_some_and(|job| job.owner == owner);
-        if !owned {
-            return Ok(not_found());
+    /// Subscribes and answers with the job's (or batch's) current state, read after the subscription is
+    /// written: a change made before that read is in the answer, and the notifier pushes any change made
+    /// after it (it finds the subscription). Ownership is checked first, so a subscription to another
+    /// tenant's job or batch is never written and never receives a push.
+    async fn subscribe(&self, connection_id: &str, owner: &str, target: &Target) -> Result<Reply, AwsError> {
+        let Some(subject) = subject_of(target) else { return Ok(not_found(target)) };
+        if !self.owns(owner, &subject).await? {
+            return Ok(not_found(target));
         }
-        self.connections.subscribe(connection_id, owner, &job_id, self.clock.now_ms()).await?;
-        let Some(job) = self.jobs.get(&job_id).await? else {
-            // Expired (TTL) between the two reads: nothing will change any more.
-            self.connections.unsubscribe(connection_id, &job_id).await?;
-            return Ok(not_found());
+        self.connections.subscribe(connection_id, owner, subject.clone(), self.clock.now_ms()).await?;
+        let state = match &subject {
+            Subject::Job(job_id) => self
+                .jobs
+                .get(job_id)
+                .await?
+                .map(|job| json!({"type": "subscribed", "jobId": job_id, "job": job.status_message()})),
+            Subject::Batch(batch_id) => self
+                .batch_state(batch_id)
+                .await?
+                .map(|progress| json!({"type": "subscribed", "batchId": batch_id, "batch": progress.message()})),
         };
-        Ok(Reply::ok(json!({"type": "subscribed", "jobId": job_id, "job": job.status_message()})))
+        match state {
+            Some(state) => Ok(Reply::ok(state)),
+            None => {
+                // Expired (TTL) between the two reads: nothing will change any more.
+                self.connections.unsubscribe(connection_id, subject).await?;
+                Ok(not_found(target))
+            }
+        }
+    }
+
+    /// Whether `owner` owns the job, or the batch (whose jobs are its own: the first one tells).
+    async fn owns(&self, owner: &str, subject: &Subject) -> Result<bool, AwsError> {
+        Ok(match subject {
+            Subject::Job(job_id) => self.jobs.get(job_id).await?.is_some_and(|job| job.owner == owner),
+            Subject::Batch(batch_id) => self
+                .jobs
+                .get(&JobId::in_batch(batch_id, 0))
+                .await?
+                .is_some_and(|job| job.owner == owner && job.batch.is_some_and(|b| &b.batch_id == batch_id)),
+        })
+    }
+
+    /// A batch's progress as recorded, or none ended yet while its jobs exist.
+    async fn batch_state(&self, batch_id: &JobId) -> Result<Option<BatchProgress>, AwsError> {
+        if let Some(progress) = self.jobs.batch_progress(batch_id).await? {
+            return Ok(Some(progress));
+        }
+        let first = self.jobs.get(&JobId::in_batch(batch_id, 0)).await?;
+        Ok(first.and_then(|job| Some(BatchProgress::none_ended(batch_id, &job.owner, job.batch?.size))))
+    }
+}
+
+fn subject_of(target: &Target) -> Option<Subject> {
+    match target {
+        Target::Job(job_id) => JobId::parse(job_id).map(Subject::Job),
+        Target::Batch(batch_id) => JobId::parse(batch_id).map(Subject::Batch),
+    }
+}
+
+fn not_found(target: &Target) -> Reply {
+    match target {
+        Target::Job(_) => Reply::error(404, "not_found", "no such job"),
+        Target::Batch(_) => Reply::error(404, "not_found", "no such batch"),
     }
 }
 
@@ -225,6 +300,21 @@ mod properties {
         Ok(())
     }
 
+    /// The frame names what the JSON named: exactly one of `jobId` and `batchId`.
+    fn assert_names(value: &Value, target: Target) -> Result<(), TestCaseError> {
+        match target {
+            Target::Job(job_id) => {
+                prop_assert_eq!(&value["jobId"], &Value::String(job_id));
+                prop_assert!(value.get("batchId").is_none());
+            }
+            Target::Batch(batch_id) => {
+                prop_assert_eq!(&value["batchId"], &Value::String(batch_id));
+                prop_assert!(value.get("jobId").is_none());
+            }
+        }
+        Ok(())
+    }
+
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -237,7 +327,12 @@ mod properties {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
                 proptest::collection::btree_map(
-                    prop_oneof![Just("action".to_string()), Just("jobId".to_string()), ".{0,6}"],
+                    prop_oneof![
+                        Just("action".to_string()),
+                        Just("jobId".to_string()),
+                        Just("batchId".to_string()),
+                        ".{0,6}"
+                    ],
                     inner,
                     0..6
                 )
@@ -258,13 +353,13 @@ mod properties {
         #[test]
         fn any_json_is_a_frame_or_names_the_problem(value in json_value()) {
             match parse_frame(&value.to_string()) {
-                Ok(Frame::Subscribe { job_id }) => {
+                Ok(Frame::Subscribe(target)) => {
                     prop_assert_eq!(&value["action"], "subscribe");
-                    prop_assert_eq!(&value["jobId"], &Value::String(job_id));
+                    assert_names(&value, target)?;
                 }
-                Ok(Frame::Unsubscribe { job_id }) => {
+                Ok(Frame::Unsubscribe(target)) => {
                     prop_assert_eq!(&value["action"], "unsubscribe");
-                    prop_assert_eq!(&value["jobId"], &Value::String(job_id));
+                    assert_names(&value, target)?;
                 }
                 Err(reply) => assert_error_reply(&reply)?,
             }

@@ -39,6 +39,14 @@ pub const WEBHOOK_PREFIX: &str = "webhook:";
 pub const BATCH_ID: &str = "batchId";
 pub const BATCH_INDEX: &str = "batchIndex";
 pub const BATCH_SIZE: &str = "batchSize";
+/// A batch's progress item (`jobId = "batch#<batchId>"`, see `batches`): the batch's tenant, whether it
+/// is `open` or `completed`, and the indexes of its ended jobs by how they ended (number sets).
+pub const BATCH_ITEM_PREFIX: &str = "batch#";
+pub const TENANT: &str = "tenant";
+pub const BATCH_STATE: &str = "batchState";
+pub const ENDED_COMPLETED: &str = "endedCompleted";
+pub const ENDED_FAILED: &str = "endedFailed";
+pub const ENDED_CANCELLED: &str = "endedCancelled";
 /// DynamoDB TTL attribute (epoch seconds): finished jobs expire.
 pub const EXPIRES_AT: &str = "expiresAt";
 

@@ -155,14 +155,15 @@ fn webhook_from_attr(target: &str, value: &AttributeValue) -> Result<WebhookDeli
 
 /// Reads a job from a DynamoDB stream image (`NewImage`/`OldImage`, in DynamoDB JSON).
 pub fn job_from_stream_image(image: &Value) -> Result<Job, AwsError> {
+    from_item(&item_from_stream_image(image)?)
+}
+
+/// A stream image (DynamoDB JSON) as the item it shows.
+pub(super) fn item_from_stream_image(image: &Value) -> Result<Item, AwsError> {
     let Value::Object(fields) = image else {
         return Err(AwsError::corrupt("reading stream image", "image is not an object"));
     };
-    let item = fields
-        .iter()
-        .map(|(name, value)| Ok((name.clone(), attribute_from_json(value)?)))
-        .collect::<Result<Item, AwsError>>()?;
-    from_item(&item)
+    fields.iter().map(|(name, value)| Ok((name.clone(), attribute_from_json(value)?))).collect()
 }
 
 /// One attribute in DynamoDB JSON (`{"S": "x"}`, `{"N": "1"}`, `{"M": {...}}`, ...).

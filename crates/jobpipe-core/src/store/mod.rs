@@ -9,10 +9,11 @@
 //! item (its lease token, or the `updatedAt` it wrote) and reports success, never a conflict it caused.
 //!
 //! The transitions are here; `item` is the codec between `Job` and the item, `update` writes update
-//! expressions from `attr` names, `paging` lists a caller's jobs, and `pending` keeps the
-//! pending-dispatch index.
+//! expressions from `attr` names, `paging` lists a caller's jobs, `pending` keeps the
+//! pending-dispatch index, and `batches` records a batch's progress as its jobs end.
 
 pub mod attr;
+mod batches;
 mod item;
 mod paging;
 mod pending;
@@ -37,6 +38,7 @@ use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, RUN_AT, STARTED_AT};
 use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
 use update::Update;
 
+pub use batches::{BatchProgress, batch_from_stream_image, is_batch_image};
 pub use item::job_from_stream_image;
 pub use paging::PageToken;
 pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of, stable_shard};

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::JobStore;
 use super::attr;
-use super::item::{from_item, n, s};
+use super::item::{Item, from_item, n, s};
 use crate::clock::Millis;
 use crate::error::AwsError;
 use crate::job::{Job, JobId, JobStatus};
@@ -127,7 +127,7 @@ mod properties {
 }
 
 impl JobStore {
-    /// Every job in the table, in no particular order: a strongly consistent, paged scan. For operators
+    /// Every job in the table (not batches' progress items), in no particular order: a strongly consistent, paged scan. For operators
     /// and the fault-injection run (which checks every job it submitted), never on a request path.
     pub async fn scan_all(&self) -> Result<Vec<Job>, AwsError> {
         let mut jobs = Vec::new();
@@ -142,7 +142,13 @@ impl JobStore {
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("Scan (jobs)", e))?;
-            for item in out.items() {
+            // Batches' progress items (`batch#<id>`) are not jobs.
+            let is_job = |item: &&Item| {
+                item.get(attr::JOB_ID)
+                    .and_then(|key| key.as_s().ok())
+                    .is_some_and(|key| !key.starts_with(attr::BATCH_ITEM_PREFIX))
+            };
+            for item in out.items().iter().filter(is_job) {
                 jobs.push(from_item(item)?);
             }
             match out.last_evaluated_key() {

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::clock::{Millis, to_rfc3339};
 use crate::job::{Job, JobId, JobStatus};
+use crate::store::BatchProgress;
 
 /// What happened, as a delivery's `type` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,6 +78,9 @@ pub struct Delivery {
     /// The job the event is about (job events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
+    /// The batch the event is about (`batch.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<JobId>,
     /// `callback`, or the endpoint's id.
     pub target: String,
     pub url: String,
@@ -113,8 +117,32 @@ impl Delivery {
                 event,
                 tenant: job.owner.clone(),
                 job_id: Some(job.job_id.clone()),
+                batch_id: None,
                 target,
                 url,
+                attempt: 1,
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+    /// The deliveries of a batch whose completion was just recorded: each endpoint subscribed to
+    /// `batch.completed` gets one, whose `data` is the batch's counts.
+    pub fn for_completed_batch(batch: &BatchProgress, endpoints: &[store::Endpoint]) -> Vec<Delivery> {
+        let Some(completed_at) = batch.completed_at else { return Vec::new() };
+        let event = WebhookEvent::BatchCompleted;
+        let webhook_id = webhook_id(event, batch.batch_id.as_str());
+        let payload = json!({"type": event.as_str(), "timestamp": to_rfc3339(completed_at), "data": batch.summary()});
+        endpoints
+            .iter()
+            .filter(|e| e.events.contains(&event))
+            .map(|endpoint| Delivery {
+                webhook_id: webhook_id.clone(),
+                event,
+                tenant: batch.tenant.clone(),
+                job_id: None,
+                batch_id: Some(batch.batch_id.clone()),
+                target: endpoint.endpoint_id.clone(),
+                url: endpoint.url.clone(),
                 attempt: 1,
                 payload: payload.clone(),
             })

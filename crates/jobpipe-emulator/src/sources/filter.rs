@@ -107,19 +107,37 @@ mod tests {
     }
 
     #[test]
-    fn the_job_endings_filter_passes_exactly_a_jobs_end() {
+    fn the_job_endings_filters_pass_exactly_a_jobs_end_and_a_batchs_completion() {
         let template = std::fs::read_to_string(format!("{}/../../template.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let line = template.lines().find(|l| l.contains("- Pattern:") && l.contains("anything-but")).unwrap();
-        let pattern = line.split_once("- Pattern:").unwrap().1.trim().trim_matches('\'');
-        let filter = EventFilter::parse(pattern).unwrap();
-        assert!(filter.matches(&change("MODIFY", Some("processing"), "completed")));
-        assert!(filter.matches(&change("MODIFY", Some("queued"), "failed")));
-        assert!(filter.matches(&change("MODIFY", Some("scheduled"), "failed")));
-        assert!(!filter.matches(&change("MODIFY", Some("queued"), "processing")), "not an end");
-        assert!(!filter.matches(&change("MODIFY", Some("completed"), "completed")), "a later write to an ended job");
-        assert!(!filter.matches(&change("MODIFY", Some("queued"), "cancelled")), "a cancellation is no event");
-        assert!(!filter.matches(&change("INSERT", None, "completed")));
-        assert!(!filter.matches(&change("REMOVE", Some("processing"), "completed")));
+        let source = template.split("  JobEndingsEventSource:").nth(1).unwrap();
+        let filters: Vec<EventFilter> = source
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .filter_map(|line| line.split_once("- Pattern:"))
+            .map(|(_, pattern)| EventFilter::parse(pattern.trim().trim_matches('\'')).unwrap())
+            .collect();
+        assert_eq!(filters.len(), 2);
+        let passes = |record: Value| passes(&filters, &record);
+        assert!(passes(change("MODIFY", Some("processing"), "completed")));
+        assert!(passes(change("MODIFY", Some("queued"), "failed")));
+        assert!(passes(change("MODIFY", Some("scheduled"), "failed")));
+        assert!(!passes(change("MODIFY", Some("queued"), "processing")), "not an end");
+        assert!(!passes(change("MODIFY", Some("completed"), "completed")), "a later write to an ended job");
+        assert!(!passes(change("MODIFY", Some("queued"), "cancelled")), "a cancellation is no event");
+        assert!(!passes(change("INSERT", None, "completed")));
+        assert!(!passes(change("REMOVE", Some("processing"), "completed")));
+
+        let batch = |event: &str, old: Option<&str>, new: &str| {
+            let mut record = json!({"eventName": event, "dynamodb": {"NewImage": {"batchState": {"S": new}}}});
+            if let Some(old) = old {
+                record["dynamodb"]["OldImage"] = json!({"batchState": {"S": old}});
+            }
+            record
+        };
+        assert!(passes(batch("MODIFY", Some("open"), "completed")), "a batch's completion");
+        assert!(!passes(batch("MODIFY", Some("open"), "open")), "another of its jobs ended");
+        assert!(!passes(batch("MODIFY", Some("completed"), "completed")), "a later write to a completed batch");
+        assert!(!passes(batch("INSERT", None, "completed")));
     }
 
     #[test]

@@ -325,7 +325,8 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     assert_eq!(recorded["state"], "delivered", "{recorded}");
     assert!(delivered.load(Ordering::SeqCst) >= 1);
 
-    // A batch, stored in one transaction and read back together.
+    // A batch, stored in one transaction and read back together; the notifier records its jobs' ends and
+    // completes it.
     let batch = http
         .post(format!("{}/batches", stack.base_url()))
         .bearer_auth(&token)
@@ -335,11 +336,21 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
         .unwrap();
     assert_eq!(batch.status(), 202, "{}", batch.text().await.unwrap_or_default());
     let batch: Value = batch.json().await.unwrap();
-    let read = json_of(
-        http.get(format!("{}/batches/{}", stack.base_url(), batch["batchId"].as_str().unwrap())).bearer_auth(&token),
-    )
-    .await;
-    assert_eq!(read["total"], 2, "{read}");
+    let mut read = Value::Null;
+    // Its jobs take well under a second: over a hundred reads without its completion means it never comes.
+    for _ in 0..240 {
+        read = json_of(
+            http.get(format!("{}/batches/{}", stack.base_url(), batch["batchId"].as_str().unwrap()))
+                .bearer_auth(&token),
+        )
+        .await;
+        if read["completedAt"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!((&read["total"], &read["done"]), (&json!(2), &json!(true)), "{read}");
+    assert!(read["completedAt"].is_string(), "the batch's completion was recorded: {read}");
 
     // The kinds on offer, and which are paused (none).
     let kinds = json_of(http.get(format!("{}/kinds", stack.base_url())).bearer_auth(&token)).await;

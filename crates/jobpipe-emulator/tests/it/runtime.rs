@@ -90,6 +90,9 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    // What watch and the functions it runs print, to show when an invocation goes unanswered.
+    let log_path = std::env::temp_dir().join(format!("{}.log", unique("jobpipe-watch-")));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut watch = tokio::process::Command::new(env!("CARGO"))
         .current_dir(root())
         .env("PATH", &path)
@@ -104,15 +107,25 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
             "--env-file",
         ])
         .arg(&env_file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("starting cargo lambda watch");
+    let watch_log = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
 
+    // `build_functions` built what watch runs (`cargo run --bin <function>`), so an invocation waits only
+    // for a process to start. The bound on each one only keeps a function that never takes its invocation
+    // (a build that failed inside watch, say) from hanging the run.
     let invoke = async |function: &str, fixture: &str| -> Value {
-        for _ in 0..120 {
-            let output = tokio::process::Command::new(env!("CARGO"))
+        let mut refusals = 0;
+        loop {
+            let mut command = tokio::process::Command::new(env!("CARGO"));
+            command
                 .current_dir(root())
                 .env("PATH", &path)
                 .args([
@@ -128,16 +141,22 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
                     "--data-file",
                 ])
                 .arg(root().join("events").join(fixture))
-                .output()
-                .await
-                .unwrap();
+                .kill_on_drop(true);
+            let output = match tokio::time::timeout(Duration::from_secs(600), command.output()).await {
+                Ok(output) => output.unwrap(),
+                Err(_) => panic!("{function} took no invocation in 10 minutes; watch printed:\n{}", watch_log()),
+            };
             if output.status.success() {
                 return serde_json::from_slice(&output.stdout).expect("the response is JSON");
             }
-            // Not up yet (watch builds the binary on first use).
+            let error = String::from_utf8_lossy(&output.stderr);
+            // Refused only until watch listens.
+            refusals += 1;
+            if !error.contains("Connection refused") || refusals == 120 {
+                panic!("invoking {function} failed: {error}\nwatch printed:\n{}", watch_log());
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        panic!("{function} never answered under cargo lambda watch");
     };
     let posted = invoke("api-ingest", "api-post-job.json").await;
     assert_eq!(posted["statusCode"], 202, "{posted}");
@@ -147,13 +166,14 @@ async fn each_real_binary_answers_its_fixture_under_cargo_lambda_watch() {
     assert_eq!(pushed, json!({"batchItemFailures": []}));
     let connected = invoke("websocket-connect", "ws-connect.json").await;
     assert_eq!(connected["statusCode"], 200, "{connected}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("Compiling"), "watch runs what the tests built, without building again:\n{log}");
 
     let _ = watch.kill().await;
     let _ = std::fs::remove_file(env_file);
+    let _ = std::fs::remove_file(log_path);
 }
 
-/// A Runtime API client in Python standing in for a function: it answers each invocation, after
-/// sleeping `sleepMs`, with the time its deadline left it when it took the invocation.
 /// A Runtime API client in Python standing in for a function. Per invocation it sleeps `sleepMs`, holds
 /// `allocateMb` of memory, and answers with the time its deadline left it when it took the invocation,
 /// padded to `answerBytes` when asked.

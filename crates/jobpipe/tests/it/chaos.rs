@@ -27,4 +27,6 @@ async fn no_job_is_lost_or_completed_twice_under_faults() {
     );
     // Every tenth job of the main tenant names a callback; a few of those are cancelled, the rest end.
     assert!(report.webhook_jobs >= 15, "jobs with a callback ended\n{}", report.table());
+    // Batches are submitted with a key and again while a fault answers: all eight get in.
+    assert_eq!(report.batches, 8, "every batch was accepted\n{}", report.table());
 }

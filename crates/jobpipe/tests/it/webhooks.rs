@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use jobpipe::ops::{Start, Target, TargetOptions};
 use jobpipe_core::JobView;
 use jobpipe_core::webhooks::DeliveryState;
@@ -225,4 +226,97 @@ async fn webhooks_are_signed_retried_dead_lettered_redelivered_and_rotated() {
     let error = target.call::<Value>(Method::DELETE, &path, None).await.unwrap_err().to_string();
     assert!(error.contains("404"), "{error}");
     stack.stop().await;
+}
+
+/// A batch completes once: when its last job ends (here, a cancel), the batch's subscribers get one push
+/// saying it is done, endpoints subscribed to `batch.completed` get one delivery with its counts, and
+/// `GET /batches/{id}` shows the same completion time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_completes_once_pushed_to_its_subscribers_and_delivered_as_batch_completed() {
+    let receiver = Receiver::start().await;
+    let stack = start_stack().await;
+    let tenant = unique("batch-hooks-");
+    let options = TargetOptions { api: stack.base_url(), stack: None, token: None, user: tenant.clone() };
+    let target = Target::resolve(&options).await.unwrap();
+    let url = |path: &str| format!("{}{path}", receiver.url);
+    for (path, events) in [("/batches", json!(["batch.completed"])), ("/jobs", json!(["job.completed"]))] {
+        let body = json!({"url": url(path), "events": events});
+        target.call::<Value>(Method::POST, "/webhooks/endpoints", Some(body)).await.unwrap();
+    }
+    let secret: Value = target.call(Method::GET, "/webhooks/secret", None).await.unwrap();
+    receiver.put("/_secrets", json!([secret["secret"]])).await;
+
+    let batch = target
+        .submit_batch(json!([
+            {"kind": "echo", "input": {"message": "one"}},
+            {"kind": "echo", "input": {"failPermanently": true}},
+            {"kind": "echo", "input": {}, "delaySeconds": 3600},
+        ]))
+        .await
+        .unwrap();
+    let batch_id = batch["batchId"].as_str().unwrap().to_string();
+
+    // Another tenant cannot follow it; its owner can, from where it stands.
+    let stranger = Target::resolve(&TargetOptions { user: unique("stranger-"), ..options.clone() }).await.unwrap();
+    let mut refused = connect(&stack, &format!("token={}", stranger.token)).await.unwrap();
+    refused.send(ws_text(json!({"action": "subscribe", "batchId": batch_id}))).await.unwrap();
+    let answer = next_json(&mut refused, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((answer["type"].as_str(), answer["error"]["code"].as_str()), (Some("error"), Some("not_found")));
+    let mut socket = connect(&stack, &format!("token={}", target.token)).await.unwrap();
+    socket.send(ws_text(json!({"action": "subscribe", "batchId": batch_id}))).await.unwrap();
+    // A push may come before the reply (a job ended meanwhile).
+    let mut pushes = Vec::new();
+    let subscribed = loop {
+        let frame = next_json(&mut socket, Duration::from_secs(30)).await.expect("the subscription is answered");
+        match frame["type"].as_str() {
+            Some("subscribed") => break frame,
+            _ => pushes.push(frame),
+        }
+    };
+    assert_eq!((subscribed["batch"]["total"].as_u64(), subscribed["batch"]["done"].as_bool()), (Some(3), Some(false)));
+
+    // Two jobs end on their own; the third waits for its time until the batch is cancelled.
+    let ran = receiver
+        .eventually("the batch's first two jobs ended", async || {
+            let batch = target.batch_status(&batch_id).await.ok()?;
+            (batch["counts"]["completed"] == 1 && batch["counts"]["failed"] == 1).then_some(batch)
+        })
+        .await;
+    assert_eq!((ran["done"].as_bool(), &ran["completedAt"]), (Some(false), &Value::Null));
+    assert!(receiver.at("/batches").await.is_empty(), "not complete while a job waits");
+    target.batch_cancel(&batch_id).await.unwrap();
+
+    let delivered = receiver
+        .eventually("batch.completed delivered", async || receiver.at("/batches").await.into_iter().next())
+        .await;
+    assert_eq!(delivered["verifiedBy"], json!([0]), "{delivered}");
+    let body = &delivered["body"];
+    assert_eq!(body["type"], "batch.completed");
+    assert_eq!(body["data"]["batchId"], batch_id.as_str());
+    assert_eq!(
+        (&body["data"]["total"], &body["data"]["ended"], &body["data"]["counts"]),
+        (&json!(3), &json!(3), &json!({"completed": 1, "failed": 1, "cancelled": 1}))
+    );
+    let status = target.batch_status(&batch_id).await.unwrap();
+    assert_eq!((status["done"].as_bool(), &status["completedAt"]), (Some(true), &body["data"]["completedAt"]));
+    assert_eq!(body["timestamp"], body["data"]["completedAt"]);
+
+    // The pushes: progress as jobs end, and one saying the batch is done.
+    while let Some(push) = next_json(&mut socket, Duration::from_secs(3)).await {
+        pushes.push(push);
+    }
+    let done: Vec<&Value> = pushes.iter().filter(|push| push["done"] == true).collect();
+    assert_eq!(done.len(), 1, "one push says the batch is done: {pushes:?}");
+    assert!(pushes.iter().all(|push| push["type"] == "batch" && push["batchId"] == batch_id.as_str()), "{pushes:?}");
+    assert_eq!((&done[0]["counts"], &done[0]["completedAt"]), (&body["data"]["counts"], &body["data"]["completedAt"]));
+
+    // Only one completion is ever told: the job endings were delivered (one job completed) and nothing
+    // more reaches /batches once deliveries stop.
+    receiver.eventually("the completed job's delivery", async || receiver.at("/jobs").await.into_iter().next()).await;
+    assert_eq!(receiver.at("/batches").await.len(), 1, "batch.completed is delivered once");
+    stack.stop().await;
+}
+
+fn ws_text(value: Value) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(value.to_string().into())
 }
