@@ -337,7 +337,7 @@ async function loadJobs() {
   for (const batchId of new Set(jobs.map((job) => job.batchId).filter(Boolean))) {
     api(`/batches/${batchId}?limit=1`).then((batch) => {
       upsertBatch(batch);
-      if (!batch.done) followBatch(batchId);
+      if (!batch.completedAt) followBatch(batchId);
     }).catch(() => {});
   }
 }
@@ -417,10 +417,12 @@ function endedOf(batch) {
   return (counts.completed || 0) + (counts.failed || 0) + (counts.cancelled || 0);
 }
 
-/** Merges a batch's read (GET /batches) or push; an older state (fewer jobs ended) never replaces a newer. */
+/** Merges a batch's read (GET /batches) or push; an older state (fewer jobs ended, or not yet completed)
+ * never replaces a newer. A batch is finished once its completion is recorded (`completedAt`): a read can
+ * say every job ended (`done`) a moment before. */
 function upsertBatch(update) {
   const previous = state.batches.get(update.batchId);
-  if (previous && (previous.done && !update.done || endedOf(update) < endedOf(previous))) {
+  if (previous && (previous.completedAt && !update.completedAt || endedOf(update) < endedOf(previous))) {
     console.debug(`ignored an update of batch ${update.batchId} older than the one shown`);
     return;
   }
@@ -428,19 +430,20 @@ function upsertBatch(update) {
   const batch = { ...previous, ...update, error: "" };
   state.batches.set(batch.batchId, batch);
   renderBatch(batch);
-  if (batch.done) stopPolling(`batch:${batch.batchId}`);
+  if (batch.completedAt) stopPolling(`batch:${batch.batchId}`);
 }
 
 function renderBatch(batch) {
   const item = row(batch.batchId, () => cancelBatch(batch.batchId));
   item.classList.add("batch");
   const ended = endedOf(batch);
-  const status = batch.done ? "completed" : "processing";
+  const finished = Boolean(batch.completedAt);
+  const status = finished ? "completed" : "processing";
   item.dataset.status = status;
   item.querySelector(".kind").textContent = batch.total ? `batch of ${batch.total}` : "batch";
   item.querySelector(".id").textContent = batch.batchId;
   const label = item.querySelector(".status");
-  label.textContent = batch.done ? "done" : `${ended}/${batch.total || "?"} ended`;
+  label.textContent = finished ? "done" : `${ended}/${batch.total || "?"} ended`;
   label.dataset.status = status;
   const progress = batch.total ? Math.round((100 * ended) / batch.total) : 0;
   const bar = item.querySelector(".progress");
@@ -455,7 +458,7 @@ function renderBatch(batch) {
   item.querySelector(".meta").textContent = parts.join(" · ");
   item.querySelector(".error-text").textContent = batch.error || "";
   // Cancel stops the jobs that have not started; after a push, which does not say, it is offered until done.
-  item.querySelector(".job-actions").hidden = batch.done || (read && !(counts.scheduled + counts.queued));
+  item.querySelector(".job-actions").hidden = finished || (read && !(counts.scheduled + counts.queued));
   item.querySelector(".result").replaceChildren();
 }
 
@@ -564,7 +567,7 @@ function connectSocket() {
     for (const job of state.jobs.values()) {
       if (!TERMINAL.has(job.status)) follow(job.jobId);
     }
-    for (const batch of state.batches.values()) if (!batch.done) followBatch(batch.batchId);
+    for (const batch of state.batches.values()) if (!batch.completedAt) followBatch(batch.batchId);
   };
   socket.onmessage = (event) => {
     const message = safeJson(event.data);
@@ -586,7 +589,7 @@ function connectSocket() {
     state.socket = null;
     setLive("polling");
     for (const job of state.jobs.values()) if (!TERMINAL.has(job.status)) startPolling(job.jobId, FAST_POLL);
-    for (const batch of state.batches.values()) if (!batch.done) followBatch(batch.batchId);
+    for (const batch of state.batches.values()) if (!batch.completedAt) followBatch(batch.batchId);
     scheduleReconnect();
   };
 }

@@ -1,7 +1,8 @@
 //! The notifier: reads the jobs table's DynamoDB stream and pushes each change of a job's status or
 //! progress to the WebSocket connections subscribed to that job, and each change of a batch's progress to
-//! the batch's. A job's end is also recorded where it counts: its tenant's open jobs, and its batch's
-//! progress (`JobStore::record_batch_end`), whose last job completes the batch.
+//! the batch's. Pushes are only useful while fresh, so its stream mapping gives a record up after a few
+//! tries: what a job's end must change (its tenant's open jobs, its batch's progress) is the webhook
+//! sender's, whose mapping never skips one.
 //!
 //! The records of one item are pushed one after another in stream order, so a client never sees a job's
 //! `completed` before its `processing`; records of different items are pushed concurrently. A record
@@ -17,8 +18,7 @@ use jobpipe_core::AwsError;
 use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::connections::{ConnectionStore, GoneConnection, Subject};
 use jobpipe_core::job::JobId;
-use jobpipe_core::open_jobs::{self, OpenJobs};
-use jobpipe_core::store::{JobStore, batch_from_stream_image, is_batch_image, job_from_stream_image};
+use jobpipe_core::store::{batch_from_stream_image, is_batch_image, job_from_stream_image};
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -75,13 +75,8 @@ pub const CONNECT_GRACE_MS: Millis = 60_000;
 #[derive(Debug, Clone)]
 pub struct Notifier {
     pub connections: ConnectionStore,
-    /// The jobs table, where a batch's job's end is recorded.
-    pub jobs: JobStore,
     pub push: aws_sdk_apigatewaymanagement::Client,
     pub clock: Arc<dyn Clock>,
-    /// Tenants' open jobs, counted down here when a counted job ends; `None` where `CONTROL_TABLE` is
-    /// not set.
-    pub open_jobs: Option<OpenJobs>,
 }
 
 /// What a record asked of us.
@@ -97,47 +92,13 @@ pub struct Delivery {
 
 impl Notifier {
     /// Builds the management API client for `endpoint` (the WebSocket API's `https://.../{stage}` URL).
-    pub fn new(
-        shared: &aws_config::SdkConfig,
-        connections: ConnectionStore,
-        jobs: JobStore,
-        endpoint: &str,
-    ) -> Notifier {
+    pub fn new(shared: &aws_config::SdkConfig, connections: ConnectionStore, endpoint: &str) -> Notifier {
         let config = aws_sdk_apigatewaymanagement::config::Builder::from(shared).endpoint_url(endpoint).build();
         Notifier {
             connections,
-            jobs,
             push: aws_sdk_apigatewaymanagement::Client::from_conf(config),
             clock: Arc::new(SystemClock),
-            open_jobs: None,
         }
-    }
-
-    /// What a job's end changes besides the job: it no longer counts among its tenant's open jobs (if it
-    /// was counted when it was created), and its batch records it (and completes, with its last job).
-    /// Both are idempotent, however often the record comes.
-    pub async fn record_end(&self, record: &StreamRecord) -> Result<(), AwsError> {
-        let (Some(old), Some(new)) = (&record.dynamodb.old_image, &record.dynamodb.new_image) else { return Ok(()) };
-        let counted = new[open_jobs::attr::COUNTED]["BOOL"] == Value::Bool(true);
-        let in_batch = new.get(jobpipe_core::store::attr::BATCH_ID).is_some();
-        if !counted && !in_batch {
-            return Ok(());
-        }
-        let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
-        if !new.status.is_terminal() || old.status.is_terminal() {
-            return Ok(());
-        }
-        let job_id = &new.job_id;
-        if counted
-            && let Some(counter) = &self.open_jobs
-            && counter.count_down(&new.owner, job_id, self.clock.now_ms()).await?
-        {
-            tracing::info!(%job_id, "an ended job no longer counts among its tenant's open jobs");
-        }
-        if let Some(progress) = self.jobs.record_batch_end(&new, self.clock.now_ms()).await? {
-            tracing::info!(%job_id, batch_id = %progress.batch_id, ended = progress.ended(), total = progress.total, completed = progress.is_completed(), "a batch's job ended");
-        }
-        Ok(())
     }
 
     /// Pushes one stream record's change, if it is one a client cares about: a job's status or progress
@@ -147,7 +108,6 @@ impl Notifier {
             let Some((batch_id, message)) = batch_push_message(record)? else { return Ok(Delivery::default()) };
             return self.push_to(Subject::Batch(batch_id), message).await;
         }
-        self.record_end(record).await?;
         let Some(message) = push_message(record)? else { return Ok(Delivery::default()) };
         let job_id = jobpipe_core::JobId::parse(message["jobId"].as_str().unwrap_or_default())
             .ok_or_else(|| AwsError::corrupt("stream record", "job id is not a UUID"))?;

@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use jobpipe_core::config::{Config, sdk_config_from_env};
 use jobpipe_core::connections::ConnectionStore;
-use jobpipe_core::open_jobs::OpenJobs;
-use jobpipe_core::store::JobStore;
 use lambda_runtime::{LambdaEvent, service_fn};
 use notifier::{Notifier, StreamEvent, handle};
 
@@ -22,15 +20,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         Config::require(&config.connections_table, "CONNECTIONS_TABLE")?,
     );
     let endpoint = Config::require(&config.websocket_endpoint, "WEBSOCKET_ENDPOINT")?;
-    let jobs = JobStore::new(
-        aws_sdk_dynamodb::Client::new(&shared),
-        &config.jobs_table,
-        config.job_retention.as_secs() as i64,
-    );
-    let mut notifier = Notifier::new(&shared, connections, jobs, endpoint);
-    if let Some(table) = &config.control_table {
-        notifier.open_jobs = Some(OpenJobs::new(aws_sdk_dynamodb::Client::new(&shared), table));
-    }
-    let notifier = Arc::new(notifier);
+    let notifier = Arc::new(Notifier::new(&shared, connections, endpoint));
     lambda_runtime::run(service_fn(|event: LambdaEvent<StreamEvent>| handle(notifier.clone(), event))).await
 }

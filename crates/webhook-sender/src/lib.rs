@@ -3,7 +3,8 @@
 //! It has two event sources and one handler for both:
 //! - the jobs table's stream, filtered to jobs that just ended and batches just completed (`plan`): each
 //!   becomes one `Delivery` per target (the job's callback, each endpoint subscribed to the event) on the
-//!   webhook queue. A record whose
+//!   webhook queue. This mapping never skips a record, so it is also where a job's end is recorded where
+//!   it counts (`record_end`): its tenant's open jobs, its batch's progress. A record whose
 //!   deliveries could not all be queued is reported failed and Lambda gives it again; the deliveries it
 //!   had queued are queued again, with the same `webhook-id`.
 //! - the webhook queue (`deliver`): each message is one attempt. A delivery that failed in a way that may
@@ -25,12 +26,13 @@ use jobpipe_core::batch::{RecordFailed, process_batch};
 use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::config::{Config, ConfigError};
 use jobpipe_core::metrics::{self, Unit};
+use jobpipe_core::open_jobs::OpenJobs;
 use jobpipe_core::store::{batch_from_stream_image, is_batch_image, job_from_stream_image};
 use jobpipe_core::webhooks::store::{DeadLetter, Endpoint, WebhookStore};
 use jobpipe_core::webhooks::{
     AttemptOutcome, CALLBACK_TARGET, Delivery, DeliveryState, RetrySchedule, WebhookDelivery,
 };
-use jobpipe_core::{AwsError, JobStore};
+use jobpipe_core::{AwsError, Job, JobStore};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
@@ -53,6 +55,8 @@ const DELIVERY_CONCURRENCY: usize = 10;
 pub struct WebhookSender {
     pub store: WebhookStore,
     pub jobs: JobStore,
+    /// Tenants' open jobs, counted down when a counted job ends; `None` where `CONTROL_TABLE` is not set.
+    pub open_jobs: Option<OpenJobs>,
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
     pub http: HttpSender,
@@ -73,6 +77,7 @@ impl WebhookSender {
         WebhookSender {
             store,
             jobs,
+            open_jobs: None,
             sqs,
             queue_url: queue_url.into(),
             http,
@@ -86,14 +91,16 @@ impl WebhookSender {
         let dynamodb = aws_sdk_dynamodb::Client::new(shared);
         let http = HttpSender::new(config.webhook_targets)
             .map_err(|e| ConfigError { variable: "WEBHOOK_ALLOW_LOOPBACK", problem: format!("HTTP client: {e}") })?;
-        Ok(WebhookSender::new(
+        let mut sender = WebhookSender::new(
             WebhookStore::new(dynamodb.clone(), Config::require(&config.webhooks_table, "WEBHOOKS_TABLE")?),
-            JobStore::new(dynamodb, &config.jobs_table, config.job_retention.as_secs() as i64),
+            JobStore::new(dynamodb.clone(), &config.jobs_table, config.job_retention.as_secs() as i64),
             aws_sdk_sqs::Client::new(shared),
             Config::require(&config.webhook_queue_url, "WEBHOOK_QUEUE_URL")?,
             http,
             config.webhook_retry.clone(),
-        ))
+        );
+        sender.open_jobs = config.control_table.as_ref().map(|table| OpenJobs::new(dynamodb, table));
+        Ok(sender)
     }
 
     /// A tenant's endpoints, through the per-environment cache.
@@ -109,7 +116,25 @@ impl WebhookSender {
         Ok(endpoints)
     }
 
-    /// The deliveries a stream record asks for: none unless it is a job's end or a batch's completion.
+    /// What a job's end changes besides the job, recorded before its deliveries are planned (so a record
+    /// given again records it again, harmlessly): it no longer counts among its tenant's open jobs (if it
+    /// was counted), and its batch's progress has it (the last one completes the batch). Both idempotent.
+    pub async fn record_end(&self, job: &Job, counted: bool) -> Result<(), AwsError> {
+        let job_id = &job.job_id;
+        if counted
+            && let Some(counter) = &self.open_jobs
+            && counter.count_down(&job.owner, job_id, self.clock.now_ms()).await?
+        {
+            tracing::info!(%job_id, "an ended job no longer counts among its tenant's open jobs");
+        }
+        if let Some(progress) = self.jobs.record_batch_end(job, self.clock.now_ms()).await? {
+            tracing::info!(%job_id, batch_id = %progress.batch_id, ended = progress.ended(), total = progress.total, completed = progress.is_completed(), "a batch's job ended");
+        }
+        Ok(())
+    }
+
+    /// Records what a stream record's job end changes (`record_end`) and answers the deliveries it asks
+    /// for: none unless it is a job's end (completed or failed) or a batch's completion.
     pub async fn plan(&self, record: &Value) -> Result<Vec<Delivery>, AwsError> {
         let (Some(old), Some(new)) = (record["dynamodb"].get("OldImage"), record["dynamodb"].get("NewImage")) else {
             return Ok(Vec::new());
@@ -122,8 +147,14 @@ impl WebhookSender {
             let endpoints = self.endpoints(&new.tenant).await?;
             return Ok(Delivery::for_completed_batch(&new, &endpoints));
         }
+        // Counted against its tenant's open jobs when it was created.
+        let counted = new[jobpipe_core::open_jobs::attr::COUNTED]["BOOL"] == Value::Bool(true);
         let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
-        if old.status.is_terminal() || jobpipe_core::webhooks::WebhookEvent::of_job(new.status).is_none() {
+        if old.status.is_terminal() || !new.status.is_terminal() {
+            return Ok(Vec::new());
+        }
+        self.record_end(&new, counted).await?;
+        if jobpipe_core::webhooks::WebhookEvent::of_job(new.status).is_none() {
             return Ok(Vec::new());
         }
         let endpoints = self.endpoints(&new.owner).await?;

@@ -250,15 +250,17 @@ impl Sockets {
         }
     }
 
-    /// Whether `owner` owns the job, or the batch (whose jobs are its own: the first one tells).
+    /// Whether `owner` owns the job, or the batch (whose jobs are its own: the first one tells, or once it
+    /// is gone, the batch's progress).
     async fn owns(&self, owner: &str, subject: &Subject) -> Result<bool, AwsError> {
         Ok(match subject {
             Subject::Job(job_id) => self.jobs.get(job_id).await?.is_some_and(|job| job.owner == owner),
-            Subject::Batch(batch_id) => self
-                .jobs
-                .get(&JobId::in_batch(batch_id, 0))
-                .await?
-                .is_some_and(|job| job.owner == owner && job.batch.is_some_and(|b| &b.batch_id == batch_id)),
+            Subject::Batch(batch_id) => match self.jobs.get(&JobId::in_batch(batch_id, 0)).await? {
+                Some(first) => first.owner == owner && first.batch.is_some_and(|b| &b.batch_id == batch_id),
+                // Its first job ended and expired while later ones wait: the batch's progress (kept until
+                // the batch completes) names its tenant.
+                None => self.jobs.batch_progress(batch_id).await?.is_some_and(|progress| progress.tenant == owner),
+            },
         })
     }
 

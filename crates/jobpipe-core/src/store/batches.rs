@@ -1,7 +1,8 @@
 //! A batch's progress: one item on the jobs table (`jobId = "batch#<batchId>"`), written as the batch's
 //! jobs end, whose one change from `open` to `completed` is the batch's completion.
 //!
-//! The notifier, reading the jobs table's stream, records each batch job's end by adding the job's index
+//! The webhook sender, reading every job's end from the jobs table's stream without ever skipping one,
+//! records each batch job's end by adding the job's index
 //! to the set of how it ended (`endedCompleted`, `endedFailed`, `endedCancelled`). Adding to a set is
 //! idempotent, so a stream record given twice counts once, and the sets' sizes are always the counts of
 //! the batch's ended jobs (a job ends once: its terminal status is final). The write that finds every
@@ -9,8 +10,9 @@
 //! writer gets there first, the batch completes once; that change's stream record is what the webhook
 //! sender turns into `batch.completed` and the notifier pushes to the batch's subscribers.
 //!
-//! The item carries neither `owner`/`createdAt` nor the dispatch attributes, so no index holds it, and
-//! it expires (`expiresAt`) the jobs' retention after its last job ended.
+//! The item carries neither `owner`/`createdAt` nor the dispatch attributes, so no index holds it. It
+//! expires (`expiresAt`) the jobs' retention after the batch completed, never before: a batch's jobs may
+//! start months apart, and an item gone between two of its ends would never count to its size.
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -140,18 +142,16 @@ impl JobStore {
             .key(attr::JOB_ID, batch_key(&batch.batch_id))
             .update_expression(
                 "ADD #set :index SET #tenant = if_not_exists(#tenant, :tenant), #size = :size, \
-                 #state = if_not_exists(#state, :open), #expires = :expires",
+                 #state = if_not_exists(#state, :open)",
             )
             .expression_attribute_names("#set", set)
             .expression_attribute_names("#tenant", attr::TENANT)
             .expression_attribute_names("#size", attr::BATCH_SIZE)
             .expression_attribute_names("#state", attr::BATCH_STATE)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .expression_attribute_values(":index", AttributeValue::Ns(vec![batch.index.to_string()]))
             .expression_attribute_values(":tenant", s(&job.owner))
             .expression_attribute_values(":size", n(batch.size))
             .expression_attribute_values(":open", s(OPEN))
-            .expression_attribute_values(":expires", n(self.expires_at(now)))
             .return_values(ReturnValue::AllNew)
             .send()
             .await
@@ -170,10 +170,12 @@ impl JobStore {
             .update_item()
             .table_name(&self.table)
             .key(attr::JOB_ID, batch_key(&progress.batch_id))
-            .update_expression("SET #state = :completed, #completedAt = :now")
+            .update_expression("SET #state = :completed, #completedAt = :now, #expires = :expires")
             .condition_expression("#state = :open")
             .expression_attribute_names("#state", attr::BATCH_STATE)
             .expression_attribute_names("#completedAt", attr::COMPLETED_AT)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":expires", n(self.expires_at(now)))
             .expression_attribute_values(":completed", s(COMPLETED))
             .expression_attribute_values(":open", s(OPEN))
             .expression_attribute_values(":now", n(now))

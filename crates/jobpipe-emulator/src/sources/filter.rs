@@ -112,6 +112,7 @@ mod tests {
         let source = template.split("  JobEndingsEventSource:").nth(1).unwrap();
         let filters: Vec<EventFilter> = source
             .lines()
+            .skip(1)
             .take_while(|line| !line.trim().is_empty())
             .filter_map(|line| line.split_once("- Pattern:"))
             .map(|(_, pattern)| EventFilter::parse(pattern.trim().trim_matches('\'')).unwrap())
@@ -123,7 +124,8 @@ mod tests {
         assert!(passes(change("MODIFY", Some("scheduled"), "failed")));
         assert!(!passes(change("MODIFY", Some("queued"), "processing")), "not an end");
         assert!(!passes(change("MODIFY", Some("completed"), "completed")), "a later write to an ended job");
-        assert!(!passes(change("MODIFY", Some("queued"), "cancelled")), "a cancellation is no event");
+        assert!(passes(change("MODIFY", Some("queued"), "cancelled")), "a cancel ends a job (and may end its batch)");
+        assert!(!passes(change("MODIFY", Some("cancelled"), "cancelled")));
         assert!(!passes(change("INSERT", None, "completed")));
         assert!(!passes(change("REMOVE", Some("processing"), "completed")));
 

@@ -17,7 +17,6 @@ use axum::routing::post;
 use jobpipe_core::clock::{Clock, SystemClock};
 use jobpipe_core::connections::{ConnectionStore, Subject};
 use jobpipe_core::job::JobId;
-use jobpipe_core::store::JobStore;
 use jobpipe_testkit::TestStack;
 use lambda_runtime::{Context, LambdaEvent};
 use notifier::{Notifier, StreamEvent, StreamItemFailure, handle};
@@ -120,8 +119,7 @@ fn connections(stack: &TestStack) -> ConnectionStore {
 }
 
 fn notifier(stack: &TestStack, endpoint_url: &str) -> Arc<Notifier> {
-    let jobs = JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600);
-    Arc::new(Notifier::new(&jobpipe_testkit::sdk_config(), connections(stack), jobs, endpoint_url))
+    Arc::new(Notifier::new(&jobpipe_testkit::sdk_config(), connections(stack), endpoint_url))
 }
 
 /// Registers `connection_id` (connected at `connected_at`) and subscribes it to `jobs`.
@@ -264,20 +262,6 @@ async fn pushes_reach_every_subscriber() {
     assert_eq!(reached, ["c-one", "c-two"]);
 }
 
-/// `job_change` for the `index`-th job of a batch of `size`.
-fn batch_job_change(batch_id: &JobId, index: u32, size: u32, old: &str, new: &str, sequence: u64) -> Value {
-    let job_id = JobId::in_batch(batch_id, index);
-    let progress = if new == "completed" { 100 } else { 0 };
-    let mut record = job_change(job_id.as_str(), Some((old, 0)), (new, progress), 5_000, sequence);
-    for image in ["OldImage", "NewImage"] {
-        let image = &mut record["dynamodb"][image];
-        image["batchId"] = json!({"S": batch_id.as_str()});
-        image["batchIndex"] = json!({"N": index.to_string()});
-        image["batchSize"] = json!({"N": size.to_string()});
-    }
-    record
-}
-
 /// A stream record of a batch's progress item, as the table writes it.
 fn batch_progress_change(batch_id: &JobId, old: Option<&[u32]>, new: &[u32], size: u32, sequence: u64) -> Value {
     let image = |ended: &[u32]| {
@@ -306,39 +290,15 @@ fn batch_progress_change(batch_id: &JobId, old: Option<&[u32]>, new: &[u32], siz
     record
 }
 
-/// A batch's jobs' ends are counted once however often (and however concurrently) the stream gives them,
-/// by how each ended; the last one completes the batch once, and a record given again changes nothing.
-/// The batch's progress item's changes are pushed to the batch's subscribers (not its counts' repeats).
+/// A batch's progress item's changes are pushed to the batch's subscribers only (not the subscribers of
+/// its jobs), each time its counts change, the last saying it is done; a change that leaves the counts as
+/// they were is not pushed.
 #[tokio::test]
-async fn a_batchs_job_ends_count_once_and_its_last_completes_it_once() {
+async fn a_batchs_progress_is_pushed_to_its_subscribers_as_its_counts_change() {
     let stack = TestStack::new().await;
     let (url, endpoint) = serve_connections(deliver_all()).await;
     let notifier = notifier(&stack, &url);
     let batch_id = JobId::new_random();
-    let ends = [
-        batch_job_change(&batch_id, 0, 3, "processing", "completed", 1),
-        batch_job_change(&batch_id, 1, 3, "queued", "cancelled", 2),
-        batch_job_change(&batch_id, 2, 3, "processing", "failed", 3),
-    ];
-    // The first two, twice over, two invocations at once (a retried batch overlapping its first try).
-    let first_two = || batch(vec![ends[0].clone(), ends[1].clone(), ends[0].clone()]);
-    let (a, b) = tokio::join!(handle(notifier.clone(), first_two()), handle(notifier.clone(), first_two()));
-    assert!(a.unwrap().batch_item_failures.is_empty() && b.unwrap().batch_item_failures.is_empty());
-    let progress = notifier.jobs.batch_progress(&batch_id).await.unwrap().expect("recorded");
-    assert_eq!((progress.completed, progress.cancelled, progress.failed, progress.completed_at), (1, 1, 0, None));
-    assert_eq!((progress.total, progress.tenant.as_str()), (3, "fixture-user"));
-
-    // The last one, given to two invocations at once: one completes the batch, the other finds it so.
-    let last = || batch(vec![ends[2].clone()]);
-    let (a, b) = tokio::join!(handle(notifier.clone(), last()), handle(notifier.clone(), last()));
-    assert!(a.unwrap().batch_item_failures.is_empty() && b.unwrap().batch_item_failures.is_empty());
-    let done = notifier.jobs.batch_progress(&batch_id).await.unwrap().unwrap();
-    assert_eq!((done.completed, done.cancelled, done.failed), (1, 1, 1));
-    let completed_at = done.completed_at.expect("the last end completes the batch");
-    handle(notifier.clone(), batch(ends.to_vec())).await.unwrap();
-    let again = notifier.jobs.batch_progress(&batch_id).await.unwrap().unwrap();
-    assert_eq!((again.ended(), again.completed_at), (3, Some(completed_at)), "given again, nothing changes");
-
     // Pushes of the progress item's changes go to the batch's subscribers only.
     let store = connections(&stack);
     store.connect("c-batch", "fixture-user", SystemClock.now_ms()).await.unwrap();

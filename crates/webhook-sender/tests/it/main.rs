@@ -223,3 +223,103 @@ async fn a_dead_letter_that_could_not_be_written_is_given_again() {
     assert_eq!((letters.len(), letters[0].last_status), (1, Some(410)));
     assert_eq!(state_of(&stack, &job).await.unwrap()["state"], "failed");
 }
+
+/// The stream record of a batch's `index`-th job (of `size`) ending `old` -> `new`; no job is stored (its
+/// end is all the sender reads).
+fn batch_job_end(batch_id: &JobId, index: u32, size: u32, owner: &str, new: &str, sequence: u64) -> Value {
+    let job_id = JobId::in_batch(batch_id, index);
+    let image = |status: &str| {
+        json!({
+            "jobId": {"S": job_id.as_str()}, "owner": {"S": owner}, "kind": {"S": "echo"},
+            "status": {"S": status}, "input": {"S": "{}"}, "attempts": {"N": "1"}, "progress": {"N": "0"},
+            "createdAt": {"N": "1000"}, "updatedAt": {"N": "2000"}, "batchId": {"S": batch_id.as_str()},
+            "batchIndex": {"N": index.to_string()}, "batchSize": {"N": size.to_string()},
+        })
+    };
+    json!({
+        "eventID": format!("e{sequence}"), "eventName": "MODIFY", "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"jobId": {"S": job_id.as_str()}}, "SequenceNumber": sequence.to_string(),
+            "OldImage": image("queued"), "NewImage": image(new)},
+    })
+}
+
+/// A batch's jobs' ends are recorded once however often, and however concurrently, the stream gives them
+/// (a cancel too), by how each ended; the last one completes the batch once, and a record given again
+/// changes nothing. The completion's own record becomes one `batch.completed` delivery per subscribed
+/// endpoint, with the batch's counts, under one `webhook-id` however often it comes.
+#[tokio::test]
+async fn a_batchs_job_ends_count_once_and_its_completion_is_delivered_once() {
+    let stack = TestStack::new().await;
+    let clients = stack.clients.clone();
+    let sender = sender(&stack, &clients);
+    let owner = jobpipe_testkit::local_stack::unique("tenant-");
+    let (url, _got) = receiver(StatusCode::OK).await;
+    let now = SystemClock.now_ms();
+    let events = [jobpipe_core::webhooks::WebhookEvent::BatchCompleted];
+    sender.store.add_endpoint(&owner, &url, &events, None, now).await.unwrap().unwrap();
+
+    let batch_id = JobId::new_random();
+    let ends = [
+        batch_job_end(&batch_id, 0, 3, &owner, "completed", 1),
+        batch_job_end(&batch_id, 1, 3, &owner, "cancelled", 2),
+        batch_job_end(&batch_id, 2, 3, &owner, "failed", 3),
+    ];
+    // The first two, twice over, in two invocations at once (a retried batch overlapping its first try).
+    let first_two = || json!([ends[0], ends[1], ends[0]]);
+    let (a, b) = tokio::join!(invoke(&sender, first_two()), invoke(&sender, first_two()));
+    assert_eq!((&a["batchItemFailures"], &b["batchItemFailures"]), (&json!([]), &json!([])));
+    let progress = sender.jobs.batch_progress(&batch_id).await.unwrap().expect("recorded");
+    assert_eq!((progress.completed, progress.cancelled, progress.failed, progress.completed_at), (1, 1, 0, None));
+    assert_eq!((progress.total, progress.tenant.as_str()), (3, owner.as_str()));
+    // An open batch's item never expires: its jobs may start months apart.
+    let expires_at = async || {
+        let key = aws_sdk_dynamodb::types::AttributeValue::S(format!("batch#{batch_id}"));
+        let item = clients.dynamodb.get_item().table_name(&stack.table).key("jobId", key).send().await.unwrap();
+        item.item().unwrap().get("expiresAt").map(|v| v.as_n().unwrap().parse::<i64>().unwrap())
+    };
+    assert_eq!(expires_at().await, None, "an open batch's progress has no expiry");
+
+    // The last one, to two invocations at once: one completes the batch, the other finds it so.
+    let (a, b) = tokio::join!(invoke(&sender, json!([ends[2]])), invoke(&sender, json!([ends[2]])));
+    assert_eq!((&a["batchItemFailures"], &b["batchItemFailures"]), (&json!([]), &json!([])));
+    let done = sender.jobs.batch_progress(&batch_id).await.unwrap().unwrap();
+    assert_eq!((done.completed, done.cancelled, done.failed), (1, 1, 1));
+    let completed_at = done.completed_at.expect("the last end completes the batch");
+    assert!(expires_at().await.is_some_and(|at| at > completed_at / 1000), "a completed batch's expires");
+    invoke(&sender, json!(ends)).await;
+    let again = sender.jobs.batch_progress(&batch_id).await.unwrap().unwrap();
+    assert_eq!((again.ended(), again.completed_at), (3, Some(completed_at)), "given again, nothing changes");
+    // Job ends of a batch with no callback and no job events subscribed queue nothing.
+    assert!(queued(&stack).await.is_empty());
+
+    // The completion's record (open -> completed), given twice: the same one delivery, twice queued.
+    let image = |state: &str| {
+        let mut image = json!({
+            "jobId": {"S": format!("batch#{batch_id}")}, "tenant": {"S": owner}, "batchSize": {"N": "3"},
+            "batchState": {"S": state}, "endedCompleted": {"NS": ["0"]}, "endedCancelled": {"NS": ["1"]},
+            "endedFailed": {"NS": ["2"]},
+        });
+        if state == "completed" {
+            image["completedAt"] = json!({"N": completed_at.to_string()});
+        }
+        image
+    };
+    let completion = json!({
+        "eventID": "c", "eventName": "MODIFY", "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"jobId": {"S": format!("batch#{batch_id}")}}, "SequenceNumber": "9",
+            "OldImage": image("open"), "NewImage": image("completed")},
+    });
+    invoke(&sender, json!([completion, completion])).await;
+    let messages = queued(&stack).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let deliveries: Vec<jobpipe_core::webhooks::Delivery> =
+        messages.iter().map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap()).collect();
+    assert_eq!(deliveries[0].webhook_id, deliveries[1].webhook_id, "one webhook-id for the one completion");
+    let payload = &deliveries[0].payload;
+    assert_eq!(
+        (payload["type"].as_str(), payload["data"]["batchId"].as_str()),
+        (Some("batch.completed"), Some(batch_id.as_str()))
+    );
+    assert_eq!(payload["data"]["counts"], json!({"completed": 1, "failed": 1, "cancelled": 1}));
+    assert_eq!((deliveries[0].url.as_str(), deliveries[0].batch_id.as_ref()), (url.as_str(), Some(&batch_id)));
+}

@@ -49,8 +49,12 @@ async fn send(sockets: &Arc<Sockets>, connection_id: &str, body: &str) -> (i64, 
 }
 
 async fn job_of(stack: &TestStack, owner: &str) -> JobId {
-    let job = Job {
-        job_id: JobId::new_random(),
+    stored(stack, a_job(JobId::new_random(), owner)).await
+}
+
+fn a_job(job_id: JobId, owner: &str) -> Job {
+    Job {
+        job_id,
         owner: owner.into(),
         kind: "echo".into(),
         status: JobStatus::Queued,
@@ -74,9 +78,58 @@ async fn job_of(stack: &TestStack, owner: &str) -> JobId {
         callback_url: None,
         webhooks: Vec::new(),
         batch: None,
-    };
-    jobpipe_core::store::JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600).create(&job).await.unwrap();
+    }
+}
+
+fn jobs(stack: &TestStack) -> jobpipe_core::store::JobStore {
+    jobpipe_core::store::JobStore::new(stack.clients.dynamodb.clone(), &stack.table, 3600)
+}
+
+async fn stored(stack: &TestStack, job: Job) -> JobId {
+    jobs(stack).create(&job).await.unwrap();
     job.job_id
+}
+
+/// A batch is followed by its owner only, and also once its first job has ended and expired while later
+/// ones wait (its progress then names its owner): the subscription answers its progress.
+#[tokio::test]
+async fn a_batch_is_followed_by_its_owner_also_once_its_first_job_is_gone() {
+    let stack = TestStack::new().await;
+    let sockets = sockets(&stack).await;
+    assert_eq!(connect(&sockets, "c-alice", &token("alice")).await.0, 200);
+    assert_eq!(connect(&sockets, "c-bob", &token("bob")).await.0, 200);
+    let in_batch = |batch_id: &JobId, index: u32| {
+        let mut job = a_job(JobId::in_batch(batch_id, index), "alice");
+        job.batch = Some(jobpipe_core::job::BatchRef { batch_id: batch_id.clone(), index, size: 2 });
+        job
+    };
+    let subscribe = |batch_id: &JobId| json!({"action": "subscribe", "batchId": batch_id}).to_string();
+
+    // Both jobs stored, none ended: the owner follows it from nothing ended.
+    let fresh = JobId::new_random();
+    stored(&stack, in_batch(&fresh, 0)).await;
+    stored(&stack, in_batch(&fresh, 1)).await;
+    let (status, body) = send(&sockets, "c-alice", &subscribe(&fresh)).await;
+    assert_eq!(
+        (status, body["type"].as_str(), body["batchId"].as_str()),
+        (200, Some("subscribed"), Some(fresh.as_str()))
+    );
+    assert_eq!((body["batch"]["total"].as_u64(), body["batch"]["ended"].as_u64()), (Some(2), Some(0)), "{body}");
+    assert_eq!(send(&sockets, "c-bob", &subscribe(&fresh)).await.0, 404, "another's batch does not exist");
+
+    // Its first job ended (recorded) and is gone; the second waits.
+    let older = JobId::new_random();
+    let mut first = in_batch(&older, 0);
+    first.status = JobStatus::Completed;
+    jobs(&stack).record_batch_end(&first, 5).await.unwrap();
+    stored(&stack, in_batch(&older, 1)).await;
+    let (status, body) = send(&sockets, "c-alice", &subscribe(&older)).await;
+    assert_eq!((status, body["batch"]["ended"].as_u64(), body["batch"]["done"].as_bool()), (200, Some(1), Some(false)));
+    assert_eq!(send(&sockets, "c-bob", &subscribe(&older)).await.0, 404);
+    let unknown = send(&sockets, "c-alice", &subscribe(&JobId::new_random())).await;
+    assert_eq!((unknown.0, unknown.1["error"]["message"].as_str()), (404, Some("no such batch")));
+    let both = json!({"action": "subscribe", "batchId": older, "jobId": older}).to_string();
+    assert_eq!(send(&sockets, "c-alice", &both).await.0, 400, "a job or a batch, not both");
 }
 
 async fn sockets(stack: &TestStack) -> Arc<Sockets> {
