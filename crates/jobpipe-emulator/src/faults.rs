@@ -4,7 +4,8 @@
 //! or 5xx, either before reaching the engine (the call did not happen) or after (it happened, but the
 //! caller is told it failed: the ambiguous case). The fault-injection run uses the random faults; tests
 //! script one fault on one named call (`FaultProxy::script`) or watch and hold calls with a hook
-//! (`FaultProxy::set_hook`).
+//! (`FaultProxy::set_hook`). It can also measure the DynamoDB capacity each call spends
+//! (`set_capacity_meter`, see `capacity`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Endpoints;
+use crate::capacity::CapacityMeter;
 use crate::iam::{self, Iam, Verdict};
 use crate::index_lag::IndexLag;
 
@@ -68,6 +70,7 @@ pub struct FaultProxy {
     hook: Mutex<Option<CallHook>>,
     index_lag: Mutex<Option<Arc<IndexLag>>>,
     iam: Mutex<Option<Arc<Iam>>>,
+    capacity: Mutex<Option<Arc<CapacityMeter>>>,
     client: reqwest::Client,
     /// Fraction of calls that fail (half before, half after reaching the upstream).
     pub rate: f64,
@@ -86,12 +89,18 @@ impl FaultProxy {
             hook: Mutex::new(None),
             index_lag: Mutex::new(None),
             iam: Mutex::new(None),
+            capacity: Mutex::new(None),
             client: reqwest::Client::new(),
             rate,
             send_message_rate,
             enabled: AtomicBool::new(false),
             counts: FaultCounts::default(),
         })
+    }
+
+    /// Measures the DynamoDB capacity every call spends from now on (`capacity`).
+    pub fn set_capacity_meter(&self, meter: Arc<CapacityMeter>) {
+        *self.capacity.lock().expect("not poisoned") = Some(meter);
     }
 
     /// Adds a fault for the next matching calls, whether or not random faults are `enabled`.
@@ -303,6 +312,11 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         Service::Sqs | Service::S3 => &proxy.upstream.aws,
     };
     let url = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let meter = proxy.capacity.lock().expect("not poisoned").clone().filter(|_| service == Service::DynamoDb);
+    let body = match meter.as_ref().and_then(|_| CapacityMeter::ask_for_capacity(&target, &body)) {
+        Some(asked) => Bytes::from(asked),
+        None => body,
+    };
     let mut upstream = proxy.client.request(parts.method.clone(), url).body(body);
     for (name, value) in &parts.headers {
         if name != "host" && name != "content-length" {
@@ -333,6 +347,11 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
     }
     let headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.unwrap_or_default();
+    if let Some(meter) = &meter
+        && status.is_success()
+    {
+        meter.record(caller.as_deref().unwrap_or("unsigned"), &target, &bytes);
+    }
     // An index read answers only what the (emulated) index has caught up with; the body changed, so its
     // checksum header goes.
     let mut rewritten = false;

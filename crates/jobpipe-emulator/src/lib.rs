@@ -15,6 +15,7 @@
 
 pub mod aws;
 pub mod bedrock;
+pub mod capacity;
 pub mod dev;
 pub mod dev_key;
 pub mod faults;

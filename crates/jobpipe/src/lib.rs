@@ -4,6 +4,7 @@
 //! itself (`jobpipe dev`, `jobpipe invoke`) is `jobpipe-emulator`'s.
 
 pub mod bench;
+pub mod capacity;
 pub mod chaos;
 pub mod iam_mutations;
 pub mod load;

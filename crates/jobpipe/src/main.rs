@@ -273,6 +273,16 @@ enum Commands {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// The DynamoDB capacity a job costs, measured on DynamoDB Local through a local stack of its own:
+    /// by function, operation, and table or index, and per million jobs at on-demand prices.
+    Capacity {
+        #[arg(long, default_value_t = 50)]
+        jobs: usize,
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
     /// The fault-injection run: many echo jobs under duplicates, kills, errors, poison and AWS faults;
     /// prints the invariants' figures and exits non-zero if any breaks.
     Chaos {
@@ -605,6 +615,12 @@ async fn main() -> anyhow::Result<()> {
             if !violations.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Commands::Capacity { jobs, no_build, root } => {
+            let endpoints = jobpipe_emulator::aws::Endpoints::from_env();
+            let measured = jobpipe::capacity::run(&root.canonicalize()?, jobs, endpoints, !no_build).await?;
+            println!("{}", measured.table());
             Ok(())
         }
         Commands::Load { seconds, rate, concurrency, target } => {

@@ -228,6 +228,13 @@ async fn measure(
         let busy = (usage_of(pid).cpu - before.cpu).as_secs_f64() / started.elapsed().as_secs_f64();
         report.engines_busy.push((engine, busy));
     }
+    eprintln!("DynamoDB capacity per job ...");
+    let engine = JobStore::new(
+        jobpipe_emulator::aws::dynamodb_client(&local.endpoints),
+        stack.created.tables["JobsTable"].clone(),
+        3600,
+    );
+    report.capacity = Some(crate::capacity::measure(&stack, &target, &engine, 100, Duration::from_secs(3)).await?);
     stack.stop().await;
     Ok(report)
 }

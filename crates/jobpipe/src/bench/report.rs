@@ -51,6 +51,8 @@ pub struct BenchReport {
     pub dynamodb_writes_per_s: f64,
     /// Share of one core each local engine's process used while the stack ran as fast as it goes.
     pub engines_busy: Vec<(&'static str, f64)>,
+    /// DynamoDB capacity per job, measured (`jobpipe capacity`).
+    pub capacity: Option<crate::capacity::CapacityPerJob>,
 }
 
 /// Targets from issue #7, reported as met or not.
@@ -159,6 +161,9 @@ impl BenchReport {
         for (engine, busy) in &self.engines_busy {
             let _ =
                 writeln!(out, "{engine} used {:.0}% of a core while the stack ran as fast as it goes", busy * 100.0);
+        }
+        if let Some(capacity) = &self.capacity {
+            out.push_str(&capacity.table());
         }
 
         let _ = writeln!(out, "\nTargets:");

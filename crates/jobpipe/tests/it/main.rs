@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 mod bench;
+mod capacity;
 mod chaos;
 mod fairness;
 mod ops;
