@@ -2,7 +2,13 @@
 //! INDEXES` on every call that can report it (Amazon's own engine, DynamoDB Local, answers it as the
 //! service does) and adds up what each answer says, by caller (the function whose role signed the call),
 //! operation, and table or index. The functions' requests are otherwise unchanged: a caller that asked
-//! for capacity itself keeps its own setting, and the answers pass through as DynamoDB gave them.
+//! for capacity itself keeps its own setting (and is not measured), and the answers pass through as
+//! DynamoDB gave them. The rewritten request keeps its original signature: fine for the local engines,
+//! which do not check signatures, wrong for anything that does.
+//!
+//! Only successful answers are counted. On AWS a write whose condition fails, and a cancelled transaction,
+//! still cost write units, and a read that finds nothing costs its minimum; DynamoDB Local reports such
+//! reads as 0.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

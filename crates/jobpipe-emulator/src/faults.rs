@@ -98,9 +98,9 @@ impl FaultProxy {
         })
     }
 
-    /// Measures the DynamoDB capacity every call spends from now on (`capacity`).
-    pub fn set_capacity_meter(&self, meter: Arc<CapacityMeter>) {
-        *self.capacity.lock().expect("not poisoned") = Some(meter);
+    /// Measures the DynamoDB capacity every call spends from now on (`capacity`), or stops (`None`).
+    pub fn set_capacity_meter(&self, meter: Option<Arc<CapacityMeter>>) {
+        *self.capacity.lock().expect("not poisoned") = meter;
     }
 
     /// Adds a fault for the next matching calls, whether or not random faults are `enabled`.

@@ -133,37 +133,56 @@ pub async fn measure(
     quiet: Duration,
 ) -> anyhow::Result<CapacityPerJob> {
     let meter = Arc::new(CapacityMeter::default());
-    stack.proxy.set_capacity_meter(meter.clone());
-    let mut submitted = Vec::with_capacity(jobs);
-    for n in 0..jobs {
-        submitted
-            .push(target.submit_with("echo", json!({"message": format!("job {n}")}), &Start::Now, None).await?.job_id);
-    }
-    let mut open: HashSet<_> = submitted.into_iter().collect();
-    while !open.is_empty() {
-        let mut ended = Vec::new();
-        for job_id in &open {
-            if engine.get(job_id).await?.is_some_and(|job| job.status.is_terminal()) {
-                ended.push(job_id.clone());
+    stack.proxy.set_capacity_meter(Some(meter.clone()));
+    let measured = async {
+        // What an earlier run left to the stream's readers is not these jobs' cost.
+        until_quiet(&meter, quiet).await;
+        meter.reset();
+        let mut submitted = Vec::with_capacity(jobs);
+        for n in 0..jobs {
+            let input = json!({"message": format!("job {n}")});
+            submitted.push(target.submit_with("echo", input, &Start::Now, None).await?.job_id);
+        }
+        let mut open: HashSet<_> = submitted.into_iter().collect();
+        // Echo jobs take milliseconds: this many reads without every one ended means some never will.
+        for _ in 0..3000 {
+            let mut ended = Vec::new();
+            for job_id in &open {
+                if engine.get(job_id).await?.is_some_and(|job| job.status.is_terminal()) {
+                    ended.push(job_id.clone());
+                }
             }
+            for job_id in ended {
+                open.remove(&job_id);
+            }
+            if open.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        for job_id in ended {
-            open.remove(&job_id);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::ensure!(open.is_empty(), "{} of the {jobs} jobs never ended", open.len());
+        // The readers of the stream catch up; then nothing is spent for `quiet`.
+        until_quiet(&meter, quiet).await;
+        Ok(CapacityPerJob::of(&meter.spent(), jobs, stack))
     }
-    // The readers of the stream catch up; then nothing is spent for `quiet`.
+    .await;
+    stack.proxy.set_capacity_meter(None);
+    measured
+}
+
+/// Waits until no call was made for `quiet`, or for 20 rounds of it (a record retried for good keeps
+/// calling; the figure then includes what it spent meanwhile).
+async fn until_quiet(meter: &CapacityMeter, quiet: Duration) {
     let calls = || meter.spent().values().map(|units| units.calls).sum::<u64>();
     let mut seen = calls();
-    loop {
+    for _ in 0..20 {
         tokio::time::sleep(quiet).await;
         let now = calls();
         if now == seen {
-            break;
+            return;
         }
         seen = now;
     }
-    Ok(CapacityPerJob::of(&meter.spent(), jobs, stack))
 }
 
 /// `jobpipe capacity`: a local stack of its own on fresh engines (or `endpoints`), `jobs` echo jobs

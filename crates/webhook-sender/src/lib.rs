@@ -27,12 +27,12 @@ use jobpipe_core::clock::{Clock, Millis, SystemClock};
 use jobpipe_core::config::{Config, ConfigError};
 use jobpipe_core::metrics::{self, Unit};
 use jobpipe_core::open_jobs::OpenJobs;
-use jobpipe_core::store::{batch_from_stream_image, is_batch_image, job_from_stream_image};
+use jobpipe_core::store::{JobEnding, batch_from_stream_image, is_batch_image, job_from_stream_image};
 use jobpipe_core::webhooks::store::{DeadLetter, Endpoint, WebhookStore};
 use jobpipe_core::webhooks::{
     AttemptOutcome, CALLBACK_TARGET, Delivery, DeliveryState, RetrySchedule, WebhookDelivery,
 };
-use jobpipe_core::{AwsError, Job, JobStore};
+use jobpipe_core::{AwsError, JobStore};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 
@@ -119,9 +119,9 @@ impl WebhookSender {
     /// What a job's end changes besides the job, recorded before its deliveries are planned (so a record
     /// given again records it again, harmlessly): it no longer counts among its tenant's open jobs (if it
     /// was counted), and its batch's progress has it (the last one completes the batch). Both idempotent.
-    pub async fn record_end(&self, job: &Job, counted: bool) -> Result<(), AwsError> {
+    pub async fn record_end(&self, job: &JobEnding) -> Result<(), AwsError> {
         let job_id = &job.job_id;
-        if counted
+        if job.counted
             && let Some(counter) = &self.open_jobs
             && counter.count_down(&job.owner, job_id, self.clock.now_ms()).await?
         {
@@ -147,16 +147,21 @@ impl WebhookSender {
             let endpoints = self.endpoints(&new.tenant).await?;
             return Ok(Delivery::for_completed_batch(&new, &endpoints));
         }
-        // Counted against its tenant's open jobs when it was created.
-        let counted = new[jobpipe_core::open_jobs::attr::COUNTED]["BOOL"] == Value::Bool(true);
-        let (old, new) = (job_from_stream_image(old)?, job_from_stream_image(new)?);
-        if old.status.is_terminal() || !new.status.is_terminal() {
+        // What the end changes is read from the few attributes it needs, so it is recorded even for a job
+        // whose other attributes would not parse (its deliveries then cannot be made).
+        let Some(ending) = JobEnding::of_record(old, new)? else { return Ok(Vec::new()) };
+        self.record_end(&ending).await?;
+        if jobpipe_core::webhooks::WebhookEvent::of_job(ending.status).is_none() {
             return Ok(Vec::new());
         }
-        self.record_end(&new, counted).await?;
-        if jobpipe_core::webhooks::WebhookEvent::of_job(new.status).is_none() {
-            return Ok(Vec::new());
-        }
+        let new = match job_from_stream_image(new) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(job_id = %ending.job_id, %error, "a job that ended does not read as a job: no webhook for it");
+                metrics::emit(SERVICE, "WebhookJobsUnreadable", Unit::Count, 1.0, &[]);
+                return Ok(Vec::new());
+            }
+        };
         let endpoints = self.endpoints(&new.owner).await?;
         Ok(Delivery::for_ended_job(&new, &endpoints))
     }

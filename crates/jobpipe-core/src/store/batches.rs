@@ -22,7 +22,7 @@ use super::item::{Item, item_from_stream_image, n, s};
 use super::{JobStore, attr};
 use crate::clock::{Millis, to_rfc3339};
 use crate::error::AwsError;
-use crate::job::{Job, JobId, JobStatus};
+use crate::job::{BatchRef, JobId, JobStatus};
 
 const OPEN: &str = "open";
 const COMPLETED: &str = "completed";
@@ -110,6 +110,48 @@ impl BatchProgress {
     }
 }
 
+/// A job's end, as far as what it changes outside the job needs it: read from the stream image's few
+/// attributes it needs, so a job whose other attributes would not parse still has its end recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnding {
+    pub job_id: JobId,
+    pub owner: String,
+    /// Completed, failed or cancelled.
+    pub status: JobStatus,
+    /// Counted against its tenant's open jobs when it was created.
+    pub counted: bool,
+    pub batch: Option<BatchRef>,
+}
+
+impl JobEnding {
+    /// The end a stream record shows: `None` unless it takes a job from not ended to ended.
+    pub fn of_record(old: &Value, new: &Value) -> Result<Option<JobEnding>, AwsError> {
+        let corrupt = |problem: &str| AwsError::corrupt("reading a job's end", problem.to_string());
+        let status = |image: &Value| {
+            image[attr::STATUS]["S"].as_str().and_then(JobStatus::parse).ok_or_else(|| corrupt("no status"))
+        };
+        let (before, after) = (status(old)?, status(new)?);
+        if before.is_terminal() || !after.is_terminal() {
+            return Ok(None);
+        }
+        let text = |name: &str| new[name]["S"].as_str();
+        let number = |name: &str| new[name]["N"].as_str().and_then(|n| n.parse::<u32>().ok());
+        let batch =
+            match (text(attr::BATCH_ID).and_then(JobId::parse), number(attr::BATCH_INDEX), number(attr::BATCH_SIZE)) {
+                (Some(batch_id), Some(index), Some(size)) => Some(BatchRef { batch_id, index, size }),
+                (None, None, None) => None,
+                _ => return Err(corrupt("a partial batch reference")),
+            };
+        Ok(Some(JobEnding {
+            job_id: text(attr::JOB_ID).and_then(JobId::parse).ok_or_else(|| corrupt("no job id"))?,
+            owner: text(attr::OWNER).ok_or_else(|| corrupt("no owner"))?.to_string(),
+            status: after,
+            counted: new[crate::open_jobs::attr::COUNTED]["BOOL"] == Value::Bool(true),
+            batch,
+        }))
+    }
+}
+
 /// Whether a stream image (DynamoDB JSON) is a batch's progress item rather than a job.
 pub fn is_batch_image(image: &Value) -> bool {
     image[attr::JOB_ID]["S"].as_str().is_some_and(|key| key.starts_with(attr::BATCH_ITEM_PREFIX))
@@ -127,7 +169,7 @@ fn batch_key(batch_id: &JobId) -> AttributeValue {
 impl JobStore {
     /// Records that a batch's job ended (`None` for a job in no batch, or not ended); the write that
     /// finds all of the batch's jobs ended also records the batch completed, once. Safe to repeat.
-    pub async fn record_batch_end(&self, job: &Job, now: Millis) -> Result<Option<BatchProgress>, AwsError> {
+    pub async fn record_batch_end(&self, job: &JobEnding, now: Millis) -> Result<Option<BatchProgress>, AwsError> {
         let Some(batch) = &job.batch else { return Ok(None) };
         let set = match job.status {
             JobStatus::Completed => attr::ENDED_COMPLETED,
@@ -140,10 +182,12 @@ impl JobStore {
             .update_item()
             .table_name(&self.table)
             .key(attr::JOB_ID, batch_key(&batch.batch_id))
+            // No expiry while open (one written by an earlier version goes).
             .update_expression(
                 "ADD #set :index SET #tenant = if_not_exists(#tenant, :tenant), #size = :size, \
-                 #state = if_not_exists(#state, :open)",
+                 #state = if_not_exists(#state, :open) REMOVE #expires",
             )
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .expression_attribute_names("#set", set)
             .expression_attribute_names("#tenant", attr::TENANT)
             .expression_attribute_names("#size", attr::BATCH_SIZE)
@@ -214,6 +258,31 @@ impl JobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job's end is read from the attributes it needs alone: a job whose result would not parse still
+    /// ends (and is counted down, and counts for its batch).
+    #[test]
+    fn a_jobs_end_reads_from_its_few_attributes() {
+        let batch_id = JobId::new_random();
+        let job_id = JobId::in_batch(&batch_id, 2);
+        let image = |status: &str| {
+            json!({"jobId": {"S": job_id.as_str()}, "owner": {"S": "alice"}, "status": {"S": status},
+                "result": {"S": "not json"}, "openCounted": {"BOOL": true}, "batchId": {"S": batch_id.as_str()},
+                "batchIndex": {"N": "2"}, "batchSize": {"N": "3"}})
+        };
+        assert!(crate::store::job_from_stream_image(&image("completed")).is_err(), "the whole job does not read");
+        let ending = JobEnding::of_record(&image("processing"), &image("completed")).unwrap().unwrap();
+        assert_eq!(
+            (&ending.job_id, ending.owner.as_str(), ending.status, ending.counted),
+            (&job_id, "alice", JobStatus::Completed, true)
+        );
+        assert_eq!(ending.batch, Some(BatchRef { batch_id: batch_id.clone(), index: 2, size: 3 }));
+        assert_eq!(JobEnding::of_record(&image("queued"), &image("processing")).unwrap(), None, "not an end");
+        assert_eq!(JobEnding::of_record(&image("failed"), &image("failed")).unwrap(), None, "ended before");
+        let mut partial = image("cancelled");
+        partial.as_object_mut().unwrap().remove("batchSize");
+        assert!(JobEnding::of_record(&image("queued"), &partial).is_err());
+    }
 
     #[test]
     fn a_progress_item_reads_back_from_its_stream_image() {

@@ -38,7 +38,7 @@ use attr::{ATTEMPTS, LEASE_EXPIRES_AT, LEASE_TOKEN, RUN_AT, STARTED_AT};
 use item::{Item, from_item, has_n, has_s, n, payload_attr, s, to_item};
 use update::Update;
 
-pub use batches::{BatchProgress, batch_from_stream_image, is_batch_image};
+pub use batches::{BatchProgress, JobEnding, batch_from_stream_image, is_batch_image};
 pub use item::job_from_stream_image;
 pub use paging::PageToken;
 pub use pending::{DISPATCH_SHARDS, PendingDispatch, shard_name, shard_of, stable_shard};

@@ -194,7 +194,7 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
         options.endpoints = Some(endpoints);
         options.schedule_override = Some(Duration::from_secs(1));
         // Tenants' concurrency and open jobs limited (never reached), so the processor takes and gives back
-        // slots, and api-ingest and the notifier count open jobs up and down.
+        // slots, and api-ingest and the webhook sender count open jobs up and down.
         options.parameters.insert("TenantConcurrency".into(), "50".into());
         options.parameters.insert("TenantOpenJobs".into(), "1000".into());
         for (name, value) in [
@@ -325,8 +325,8 @@ async fn every_statement_of_every_role_is_needed_by_the_pipeline() {
     assert_eq!(recorded["state"], "delivered", "{recorded}");
     assert!(delivered.load(Ordering::SeqCst) >= 1);
 
-    // A batch, stored in one transaction and read back together; the notifier records its jobs' ends and
-    // completes it.
+    // A batch, stored in one transaction and read back together; the webhook sender records its jobs'
+    // ends and completes it.
     let batch = http
         .post(format!("{}/batches", stack.base_url()))
         .bearer_auth(&token)

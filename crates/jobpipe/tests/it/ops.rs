@@ -546,7 +546,7 @@ async fn the_cli_limits_how_many_of_a_tenants_jobs_wait_or_run() {
     for job in [&first, &second] {
         assert_eq!(carol.cancel(job.job_id.as_str()).await.unwrap().status, JobStatus::Cancelled);
     }
-    // Counted down by the notifier from the table's stream, a moment after the jobs ended.
+    // Counted down by the webhook sender from the table's stream, a moment after the jobs ended.
     let mut third = None;
     for _ in 0..240 {
         match carol.submit("echo", json!({})).await {

@@ -44,14 +44,18 @@ async fn receiver_answering(statuses: Vec<StatusCode>) -> (String, Arc<Mutex<Vec
 }
 
 fn sender(stack: &TestStack, clients: &jobpipe_core::config::AwsClients) -> Arc<WebhookSender> {
-    Arc::new(WebhookSender::new(
+    Arc::new(new_sender(stack, clients))
+}
+
+fn new_sender(stack: &TestStack, clients: &jobpipe_core::config::AwsClients) -> WebhookSender {
+    WebhookSender::new(
         WebhookStore::new(clients.dynamodb.clone(), &stack.webhooks_table),
         JobStore::new(clients.dynamodb.clone(), &stack.table, 3600),
         clients.sqs.clone(),
         &stack.webhook_queue_url,
         HttpSender::new(TargetPolicy { allow_loopback: true }).unwrap(),
         RetrySchedule(vec![Duration::from_secs(1)]),
-    ))
+    )
 }
 
 /// A job that has just ended, stored, and the stream record of its end.
@@ -259,6 +263,18 @@ async fn a_batchs_job_ends_count_once_and_its_completion_is_delivered_once() {
     sender.store.add_endpoint(&owner, &url, &events, None, now).await.unwrap().unwrap();
 
     let batch_id = JobId::new_random();
+    // Its progress as an earlier version left it: an expiry set while the batch was open.
+    let key = aws_sdk_dynamodb::types::AttributeValue::S(format!("batch#{batch_id}"));
+    let n = |v: &str| aws_sdk_dynamodb::types::AttributeValue::N(v.into());
+    clients
+        .dynamodb
+        .put_item()
+        .table_name(&stack.table)
+        .item("jobId", key.clone())
+        .item("expiresAt", n("1"))
+        .send()
+        .await
+        .unwrap();
     let ends = [
         batch_job_end(&batch_id, 0, 3, &owner, "completed", 1),
         batch_job_end(&batch_id, 1, 3, &owner, "cancelled", 2),
@@ -273,11 +289,10 @@ async fn a_batchs_job_ends_count_once_and_its_completion_is_delivered_once() {
     assert_eq!((progress.total, progress.tenant.as_str()), (3, owner.as_str()));
     // An open batch's item never expires: its jobs may start months apart.
     let expires_at = async || {
-        let key = aws_sdk_dynamodb::types::AttributeValue::S(format!("batch#{batch_id}"));
-        let item = clients.dynamodb.get_item().table_name(&stack.table).key("jobId", key).send().await.unwrap();
+        let item = clients.dynamodb.get_item().table_name(&stack.table).key("jobId", key.clone()).send().await.unwrap();
         item.item().unwrap().get("expiresAt").map(|v| v.as_n().unwrap().parse::<i64>().unwrap())
     };
-    assert_eq!(expires_at().await, None, "an open batch's progress has no expiry");
+    assert_eq!(expires_at().await, None, "an open batch's progress has no expiry (an earlier one's goes)");
 
     // The last one, to two invocations at once: one completes the batch, the other finds it so.
     let (a, b) = tokio::join!(invoke(&sender, json!([ends[2]])), invoke(&sender, json!([ends[2]])));
@@ -322,4 +337,41 @@ async fn a_batchs_job_ends_count_once_and_its_completion_is_delivered_once() {
     );
     assert_eq!(payload["data"]["counts"], json!({"completed": 1, "failed": 1, "cancelled": 1}));
     assert_eq!((deliveries[0].url.as_str(), deliveries[0].batch_id.as_ref()), (url.as_str(), Some(&batch_id)));
+}
+
+/// A job counted against its tenant's open jobs is counted down when it ends (a cancel too), once,
+/// however often and however concurrently the stream gives its end.
+#[tokio::test]
+async fn a_counted_jobs_end_counts_it_down_once() {
+    let stack = TestStack::new().await;
+    let clients = stack.clients.clone();
+    let open = jobpipe_core::open_jobs::OpenJobs::new(clients.dynamodb.clone(), &stack.control_table);
+    let mut sender = new_sender(&stack, &clients);
+    sender.open_jobs = Some(open.clone());
+    let sender = Arc::new(sender);
+    let owner = jobpipe_testkit::local_stack::unique("tenant-");
+    for _ in 0..2 {
+        clients.dynamodb.transact_write_items().transact_items(open.count_up(&owner, 10)).send().await.unwrap();
+    }
+    assert_eq!(open.count(&owner).await.unwrap(), 2);
+    let counted_end = |status: &str, sequence: u64| {
+        let mut record = batch_job_end(&JobId::new_random(), 0, 1, &owner, status, sequence);
+        for image in ["OldImage", "NewImage"] {
+            let fields = record["dynamodb"][image].as_object_mut().unwrap();
+            fields.retain(|name, _| !name.starts_with("batch"));
+            fields.insert("openCounted".into(), json!({"BOOL": true}));
+        }
+        record
+    };
+    let cancelled = counted_end("cancelled", 1);
+    let (a, b) = tokio::join!(invoke(&sender, json!([cancelled, cancelled])), invoke(&sender, json!([cancelled])));
+    // Two overlapping count-downs of one job: one wins, the other's transaction conflicts and is retried.
+    for answer in [a, b] {
+        if answer["batchItemFailures"] != json!([]) {
+            assert_eq!(invoke(&sender, json!([cancelled])).await["batchItemFailures"], json!([]));
+        }
+    }
+    assert_eq!(open.count(&owner).await.unwrap(), 1, "counted down once");
+    invoke(&sender, json!([counted_end("completed", 2)])).await;
+    assert_eq!(open.count(&owner).await.unwrap(), 0);
 }

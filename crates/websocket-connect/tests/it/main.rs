@@ -119,8 +119,13 @@ async fn a_batch_is_followed_by_its_owner_also_once_its_first_job_is_gone() {
 
     // Its first job ended (recorded) and is gone; the second waits.
     let older = JobId::new_random();
-    let mut first = in_batch(&older, 0);
-    first.status = JobStatus::Completed;
+    let first = jobpipe_core::store::JobEnding {
+        job_id: JobId::in_batch(&older, 0),
+        owner: "alice".into(),
+        status: JobStatus::Completed,
+        counted: false,
+        batch: Some(jobpipe_core::job::BatchRef { batch_id: older.clone(), index: 0, size: 2 }),
+    };
     jobs(&stack).record_batch_end(&first, 5).await.unwrap();
     stored(&stack, in_batch(&older, 1)).await;
     let (status, body) = send(&sockets, "c-alice", &subscribe(&older)).await;
