@@ -176,34 +176,34 @@ impl Notifier {
 
 /// A batch's push for a record of its progress item: `None` when its counts did not change (or it expired).
 pub fn batch_push_message(record: &StreamRecord) -> Result<Option<(JobId, Value)>, AwsError> {
-    if record.event_name.as_deref() == Some("REMOVE") {
-        return Ok(None);
-    }
-    let Some(new_image) = &record.dynamodb.new_image else { return Ok(None) };
-    let new = batch_from_stream_image(new_image)?;
-    if let Some(old_image) = &record.dynamodb.old_image {
-        let old = batch_from_stream_image(old_image)?;
-        if (old.ended(), old.completed_at) == (new.ended(), new.completed_at) {
-            return Ok(None);
-        }
-    }
-    Ok(Some((new.batch_id.clone(), new.message())))
+    let batch = changed(record, batch_from_stream_image, |batch| (batch.ended(), batch.completed_at))?;
+    Ok(batch.map(|batch| (batch.batch_id.clone(), batch.message())))
 }
 
 /// The message for a record: `None` when nothing a client sees changed (or the job was deleted).
 pub fn push_message(record: &StreamRecord) -> Result<Option<Value>, AwsError> {
+    let job = changed(record, job_from_stream_image, |job| (job.status, job.progress))?;
+    Ok(job.map(|job| job.status_message()))
+}
+
+/// The record's new image, as `read` reads it, when what a client sees of it (`seen`) changed: `None` for
+/// a deletion (TTL) or a write that changed nothing a client sees.
+fn changed<T, S: PartialEq>(
+    record: &StreamRecord,
+    read: impl Fn(&Value) -> Result<T, AwsError>,
+    seen: impl Fn(&T) -> S,
+) -> Result<Option<T>, AwsError> {
     if record.event_name.as_deref() == Some("REMOVE") {
         return Ok(None);
     }
     let Some(new_image) = &record.dynamodb.new_image else { return Ok(None) };
-    let new = job_from_stream_image(new_image)?;
-    if let Some(old_image) = &record.dynamodb.old_image {
-        let old = job_from_stream_image(old_image)?;
-        if old.status == new.status && old.progress == new.progress {
-            return Ok(None);
-        }
+    let new = read(new_image)?;
+    if let Some(old_image) = &record.dynamodb.old_image
+        && seen(&read(old_image)?) == seen(&new)
+    {
+        return Ok(None);
     }
-    Ok(Some(new.status_message()))
+    Ok(Some(new))
 }
 
 /// The Lambda handler. The records of one item are pushed in stream order (a record waits for the one
